@@ -1,0 +1,188 @@
+"""The aion error hierarchy.
+
+Every error aion raises on purpose derives from :class:`AionError`. Each class says when it is
+raised and what to do about it. Errors that refine a standard error also derive from it (a
+:class:`StoreError` is an ``OSError``), so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AionError",
+    "AmbiguousApproval",
+    "ApprovalRejected",
+    "Cancelled",
+    "CorruptRecord",
+    "DataDirectoryError",
+    "InvalidToken",
+    "NoPendingApproval",
+    "NondeterminismError",
+    "PayloadError",
+    "SequenceConflict",
+    "StoreClosed",
+    "StoreError",
+    "StoreFormatError",
+    "StoreFull",
+    "StoreLocked",
+    "WaitTimedOut",
+    "WaitpointClosed",
+    "WorkflowCancelled",
+    "WorkflowClosed",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+]
+
+
+class AionError(Exception):
+    """Root of every error aion raises on purpose. Catch it to handle any aion failure."""
+
+
+# --- payloads -----------------------------------------------------------------------------
+
+
+class PayloadError(AionError, ValueError):
+    """A value could not be encoded, could not be decoded, or exceeds the payload size limit.
+
+    Raised at the call site (``engine.start``, ``ctx.step``, ``engine.signal`` ...), never later
+    inside the engine. Pass values msgspec can encode (builtins, datetimes, UUIDs, Structs,
+    dataclasses), or raise the limit with ``Engine(..., max_payload_bytes=...)``.
+    """
+
+
+# --- store ------------------------------------------------------------------------------
+
+
+class StoreError(AionError, OSError):
+    """The event store failed. The message names the data directory and the operation."""
+
+
+class SequenceConflict(StoreError):
+    """An append expected a history head that is no longer current; nothing was written.
+
+    Another writer appended first. Re-read the history tail and decide again.
+    """
+
+    def __init__(self, workflow_id: str, expected_seq: int, actual_seq: int, tenant: str) -> None:
+        self.workflow_id = workflow_id
+        self.expected_seq = expected_seq
+        self.actual_seq = actual_seq
+        self.tenant = tenant
+        super().__init__(
+            f"append to workflow {workflow_id!r} (tenant {tenant!r}) expected head seq "
+            f"{expected_seq}, but the stored head is {actual_seq}; nothing was written. "
+            "Re-read the history tail and retry."
+        )
+
+
+class StoreLocked(StoreError):
+    """Another engine already owns this data directory.
+
+    Only one engine may run on a data directory at a time. Stop the other engine, or open the
+    store as a client (``LmdbStore.open(path, role="client")``) to read and to leave commands.
+    """
+
+
+class StoreFormatError(StoreError):
+    """The store on disk has a format this version of aion cannot read (or is not a store)."""
+
+
+class StoreFull(StoreError):
+    """The store could not grow: the disk is full or the map reached its configured maximum.
+
+    Nothing from the failed write was recorded; free disk space (or raise ``max_map_size``) and
+    retry. Everything recorded before stays intact.
+    """
+
+
+class StoreClosed(StoreError):
+    """The store was used after it was closed."""
+
+
+class CorruptRecord(StoreError):
+    """A stored record could not be decoded. The message names the table and the key.
+
+    Other records stay readable. Restore the data directory from a backup, or remove the workflow
+    named in the message, and report the file if aion wrote it.
+    """
+
+    def __init__(self, table: str, key: bytes, reason: str) -> None:
+        self.table = table
+        self.key = key
+        super().__init__(f"corrupt record in table {table!r} at key {key!r}: {reason}")
+
+
+class DataDirectoryError(StoreError):
+    """The data directory cannot be created, read or written (permissions, a file in the way)."""
+
+
+# --- workflows ------------------------------------------------------------------------------
+
+
+class WorkflowNotFound(AionError, LookupError):
+    """No workflow with this id exists in this tenant. Check the id and the ``tenant=`` argument."""
+
+    def __init__(self, workflow_id: str, tenant: str = "default") -> None:
+        self.workflow_id = workflow_id
+        self.tenant = tenant
+        super().__init__(f"workflow {workflow_id!r} not found in tenant {tenant!r}")
+
+
+class WorkflowClosed(AionError):
+    """The workflow has finished, so it can take no more signals, decisions or cancellations."""
+
+
+class WorkflowFailed(AionError):
+    """The workflow ended by raising. ``error_type`` and ``message`` describe the original error."""
+
+    def __init__(self, workflow_id: str, error_type: str, message: str) -> None:
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.error_message = message
+        super().__init__(f"workflow {workflow_id!r} failed: {error_type}: {message}")
+
+
+class WorkflowCancelled(AionError):
+    """The workflow was cancelled (``engine.cancel``) before it finished."""
+
+
+class Cancelled(BaseException):
+    """Raised inside a workflow at its current await when the run is cancelled.
+
+    Derives from ``BaseException`` so ``except Exception`` does not swallow it. Catch it only to
+    clean up (cleanup may still run steps), then let it propagate.
+    """
+
+
+class WaitTimedOut(AionError, TimeoutError):
+    """A wait inside a workflow (signal, approval, waitpoint) reached its timeout."""
+
+
+class NondeterminismError(AionError):
+    """Replaying a workflow's history, the code did something other than what was recorded.
+
+    The run is parked ``BLOCKED``. Restore the old code path (guard new code with
+    ``ctx.patched()``), then restart the engine; the run resumes from where it stopped.
+    """
+
+
+# --- people and outside systems --------------------------------------------------------------
+
+
+class ApprovalRejected(AionError):
+    """A person rejected the approval the workflow waited for. The message names them."""
+
+
+class NoPendingApproval(AionError, LookupError):
+    """There is no pending approval to decide (none requested, or it was decided already)."""
+
+
+class AmbiguousApproval(AionError):
+    """Several approvals are pending on this workflow; pass ``approval_id=`` to pick one."""
+
+
+class InvalidToken(AionError, ValueError):
+    """A waitpoint token is forged, malformed, truncated, signed with an unknown key or expired."""
+
+
+class WaitpointClosed(AionError):
+    """The waitpoint was completed already (tokens are one-shot), or its run has finished."""
