@@ -7,13 +7,16 @@ instant and exact.
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "SystemClock", "from_timestamp", "to_timestamp"]
+__all__ = ["Clock", "ManualClock", "SystemClock", "from_timestamp", "to_timestamp"]
 
 
 @runtime_checkable
@@ -60,3 +63,107 @@ def to_timestamp(when: datetime) -> float:
 def from_timestamp(ts: float) -> datetime:
     """Aware UTC datetime for seconds since the epoch."""
     return datetime.fromtimestamp(ts, tz=UTC)
+
+
+class ManualClock:
+    """A clock that moves only when told to: instant, exact timing in tests.
+
+    ``advance(seconds)`` moves time forward and wakes every sleeper whose deadline has come, in
+    deadline order. With ``auto_advance=True``, :meth:`run_auto_advance` (started by the engine,
+    or by a test in a task group) jumps time to the next deadline whenever every task is blocked,
+    so a workflow that sleeps 30 days finishes in milliseconds. Work the clock cannot see (a step
+    running in a worker thread) holds time still through :meth:`busy`.
+
+    Args:
+        start: the initial time as an aware datetime; default: the real time now.
+        auto_advance: whether :meth:`run_auto_advance` may move time on its own.
+    """
+
+    def __init__(self, start: datetime | None = None, *, auto_advance: bool = False) -> None:
+        self._now = time.time() if start is None else to_timestamp(start)
+        self.auto_advance = auto_advance
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._counter = 0
+        self._busy = 0
+        self._changed = anyio.Event() if _in_async_context() else None
+
+    def now(self) -> float:
+        return self._now
+
+    def datetime(self) -> datetime:
+        """The current time as an aware UTC datetime."""
+        return from_timestamp(self._now)
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self._now:
+            await anyio.lowlevel.checkpoint()
+            return
+        event = anyio.Event()
+        self._counter += 1
+        heapq.heappush(self._sleepers, (deadline, self._counter, event))
+        self._notify()
+        await event.wait()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.sleep_until(self._now + seconds)
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` and wake every sleeper now due, earliest first."""
+        if seconds < 0:
+            raise ValueError("a clock cannot go backwards")
+        self.set_time(self._now + seconds)
+
+    def set_time(self, ts: float) -> None:
+        """Move time forward to ``ts`` (seconds since the epoch)."""
+        if ts < self._now:
+            raise ValueError(f"a clock cannot go backwards ({ts} < {self._now})")
+        self._now = ts
+        while self._sleepers and self._sleepers[0][0] <= ts:
+            _, _, event = heapq.heappop(self._sleepers)
+            event.set()
+        self._notify()
+
+    def next_deadline(self) -> float | None:
+        """The earliest pending sleeper's deadline, if any."""
+        while self._sleepers and self._sleepers[0][2].is_set():
+            heapq.heappop(self._sleepers)
+        return self._sleepers[0][0] if self._sleepers else None
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Hold auto-advance while work the clock cannot see (e.g. a worker thread) runs."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._notify()
+
+    async def run_auto_advance(self) -> None:
+        """Jump to the next deadline whenever all other tasks are blocked. Runs until cancelled.
+
+        Does nothing unless ``auto_advance`` is true.
+        """
+        if not self.auto_advance:
+            await anyio.sleep_forever()
+        while True:
+            await anyio.wait_all_tasks_blocked()
+            deadline = self.next_deadline()
+            if self._busy or deadline is None:
+                # Nothing to jump to yet: wait until a sleeper registers or work finishes.
+                self._changed = anyio.Event()
+                await self._changed.wait()
+                continue
+            self.set_time(max(deadline, self._now))
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+
+def _in_async_context() -> bool:
+    try:
+        anyio.get_current_task()
+    except RuntimeError:
+        return False
+    return True
