@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .._clock import ManualClock as ManualClock
+from aion._clock import ManualClock as ManualClock
 
 __all__ = ["ManualClock"]
