@@ -14,6 +14,7 @@ __all__ = [
     "Cancelled",
     "CorruptRecord",
     "DataDirectoryError",
+    "InvalidArgument",
     "InvalidToken",
     "NoPendingApproval",
     "NondeterminismError",
@@ -46,6 +47,12 @@ class PayloadError(AionError, ValueError):
     Raised at the call site (``engine.start``, ``ctx.step``, ``engine.signal`` ...), never later
     inside the engine. Pass values msgspec can encode (builtins, datetimes, UUIDs, Structs,
     dataclasses), or raise the limit with ``Engine(..., max_payload_bytes=...)``.
+    """
+
+
+class InvalidArgument(AionError, ValueError):
+    """An argument is malformed: an empty id, an id with a NUL character, a cursor from another
+    query, a non-contiguous event sequence. The message says which and why; nothing was written.
     """
 
 

@@ -1,0 +1,617 @@
+"""Store semantics over an ordered key-value transaction, shared by every backend.
+
+A backend supplies a :class:`KV` (get, put, delete, ordered range scans over named tables) and a
+way to make a batch of writes atomic. Everything else lives here once: key layout, encoding,
+sequence checks, projection indexes, queries and pagination. So the in-memory store and the LMDB
+store cannot drift apart in what they mean.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from aion._codec import ENCODER, decode_events
+from aion.errors import CorruptRecord, InvalidArgument, SequenceConflict
+from aion.events import AnyEvent, WorkflowStarted
+
+from . import _keys as k
+from ._records import (
+    ApprovalRow,
+    ApprovalStatus,
+    CommitResult,
+    InboxCommand,
+    IndexRow,
+    Page,
+    RunInfo,
+    Status,
+    TimerRow,
+    WorkflowRecord,
+    Write,
+)
+
+__all__ = ["KV", "TABLES", "Prepared", "apply", "prepare"]
+
+R = TypeVar("R")
+
+#: Every table a backend must provide.
+TABLES = (
+    "meta",
+    "events",
+    "heads",
+    "runs",
+    "workflows",
+    "by_created",
+    "by_status",
+    "by_type",
+    "timers",
+    "waitpoints",
+    "approvals",
+    "approvals_pending",
+    "index",
+    "inbox",
+)
+
+FORMAT_VERSION = 1
+FORMAT_KEY = b"format_version"
+
+_HEAD = k.be64
+_STATUS_CODE = {status: bytes([i + 1]) for i, status in enumerate(Status)}
+
+
+class KV(Protocol):
+    """An ordered key-value transaction over the named tables in :data:`TABLES`."""
+
+    def get(self, table: str, key: bytes) -> bytes | None: ...
+
+    def put(self, table: str, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, table: str, key: bytes) -> None: ...
+
+    def scan(
+        self, table: str, lo: bytes, hi: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Items with ``lo <= key < hi``, ascending (or descending with ``reverse``)."""
+        ...
+
+    def values(self, table: str, start: bytes, count: int) -> list[bytes]:
+        """Up to ``count`` consecutive values from the first key ``>= start`` (no bound check)."""
+        ...
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+_decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
+
+
+def decode_row(table: str, key: bytes, data: bytes, typ: type[R]) -> R:
+    """Decode a stored row, naming the table and key if it is unreadable."""
+    decoder = _decoders.get(typ)
+    if decoder is None:
+        decoder = _decoders[typ] = msgspec.msgpack.Decoder(typ)
+    try:
+        return decoder.decode(data)  # type: ignore[no-any-return]
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptRecord(table, key, str(exc)) from exc
+
+
+def decode_event_rows(wf_key: bytes, first_seq: int, blobs: Sequence[bytes]) -> list[AnyEvent]:
+    """Decode a run of consecutive events, naming the exact key of an unreadable one."""
+    try:
+        events = decode_events(blobs)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        events = []
+        for offset, blob in enumerate(blobs):
+            key = k.seq_key(wf_key, first_seq + offset)
+            events.extend(decode_event_rows_one(key, blob))
+    for offset, event in enumerate(events):
+        if event.seq != first_seq + offset:
+            raise CorruptRecord(
+                "events",
+                k.seq_key(wf_key, first_seq + offset),
+                f"event holds seq {event.seq}, expected {first_seq + offset}",
+            )
+    return events
+
+
+def decode_event_rows_one(key: bytes, blob: bytes) -> list[AnyEvent]:
+    try:
+        return decode_events([blob])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptRecord("events", key, str(exc)) from exc
+
+
+# --- preparing a write (outside the transaction) -----------------------------------------------
+
+
+class _PreparedAppend(msgspec.Struct):
+    wf_key: bytes
+    tenant: str
+    workflow_id: str
+    expected_seq: int
+    new_head: int
+    rows: list[tuple[bytes, bytes]]
+    runs: list[tuple[bytes, bytes]]
+
+
+class Prepared(msgspec.Struct):
+    """A :class:`Write` validated and encoded, ready to apply inside a transaction."""
+
+    appends: list[_PreparedAppend]
+    workflows: list[WorkflowRecord]
+    timers_add: list[tuple[bytes, bytes]]
+    timers_delete: list[bytes]
+    waitpoints: list[tuple[bytes, bytes]]
+    approvals: list[ApprovalRow]
+    index_put: list[tuple[bytes, bytes]]
+    index_delete: list[bytes]
+    inbox_delete: list[bytes]
+    inbox_put: list[tuple[bytes, bytes]]
+    inbox_ids: tuple[str, ...]
+
+
+def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prepared:
+    """Validate and encode ``write``. Raises :class:`InvalidArgument` on malformed input.
+
+    Nothing here looks at stored state, so a malformed write fails at the caller, before it can
+    reach a batch.
+    """
+    appends = [
+        _prepare_append(a.tenant, a.workflow_id, a.events, a.expected_seq) for a in write.appends
+    ]
+    seen: set[bytes] = set()
+    for append in appends:
+        if append.wf_key in seen:
+            raise InvalidArgument(
+                f"one write appends twice to workflow {append.workflow_id!r}; "
+                "merge the events into one append"
+            )
+        seen.add(append.wf_key)
+    for record in write.workflows:
+        k.workflow_key(record.tenant, record.workflow_id)
+        k.ident(record.workflow_type, "workflow type")
+        k.micros(record.created_at)
+    inbox_put: list[tuple[bytes, bytes]] = []
+    inbox_ids: list[str] = []
+    for command in write.inbox_put:
+        if new_inbox_id is None:
+            raise InvalidArgument("this store cannot take inbox commands")
+        k.workflow_key(command.tenant, command.workflow_id)
+        command_id = new_inbox_id()
+        inbox_ids.append(command_id)
+        stored = msgspec.structs.replace(command, command_id=command_id)
+        inbox_put.append((command_id.encode(), ENCODER.encode(stored)))
+    return Prepared(
+        appends=appends,
+        workflows=list(write.workflows),
+        timers_add=[(_timer_key(t), ENCODER.encode(t)) for t in write.timers_add],
+        timers_delete=[_timer_key(t) for t in write.timers_delete],
+        waitpoints=[
+            (
+                k.child_key(w.tenant, w.workflow_id, w.waitpoint_id, "waitpoint id"),
+                ENCODER.encode(w),
+            )
+            for w in write.waitpoints
+        ],
+        approvals=[_check_approval(a) for a in write.approvals],
+        index_put=[(_index_key(r), r.value) for r in write.index_put],
+        index_delete=[_index_key(r) for r in write.index_delete],
+        inbox_delete=[k.ident(i, "inbox command id") for i in write.inbox_delete],
+        inbox_put=inbox_put,
+        inbox_ids=tuple(inbox_ids),
+    )
+
+
+def _prepare_append(
+    tenant: str, workflow_id: str, events: Sequence[Any], expected_seq: int
+) -> _PreparedAppend:
+    wf_key = k.workflow_key(tenant, workflow_id)
+    if not isinstance(expected_seq, int) or expected_seq < 0:
+        raise InvalidArgument(f"expected_seq must be an int >= 0, not {expected_seq!r}")
+    if not events:
+        raise InvalidArgument(f"append to workflow {workflow_id!r} has no events")
+    rows: list[tuple[bytes, bytes]] = []
+    runs: list[tuple[bytes, bytes]] = []
+    for offset, event in enumerate(events):
+        want = expected_seq + 1 + offset
+        if event.seq != want:
+            raise InvalidArgument(
+                f"events appended to workflow {workflow_id!r} must be contiguous: event "
+                f"{offset} ({type(event).__name__}) has seq {event.seq}, expected {want}"
+            )
+        if event.at.tzinfo is None:
+            raise InvalidArgument(f"event {event.seq} has a naive recorded time; use UTC")
+        key = k.seq_key(wf_key, event.seq)
+        try:
+            rows.append((key, ENCODER.encode(event)))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"event {event!r} cannot be encoded: {exc}") from exc
+        if isinstance(event, WorkflowStarted):
+            if event.workflow_id != workflow_id or event.tenant != tenant:
+                raise InvalidArgument(
+                    f"WorkflowStarted names workflow {event.workflow_id!r} of tenant "
+                    f"{event.tenant!r}, but is appended to {workflow_id!r} of {tenant!r}"
+                )
+            info = RunInfo(event.run_id, event.seq, event.workflow_type, event.at)
+            runs.append((key, ENCODER.encode(info)))
+    return _PreparedAppend(
+        wf_key, tenant, workflow_id, expected_seq, expected_seq + len(events), rows, runs
+    )
+
+
+def _timer_key(row: TimerRow) -> bytes:
+    return k.timer_key(row.due, row.tenant, row.workflow_id, row.timer_id)
+
+
+def _index_key(row: IndexRow) -> bytes:
+    return (
+        k.ident(row.index, "index name")
+        + k.SEP
+        + k.ident(row.tenant, "tenant")
+        + k.SEP
+        + (row.key.encode())
+    )
+
+
+def _check_approval(row: ApprovalRow) -> ApprovalRow:
+    k.child_key(row.tenant, row.workflow_id, row.approval_id, "approval id")
+    k.micros(row.requested_at)
+    return row
+
+
+# --- applying a write (inside the transaction) ---------------------------------------------------
+
+
+def check(kv: KV, prepared: Prepared) -> None:
+    """Raise :class:`SequenceConflict` if any append's expected head is stale. Writes nothing."""
+    for append in prepared.appends:
+        head = head_of(kv, append.wf_key)
+        if head != append.expected_seq:
+            raise SequenceConflict(append.workflow_id, append.expected_seq, head, append.tenant)
+
+
+def apply(kv: KV, prepared: Prepared) -> CommitResult:
+    """Check, then apply ``prepared`` to ``kv``. The caller makes it atomic."""
+    check(kv, prepared)
+    for append in prepared.appends:
+        for key, value in append.rows:
+            kv.put("events", key, value)
+        for key, value in append.runs:
+            kv.put("runs", key, value)
+        kv.put("heads", append.wf_key, _HEAD(append.new_head))
+    for record in prepared.workflows:
+        _put_workflow(kv, record)
+    for key in prepared.timers_delete:
+        kv.delete("timers", key)
+    for key, value in prepared.timers_add:
+        kv.put("timers", key, value)
+    for key, value in prepared.waitpoints:
+        kv.put("waitpoints", key, value)
+    for row in prepared.approvals:
+        _put_approval(kv, row)
+    for key in prepared.index_delete:
+        kv.delete("index", key)
+    for key, value in prepared.index_put:
+        kv.put("index", key, value)
+    for key in prepared.inbox_delete:
+        kv.delete("inbox", key)
+    for key, value in prepared.inbox_put:
+        kv.put("inbox", key, value)
+    return CommitResult(
+        heads=tuple(a.new_head for a in prepared.appends), inbox_ids=prepared.inbox_ids
+    )
+
+
+def _list_keys(record: WorkflowRecord) -> tuple[bytes, bytes, bytes]:
+    tenant = k.ident(record.tenant, "tenant") + k.SEP
+    wf = k.ident(record.workflow_id, "workflow id")
+    return (
+        k.created_key(tenant, record.created_at, wf),
+        k.created_key(tenant + _STATUS_CODE[record.status], record.created_at, wf),
+        k.created_key(tenant + record.workflow_type.encode() + k.SEP, record.created_at, wf),
+    )
+
+
+def _put_workflow(kv: KV, record: WorkflowRecord) -> None:
+    wf_key = k.workflow_key(record.tenant, record.workflow_id)
+    old_data = kv.get("workflows", wf_key)
+    new_keys = _list_keys(record)
+    if old_data is not None:
+        old = decode_row("workflows", wf_key, old_data, WorkflowRecord)
+        if old.created_at != record.created_at:
+            raise InvalidArgument(
+                f"workflow {record.workflow_id!r}: created_at is immutable "
+                f"({old.created_at.isoformat()} -> {record.created_at.isoformat()})"
+            )
+        for table, old_key, new_key in zip(
+            ("by_created", "by_status", "by_type"), _list_keys(old), new_keys, strict=True
+        ):
+            if old_key != new_key:
+                kv.delete(table, old_key)
+    for table, key in zip(("by_created", "by_status", "by_type"), new_keys, strict=True):
+        kv.put(table, key, b"")
+    kv.put("workflows", wf_key, ENCODER.encode(record))
+
+
+def _pending_key(row: ApprovalRow) -> bytes:
+    return (
+        k.ident(row.tenant, "tenant")
+        + k.SEP
+        + k.be64(k.micros(row.requested_at))
+        + k.ident(row.workflow_id, "workflow id")
+        + k.SEP
+        + k.ident(row.approval_id, "approval id")
+    )
+
+
+def _put_approval(kv: KV, row: ApprovalRow) -> None:
+    key = k.child_key(row.tenant, row.workflow_id, row.approval_id, "approval id")
+    old_data = kv.get("approvals", key)
+    if old_data is not None:
+        old = decode_row("approvals", key, old_data, ApprovalRow)
+        if old.status is ApprovalStatus.PENDING:
+            kv.delete("approvals_pending", _pending_key(old))
+    if row.status is ApprovalStatus.PENDING:
+        kv.put("approvals_pending", _pending_key(row), key)
+    kv.put("approvals", key, ENCODER.encode(row))
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def head_of(kv: KV, wf_key: bytes) -> int:
+    data = kv.get("heads", wf_key)
+    return 0 if data is None else k.read_be64(data)
+
+
+def read_history(
+    kv: KV, tenant: str, workflow_id: str, from_seq: int = 1, to_seq: int | None = None
+) -> list[AnyEvent]:
+    """Events ``from_seq`` .. ``to_seq`` (inclusive; default: the head)."""
+    wf_key = k.workflow_key(tenant, workflow_id)
+    head = head_of(kv, wf_key)
+    first = max(from_seq, 1)
+    last = head if to_seq is None else min(to_seq, head)
+    if last < first:
+        return []
+    blobs = kv.values("events", k.seq_key(wf_key, first), last - first + 1)
+    if len(blobs) != last - first + 1:
+        raise CorruptRecord(
+            "events",
+            k.seq_key(wf_key, first + len(blobs)),
+            f"history head is {head} but only {len(blobs)} of {last - first + 1} events exist",
+        )
+    return decode_event_rows(wf_key, first, blobs)
+
+
+def run_chain(kv: KV, tenant: str, workflow_id: str) -> list[RunInfo]:
+    """Every run of the workflow id, oldest first, with ``last_seq`` filled in."""
+    wf_key = k.workflow_key(tenant, workflow_id)
+    prefix = wf_key + k.SEP
+    runs = [
+        decode_row("runs", key, value, RunInfo)
+        for key, value in kv.scan("runs", prefix, k.prefix_end(prefix))
+    ]
+    head = head_of(kv, wf_key)
+    return [
+        msgspec.structs.replace(
+            run, last_seq=runs[i + 1].first_seq - 1 if i + 1 < len(runs) else head
+        )
+        for i, run in enumerate(runs)
+    ]
+
+
+def current_run_start(kv: KV, tenant: str, workflow_id: str) -> int:
+    """First seq of the latest run (0 when the workflow does not exist)."""
+    prefix = k.workflow_key(tenant, workflow_id) + k.SEP
+    for key, _ in kv.scan("runs", prefix, k.prefix_end(prefix), reverse=True):
+        return k.read_be64(key, len(prefix))
+    return 0
+
+
+def read_current_run(kv: KV, tenant: str, workflow_id: str) -> list[AnyEvent]:
+    first = current_run_start(kv, tenant, workflow_id)
+    if first == 0:
+        return []
+    return read_history(kv, tenant, workflow_id, first)
+
+
+def get_workflow(kv: KV, tenant: str, workflow_id: str) -> WorkflowRecord | None:
+    key = k.workflow_key(tenant, workflow_id)
+    data = kv.get("workflows", key)
+    return None if data is None else decode_row("workflows", key, data, WorkflowRecord)
+
+
+def get_row(kv: KV, table: str, key: bytes, typ: type[R]) -> R | None:
+    data = kv.get(table, key)
+    return None if data is None else decode_row(table, key, data, typ)
+
+
+# --- cursors ------------------------------------------------------------------------------------
+
+
+def encode_cursor(query: Sequence[Any], last_key: bytes) -> str:
+    raw = ENCODER.encode([1, list(query), last_key])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, query: Sequence[Any]) -> bytes:
+    """The last key of the previous page; refuses a cursor made for another query."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, cursor_query, last_key = msgspec.msgpack.decode(
+            raw, type=tuple[int, list[Any], bytes]
+        )
+    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
+        raise InvalidArgument(f"cursor {cursor[:24]!r} is not a valid cursor") from exc
+    if version != 1 or cursor_query != list(query):
+        raise InvalidArgument(
+            "this cursor was made for another query (different filters or tenant); "
+            "start again without a cursor"
+        )
+    return last_key
+
+
+# --- queries ------------------------------------------------------------------------------------
+
+
+def list_workflows(
+    kv: KV,
+    tenant: str,
+    *,
+    status: Status | None = None,
+    workflow_type: str | None = None,
+    started_after: datetime | None = None,
+    started_before: datetime | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> Page[WorkflowRecord]:
+    """Workflows of ``tenant``, newest first, filtered inside the tenant's key range."""
+    _check_limit(limit)
+    tenant_prefix = k.ident(tenant, "tenant") + k.SEP
+    if status is not None:
+        table, prefix = "by_status", tenant_prefix + _STATUS_CODE[Status(status)]
+    elif workflow_type is not None:
+        table, prefix = "by_type", tenant_prefix + k.ident(workflow_type, "workflow type") + k.SEP
+    else:
+        table, prefix = "by_created", tenant_prefix
+    lo = prefix if started_after is None else prefix + k.be64(k.micros(started_after))
+    hi = (
+        k.prefix_end(prefix)
+        if started_before is None
+        else prefix + k.be64(k.micros(started_before))
+    )
+    query = [
+        "workflows",
+        tenant,
+        None if status is None else Status(status).value,
+        workflow_type,
+        None if started_after is None else k.micros(started_after),
+        None if started_before is None else k.micros(started_before),
+    ]
+    if cursor is not None:
+        hi = min(hi, decode_cursor(cursor, query))
+    items: list[WorkflowRecord] = []
+    last_key = b""
+    for key, _ in kv.scan(table, lo, hi, reverse=True):
+        workflow_id = key[len(prefix) + 8 :].decode()
+        record = get_workflow(kv, tenant, workflow_id)
+        if record is None:
+            raise CorruptRecord(table, key, "index row has no workflow record")
+        if workflow_type is not None and record.workflow_type != workflow_type:
+            continue
+        if len(items) == limit:
+            return Page(items, encode_cursor(query, last_key))
+        items.append(record)
+        last_key = key
+    return Page(items, None)
+
+
+def due_timers(kv: KV, until: datetime, limit: int, after: TimerRow | None) -> list[TimerRow]:
+    """Timers due at or before ``until``, in due order, after ``after`` (exclusive)."""
+    _check_limit(limit)
+    hi = k.be64(k.micros(until) + 1)
+    lo = b"" if after is None else _timer_key(after) + b"\x00"
+    rows: list[TimerRow] = []
+    for key, value in kv.scan("timers", lo, hi):
+        rows.append(decode_row("timers", key, value, TimerRow))
+        if len(rows) == limit:
+            break
+    return rows
+
+
+def list_children(
+    kv: KV,
+    table: str,
+    typ: type[R],
+    tenant: str,
+    workflow_id: str,
+    limit: int,
+    cursor: str | None,
+) -> Page[R]:
+    """Waitpoint or approval rows of one workflow, ordered by id, keyset-paginated."""
+    _check_limit(limit)
+    prefix = k.workflow_key(tenant, workflow_id) + k.SEP
+    query = [table, tenant, workflow_id]
+    lo = prefix if cursor is None else decode_cursor(cursor, query) + b"\x00"
+    return _page(kv, table, typ, lo, k.prefix_end(prefix), limit, query)
+
+
+def pending_approvals(kv: KV, tenant: str, limit: int, cursor: str | None) -> Page[ApprovalRow]:
+    """Pending approvals of ``tenant`` across runs, oldest request first."""
+    _check_limit(limit)
+    prefix = k.ident(tenant, "tenant") + k.SEP
+    query = ["approvals_pending", tenant]
+    lo = prefix if cursor is None else decode_cursor(cursor, query) + b"\x00"
+    items: list[ApprovalRow] = []
+    last = b""
+    for key, row_key in kv.scan("approvals_pending", lo, k.prefix_end(prefix)):
+        if len(items) == limit:
+            return Page(items, encode_cursor(query, last))
+        row = get_row(kv, "approvals", row_key, ApprovalRow)
+        if row is None:
+            raise CorruptRecord("approvals_pending", key, "index row has no approval")
+        items.append(row)
+        last = key
+    return Page(items, None)
+
+
+def scan_index(
+    kv: KV, index: str, tenant: str, prefix: str, limit: int, cursor: str | None
+) -> Page[IndexRow]:
+    """Rows of a generic secondary index whose key starts with ``prefix``, ascending."""
+    _check_limit(limit)
+    head = k.ident(index, "index name") + k.SEP + k.ident(tenant, "tenant") + k.SEP
+    full = head + prefix.encode()
+    query = ["index", index, tenant, prefix]
+    lo = full if cursor is None else decode_cursor(cursor, query) + b"\x00"
+    items: list[IndexRow] = []
+    last = b""
+    for key, value in kv.scan("index", lo, k.prefix_end(full)):
+        if len(items) == limit:
+            return Page(items, encode_cursor(query, last))
+        items.append(IndexRow(index, tenant, key[len(head) :].decode(), value))
+        last = key
+    return Page(items, None)
+
+
+def read_inbox(kv: KV, limit: int) -> list[InboxCommand]:
+    """Inbox commands, oldest first."""
+    _check_limit(limit)
+    rows: list[InboxCommand] = []
+    for key, value in kv.scan("inbox", b"", b"\xff"):
+        rows.append(decode_row("inbox", key, value, InboxCommand))
+        if len(rows) == limit:
+            break
+    return rows
+
+
+def _page(
+    kv: KV, table: str, typ: type[R], lo: bytes, hi: bytes, limit: int, query: list[Any]
+) -> Page[R]:
+    items: list[R] = []
+    last = b""
+    for key, value in kv.scan(table, lo, hi):
+        if len(items) == limit:
+            return Page(items, encode_cursor(query, last))
+        items.append(decode_row(table, key, value, typ))
+        last = key
+    return Page(items, None)
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or limit < 1:
+        raise InvalidArgument(f"limit must be a positive int, not {limit!r}")
+
+
+def waitpoint_key(tenant: str, workflow_id: str, waitpoint_id: str) -> bytes:
+    return k.child_key(tenant, workflow_id, waitpoint_id, "waitpoint id")
+
+
+def approval_key(tenant: str, workflow_id: str, approval_id: str) -> bytes:
+    return k.child_key(tenant, workflow_id, approval_id, "approval id")

@@ -1,0 +1,566 @@
+"""LmdbStore: the durable store on disk, with a group-commit writer thread.
+
+One writer thread owns LMDB's single write transaction. Requests from every task queue up; the
+writer takes all that are waiting, applies them in one transaction, commits with one fsync and
+then wakes every requester. Each request succeeds or fails on its own: a stale ``expected_seq``
+is detected before the request writes anything, and a request that fails halfway (a bug, a
+corrupt row) is dropped by aborting and replaying the batch without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import anyio
+import lmdb
+import msgspec
+
+from aion._loop import Notifier, current_notifier
+from aion.errors import (
+    AionError,
+    DataDirectoryError,
+    InvalidArgument,
+    SequenceConflict,
+    StoreClosed,
+    StoreError,
+    StoreFormatError,
+    StoreFull,
+)
+
+from . import _core
+from ._core import KV, Prepared
+from ._lock import DirectoryLock
+from ._protocol import KVStore
+from ._records import CommitResult
+
+__all__ = ["LmdbStore"]
+
+log = logging.getLogger("aion.store")
+
+R = TypeVar("R")
+
+DEFAULT_MAP_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file only holds what is written
+MAX_BATCH = 4096
+
+Role = Literal["engine", "client"]
+
+
+class _LmdbKV:
+    """KV over one LMDB transaction and the store's named databases."""
+
+    __slots__ = ("_dbs", "_txn")
+
+    def __init__(self, txn: lmdb.Transaction[bytes], dbs: dict[str, Any]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._dbs[table])
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[table])
+
+    def delete(self, table: str, key: bytes) -> None:
+        self._txn.delete(key, db=self._dbs[table])
+
+    def scan(
+        self, table: str, lo: bytes, hi: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        cursor = self._txn.cursor(self._dbs[table])
+        if reverse:
+            # Position on the last key < hi.
+            if cursor.set_range(hi):
+                if not cursor.prev():
+                    return
+            elif not cursor.last():
+                return
+            for key, value in cursor.iterprev():
+                if key < lo:
+                    return
+                yield key, value
+        else:
+            if not cursor.set_range(lo):
+                return
+            for key, value in cursor:
+                if key >= hi:
+                    return
+                yield key, value
+
+    def values(self, table: str, start: bytes, count: int) -> list[bytes]:
+        cursor = self._txn.cursor(self._dbs[table])
+        if not cursor.set_range(start):
+            return []
+        return list(itertools.islice(cursor.iternext(keys=False, values=True), count))
+
+
+class _Gate:
+    """Readers share it; a map resize takes it alone (LMDB resizes with no transaction open)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class _Request:
+    __slots__ = ("error", "event", "notify", "prepared", "result")
+
+    def __init__(self, prepared: Prepared, notify: Notifier | None) -> None:
+        self.prepared = prepared
+        self.notify = notify
+        self.event: anyio.Event | threading.Event | None = None
+        self.result: CommitResult | None = None
+        self.error: BaseException | None = None
+
+
+class _Poisoned(Exception):
+    def __init__(self, request: _Request, error: BaseException) -> None:
+        self.request = request
+        self.error = error
+
+
+_STOP = object()
+
+
+class LmdbStore(KVStore):
+    """The durable :class:`~aion.store.EventStore`: LMDB on disk, group commit, one engine.
+
+    Args:
+        path: the data directory (created if missing).
+        role: ``"engine"`` (the default) takes the directory's engine lock and may write
+            anything; ``"client"`` takes no lock, reads, and may only leave inbox commands
+            (other processes: the CLI, another service).
+        durable: ``True`` (default) fsyncs every commit before reporting it recorded. ``False``
+            skips the fsync: a crash of the process loses nothing, but a crash of the machine or
+            a power cut may lose the last commits (never tearing one). See docs/operations.md.
+        map_size: initial size of the memory map; it doubles automatically when full.
+        max_map_size: the map never grows past this; a write that needs more fails with
+            :class:`~aion.errors.StoreFull` and writes nothing.
+
+    Raises:
+        StoreLocked: another engine holds the data directory.
+        StoreFormatError: the directory holds a store of a newer format, or not an aion store.
+        DataDirectoryError: the directory cannot be created, read or written.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        role: Role = "engine",
+        durable: bool = True,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+    ) -> None:
+        if role not in ("engine", "client"):
+            raise InvalidArgument(f"role must be 'engine' or 'client', not {role!r}")
+        self.path = Path(path)
+        self.role: Role = role
+        self.durable = durable
+        self._max_map_size = max(max_map_size, map_size)
+        self._gate = _Gate()
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._inbox_counter = itertools.count(1)
+        self._client_write_lock = threading.Lock()
+        _make_directory(self.path, create=role == "engine")
+        self._lock: DirectoryLock | None = None
+        if role == "engine":
+            self._lock = DirectoryLock(self.path)
+            self._lock.acquire()
+        try:
+            self._env = self._open_env(map_size)
+            self._dbs = self._open_tables()
+            if role == "engine":
+                self._env.reader_check()  # free reader slots of dead processes
+            self._check_format()
+        except BaseException:
+            if hasattr(self, "_env"):
+                self._env.close()
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        if role == "engine":
+            self._writer = threading.Thread(
+                target=self._writer_loop, name=f"aion-store-writer:{self.path}", daemon=True
+            )
+            self._writer.start()
+
+    # --- opening ----------------------------------------------------------------------------
+
+    def _open_env(self, map_size: int) -> lmdb.Environment:
+        try:
+            return lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=len(_core.TABLES) + 2,
+                sync=self.durable,
+                metasync=self.durable,
+                readahead=False,
+                max_readers=256,
+                create=self.role == "engine",
+            )
+        except lmdb.InvalidError as exc:
+            raise StoreFormatError(
+                f"{self.path} does not hold an LMDB store ({exc}); point aion at an empty "
+                "directory or at an aion data directory"
+            ) from exc
+        except lmdb.VersionMismatchError as exc:
+            raise StoreFormatError(f"{self.path}: LMDB version mismatch: {exc}") from exc
+        except lmdb.Error as exc:
+            raise DataDirectoryError(f"cannot open the store in {self.path}: {exc}") from exc
+
+    def _open_tables(self) -> dict[str, Any]:
+        try:
+            return {
+                name: self._env.open_db(name.encode(), create=self.role == "engine")
+                for name in _core.TABLES
+            }
+        except lmdb.NotFoundError as exc:
+            raise StoreFormatError(
+                f"{self.path} holds no aion store yet; start an engine on it first"
+            ) from exc
+        except lmdb.Error as exc:
+            raise StoreFormatError(f"{self.path} is not a readable aion store: {exc}") from exc
+
+    def _check_format(self) -> None:
+        meta = self._dbs["meta"]
+        with self._env.begin(write=self.role == "engine") as txn:
+            raw = txn.get(_core.FORMAT_KEY, db=meta)
+            if raw is None:
+                if self.role == "client":
+                    raise StoreFormatError(
+                        f"{self.path} holds no aion store yet; start an engine on it first"
+                    )
+                has_data = txn.stat(self._dbs["heads"])["entries"] > 0
+                if has_data:
+                    raise StoreFormatError(
+                        f"{self.path} holds data but no format version: not an aion store, or "
+                        "a damaged one. Restore it from a backup."
+                    )
+                txn.put(_core.FORMAT_KEY, msgspec.msgpack.encode(_core.FORMAT_VERSION), db=meta)
+                return
+        try:
+            version = msgspec.msgpack.decode(raw, type=int)
+        except msgspec.DecodeError as exc:
+            raise StoreFormatError(f"{self.path}: unreadable format version {raw!r}") from exc
+        if version > _core.FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{self.path} was written by a newer aion (store format {version}); this "
+                f"version reads formats up to {_core.FORMAT_VERSION}. Upgrade aion."
+            )
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[KV], R]) -> R:
+        self._check_open()
+        while True:
+            with self._gate.shared():
+                try:
+                    txn = self._env.begin()
+                except lmdb.MapResizedError:
+                    pass  # another process grew the map: adopt its size, outside the gate
+                else:
+                    try:
+                        return fn(_LmdbKV(txn, self._dbs))
+                    finally:
+                        txn.abort()
+            self._adopt_map_size()
+
+    def _adopt_map_size(self) -> None:
+        with self._gate.exclusive():
+            self._env.set_mapsize(0)
+
+    # --- writes -----------------------------------------------------------------------------
+
+    async def _commit(self, prepared: Prepared) -> CommitResult:
+        self._check_open()
+        if self.role == "client":
+            if prepared.appends or prepared.workflows or prepared.timers_add:
+                raise InvalidArgument(
+                    "a client-role store may only leave inbox commands; open the store as the "
+                    "engine to write histories"
+                )
+            return await anyio.to_thread.run_sync(self.commit_prepared_sync, prepared)
+        request = _Request(prepared, current_notifier())
+        event = anyio.Event()
+        request.event = event
+        self._submit(request)
+        # Shielded: the write is in flight and will land or fail within one batch; the caller
+        # must learn which, or its idea of the history head goes stale.
+        with anyio.CancelScope(shield=True):
+            await event.wait()
+        return _outcome(request)
+
+    def commit_prepared_sync(self, prepared: Prepared) -> CommitResult:
+        """Commit from a plain thread (no event loop), waiting for the result."""
+        self._check_open()
+        if self.role == "client":
+            with self._client_write_lock:
+                request = _Request(prepared, None)
+                self._run_batch([request])
+                return _outcome(request)
+        request = _Request(prepared, None)
+        done = threading.Event()
+        request.event = done
+        self._submit(request)
+        done.wait()
+        return _outcome(request)
+
+    def _submit(self, request: _Request) -> None:
+        if self._failure is not None:
+            raise StoreError(f"the store writer for {self.path} has failed") from self._failure
+        self._queue.put(request)
+
+    def _writer_loop(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                batch: list[_Request] = [item]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._run_batch(batch)
+                _wake(batch)
+                if stop:
+                    return
+        except BaseException as exc:  # the writer must never die silently
+            log.critical("store writer for %s failed", self.path, exc_info=True)
+            self._failure = exc
+            self._fail_queued(exc)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        pending: list[_Request] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                pending.append(item)
+        for request in pending:
+            request.error = StoreError(f"the store writer for {self.path} has failed: {exc}")
+        _wake(pending)
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        """Apply ``batch`` in one transaction; set each request's result or error."""
+        pending = batch
+        while pending:
+            try:
+                self._apply_in_txn(pending)
+                return
+            except _Poisoned as poisoned:
+                poisoned.request.error = poisoned.error
+                pending = [r for r in pending if r is not poisoned.request]
+            except lmdb.MapFullError:
+                if not self._grow():
+                    for request in pending:
+                        request.error = StoreFull(
+                            f"the store in {self.path} is full: its map reached max_map_size "
+                            f"({self._max_map_size} bytes). Nothing from this write was "
+                            "recorded; raise max_map_size or free space, then retry."
+                        )
+                    return
+            except lmdb.Error as exc:
+                error = _store_error(self.path, exc)
+                for request in pending:
+                    request.error = error
+                return
+
+    def _apply_in_txn(self, pending: list[_Request]) -> None:
+        outcomes: list[tuple[_Request, CommitResult | None, BaseException | None]] = []
+        txn = self._env.begin(write=True)
+        try:
+            kv = _LmdbKV(txn, self._dbs)
+            for request in pending:
+                try:
+                    _core.check(kv, request.prepared)
+                except (SequenceConflict, AionError) as exc:
+                    outcomes.append((request, None, exc))
+                    continue
+                try:
+                    result = _core.apply(kv, request.prepared)
+                except lmdb.MapFullError:
+                    raise
+                except Exception as exc:
+                    raise _Poisoned(request, exc) from exc
+                outcomes.append((request, result, None))
+        except BaseException:
+            txn.abort()
+            raise
+        txn.commit()  # one fsync for the whole batch (when durable)
+        for request, outcome, error in outcomes:
+            request.result = outcome
+            request.error = error
+
+    def _grow(self) -> bool:
+        size = self._env.info()["map_size"]
+        if size >= self._max_map_size:
+            return False
+        new_size = min(size * 2, self._max_map_size)
+        with self._gate.exclusive():
+            self._env.set_mapsize(new_size)
+        log.info("grew the store map of %s from %d to %d bytes", self.path, size, new_size)
+        return True
+
+    def _new_inbox_id(self) -> str:
+        return f"{time.time_ns():020d}-{os.getpid():08x}-{next(self._inbox_counter):08x}"
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"the store in {self.path} is closed")
+
+    def close(self) -> None:
+        """Finish queued writes, stop the writer, close LMDB, release the lock. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join()
+        with self._gate.exclusive():
+            self._env.close()
+        if self._lock is not None:
+            self._lock.release()
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.close)
+
+    def __enter__(self) -> LmdbStore:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> LmdbStore:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def map_size(self) -> int:
+        """The current size of the memory map in bytes."""
+        return int(self._env.info()["map_size"])
+
+    def _debug_put_raw(self, table: str, key: bytes, value: bytes) -> None:
+        """Write raw bytes into a table, bypassing every check (tests of corrupt records)."""
+        with self._env.begin(write=True) as txn:
+            txn.put(key, value, db=self._dbs[table])
+
+
+def _outcome(request: _Request) -> CommitResult:
+    if request.error is not None:
+        raise request.error
+    assert request.result is not None
+    return request.result
+
+
+def _wake(batch: list[_Request]) -> None:
+    """Wake every requester: one callback per event loop, not one per request."""
+    by_loop: dict[Notifier, list[anyio.Event]] = {}
+    for request in batch:
+        event = request.event
+        if isinstance(event, threading.Event):
+            event.set()
+        elif event is not None and request.notify is not None:
+            by_loop.setdefault(request.notify, []).append(event)
+    for notify, events in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            notify(_setter(events))
+
+
+def _setter(events: list[anyio.Event]) -> Callable[[], None]:
+    def set_all() -> None:
+        for event in events:
+            event.set()
+
+    return set_all
+
+
+def _store_error(path: Path, exc: lmdb.Error) -> StoreError:
+    text = str(exc)
+    if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        return StoreFull(
+            f"the disk holding {path} is full; nothing from this write was recorded. Free "
+            "space, then retry: everything recorded before is intact."
+        )
+    return StoreError(f"write to the store in {path} failed: {text}")
+
+
+def _make_directory(path: Path, *, create: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise DataDirectoryError(f"{path} exists and is not a directory; choose another path")
+    if not path.exists():
+        if not create:
+            raise DataDirectoryError(f"{path} does not exist; start an engine on it first")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataDirectoryError(
+                f"cannot create the data directory {path}: {exc.strerror}. Choose a path this "
+                "user can write, or create it with the right permissions."
+            ) from exc
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise DataDirectoryError(
+            f"the data directory {path} is not readable and writable by this user; fix its "
+            "permissions or choose another path"
+        )

@@ -1,0 +1,150 @@
+"""MemoryStore: the store semantics in process memory, for tests and ephemeral engines."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import anyio
+
+from aion.errors import StoreClosed
+
+from . import _core
+from ._core import KV, Prepared
+from ._protocol import KVStore
+from ._records import CommitResult
+
+__all__ = ["MemoryStore"]
+
+R = TypeVar("R")
+
+
+class _Table:
+    """A sorted map: a dict for lookups beside a sorted key list for range scans."""
+
+    __slots__ = ("keys", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, bytes] = {}
+        self.keys: list[bytes] = []
+
+    def put(self, key: bytes, value: bytes) -> bytes | None:
+        old = self.rows.get(key)
+        if old is None:
+            if not self.keys or key > self.keys[-1]:
+                self.keys.append(key)
+            else:
+                bisect.insort(self.keys, key)
+        self.rows[key] = bytes(value)
+        return old
+
+    def delete(self, key: bytes) -> bytes | None:
+        old = self.rows.pop(key, None)
+        if old is not None:
+            del self.keys[bisect.bisect_left(self.keys, key)]
+        return old
+
+
+class _Data:
+    def __init__(self) -> None:
+        self.tables = {name: _Table() for name in _core.TABLES}
+        self.lock = threading.RLock()
+        self.inbox_counter = itertools.count(1)
+
+
+class _MemoryKV:
+    """KV over the tables; with an undo log, so a failed write can be rolled back."""
+
+    def __init__(self, data: _Data, undo: list[tuple[str, bytes, bytes | None]] | None) -> None:
+        self._tables = data.tables
+        self._undo = undo
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self._tables[table].rows.get(key)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        old = self._tables[table].put(key, value)
+        if self._undo is not None:
+            self._undo.append((table, key, old))
+
+    def delete(self, table: str, key: bytes) -> None:
+        old = self._tables[table].delete(key)
+        if self._undo is not None and old is not None:
+            self._undo.append((table, key, old))
+
+    def scan(
+        self, table: str, lo: bytes, hi: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        t = self._tables[table]
+        start = bisect.bisect_left(t.keys, lo)
+        stop = bisect.bisect_left(t.keys, hi)
+        # Snapshot the key range so the caller may write while iterating.
+        keys = t.keys[start:stop]
+        for key in reversed(keys) if reverse else keys:
+            value = t.rows.get(key)
+            if value is not None:
+                yield key, value
+
+    def values(self, table: str, start: bytes, count: int) -> list[bytes]:
+        t = self._tables[table]
+        i = bisect.bisect_left(t.keys, start)
+        return [t.rows[key] for key in t.keys[i : i + count]]
+
+
+class MemoryStore(KVStore):
+    """An :class:`~aion.store.EventStore` in process memory.
+
+    Same semantics as :class:`~aion.store.LmdbStore` (both run the same store logic), nothing
+    survives the process. :meth:`reopen` returns a new store over the same data, which tests use
+    to model a close and reopen.
+    """
+
+    def __init__(self) -> None:
+        self._data = _Data()
+        self._closed = False
+
+    def reopen(self) -> MemoryStore:
+        """A fresh store object over this store's data (as if closed and opened again)."""
+        self._closed = True
+        store = MemoryStore.__new__(MemoryStore)
+        store._data = self._data
+        store._closed = False
+        return store
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("the memory store was closed")
+
+    def _read(self, fn: Callable[[KV], R]) -> R:
+        self._check_open()
+        with self._data.lock:
+            return fn(_MemoryKV(self._data, None))
+
+    def commit_prepared(self, prepared: Prepared) -> CommitResult:
+        """Apply an already prepared write atomically (synchronously)."""
+        self._check_open()
+        with self._data.lock:
+            undo: list[tuple[str, bytes, bytes | None]] = []
+            try:
+                return _core.apply(_MemoryKV(self._data, undo), prepared)
+            except BaseException:
+                for table, key, old in reversed(undo):
+                    if old is None:
+                        self._data.tables[table].delete(key)
+                    else:
+                        self._data.tables[table].put(key, old)
+                raise
+
+    async def _commit(self, prepared: Prepared) -> CommitResult:
+        result = self.commit_prepared(prepared)
+        await anyio.lowlevel.checkpoint()
+        return result
+
+    def _new_inbox_id(self) -> str:
+        return f"{next(self._data.inbox_counter):020d}"
+
+    async def aclose(self) -> None:
+        self._closed = True

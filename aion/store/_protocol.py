@@ -1,0 +1,299 @@
+"""The EventStore protocol, and the base class that implements it over a KV transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Protocol, TypeVar, runtime_checkable
+
+from aion.events import AnyEvent, Event
+
+from . import _core, _keys
+from ._core import KV, Prepared
+from ._records import (
+    Append,
+    ApprovalRow,
+    CommitResult,
+    InboxCommand,
+    IndexRow,
+    Page,
+    RunInfo,
+    Status,
+    TimerRow,
+    WaitpointRow,
+    WorkflowRecord,
+    Write,
+)
+
+__all__ = ["EventStore", "KVStore"]
+
+R = TypeVar("R")
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """Durable storage for workflow histories and the rows kept beside them.
+
+    Every method is tenant-scoped (``tenant="default"`` unless given); a workflow of another
+    tenant does not exist for the call. Writes are atomic: :meth:`commit` makes all of a
+    :class:`Write` visible or none of it, even across a crash.
+    """
+
+    async def commit(self, write: Write) -> CommitResult:
+        """Apply ``write`` atomically.
+
+        Raises:
+            SequenceConflict: an append's ``expected_seq`` is not the stored head (nothing
+                written).
+            InvalidArgument: the write is malformed (nothing written).
+            StoreFull: the store could not grow (nothing written).
+        """
+        ...
+
+    async def append(
+        self, workflow_id: str, events: Sequence[Event], expected_seq: int, *, tenant: str = ...
+    ) -> int:
+        """Append events to one history; returns the new head. See :meth:`commit`."""
+        ...
+
+    async def read_history(
+        self, workflow_id: str, *, tenant: str = ..., from_seq: int = 1, to_seq: int | None = None
+    ) -> list[AnyEvent]:
+        """Events ``from_seq``..``to_seq`` (inclusive) of the whole history, across runs."""
+        ...
+
+    async def read_current_run(self, workflow_id: str, *, tenant: str = ...) -> list[AnyEvent]:
+        """The current run's segment: from its ``WorkflowStarted`` to the head."""
+        ...
+
+    async def head(self, workflow_id: str, *, tenant: str = ...) -> int:
+        """The last seq of the history (0 if the workflow does not exist)."""
+        ...
+
+    async def run_chain(self, workflow_id: str, *, tenant: str = ...) -> list[RunInfo]:
+        """Every run of the workflow id, oldest first (continue-as-new adds one)."""
+        ...
+
+    async def get_workflow(self, workflow_id: str, *, tenant: str = ...) -> WorkflowRecord | None:
+        """The projection row, or ``None`` if the workflow does not exist in ``tenant``."""
+        ...
+
+    async def list_workflows(
+        self,
+        *,
+        tenant: str = ...,
+        status: Status | None = None,
+        workflow_type: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowRecord]:
+        """Workflows newest first (by first start), keyset-paginated with an opaque cursor.
+
+        ``started_after`` is inclusive, ``started_before`` exclusive.
+        """
+        ...
+
+    async def due_timers(
+        self, until: datetime, *, limit: int = 1000, after: TimerRow | None = None
+    ) -> list[TimerRow]:
+        """Timers due at or before ``until`` (all tenants), in due order, after ``after``."""
+        ...
+
+    async def get_waitpoint(
+        self, workflow_id: str, waitpoint_id: str, *, tenant: str = ...
+    ) -> WaitpointRow | None: ...
+
+    async def list_waitpoints(
+        self, workflow_id: str, *, tenant: str = ..., limit: int = 100, cursor: str | None = None
+    ) -> Page[WaitpointRow]: ...
+
+    async def get_approval(
+        self, workflow_id: str, approval_id: str, *, tenant: str = ...
+    ) -> ApprovalRow | None: ...
+
+    async def list_approvals(
+        self, workflow_id: str, *, tenant: str = ..., limit: int = 100, cursor: str | None = None
+    ) -> Page[ApprovalRow]: ...
+
+    async def pending_approvals(
+        self, *, tenant: str = ..., limit: int = 100, cursor: str | None = None
+    ) -> Page[ApprovalRow]:
+        """Pending approvals of a tenant across all runs, oldest request first."""
+        ...
+
+    async def scan_index(
+        self,
+        index: str,
+        *,
+        tenant: str = ...,
+        prefix: str = "",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[IndexRow]:
+        """Rows of a generic secondary index, ascending by key."""
+        ...
+
+    async def put_inbox(self, command: InboxCommand) -> str:
+        """Leave a command for the engine; returns its id. Allowed for client-role stores."""
+        ...
+
+    async def read_inbox(self, *, limit: int = 100) -> list[InboxCommand]:
+        """Commands waiting in the inbox, oldest first."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish pending writes and close. Idempotent."""
+        ...
+
+
+class KVStore:
+    """Implements every read of :class:`EventStore` over ``_read`` and writes over ``_commit``.
+
+    Subclasses supply a read transaction (``_read``) and an atomic commit of prepared writes.
+    """
+
+    def _read(self, fn: Callable[[KV], R]) -> R:
+        raise NotImplementedError
+
+    async def _commit(self, prepared: Prepared) -> CommitResult:
+        raise NotImplementedError
+
+    def _new_inbox_id(self) -> str:
+        raise NotImplementedError
+
+    async def commit(self, write: Write) -> CommitResult:
+        return await self._commit(_core.prepare(write, self._new_inbox_id))
+
+    async def append(
+        self,
+        workflow_id: str,
+        events: Sequence[Event],
+        expected_seq: int,
+        *,
+        tenant: str = "default",
+    ) -> int:
+        result = await self.commit(
+            Write(appends=[Append(workflow_id, events, expected_seq, tenant)])
+        )
+        return result.heads[0]
+
+    async def read_history(
+        self,
+        workflow_id: str,
+        *,
+        tenant: str = "default",
+        from_seq: int = 1,
+        to_seq: int | None = None,
+    ) -> list[AnyEvent]:
+        return self._read(lambda kv: _core.read_history(kv, tenant, workflow_id, from_seq, to_seq))
+
+    async def read_current_run(
+        self, workflow_id: str, *, tenant: str = "default"
+    ) -> list[AnyEvent]:
+        return self._read(lambda kv: _core.read_current_run(kv, tenant, workflow_id))
+
+    async def head(self, workflow_id: str, *, tenant: str = "default") -> int:
+        key = _keys.workflow_key(tenant, workflow_id)
+        return self._read(lambda kv: _core.head_of(kv, key))
+
+    async def run_chain(self, workflow_id: str, *, tenant: str = "default") -> list[RunInfo]:
+        return self._read(lambda kv: _core.run_chain(kv, tenant, workflow_id))
+
+    async def get_workflow(
+        self, workflow_id: str, *, tenant: str = "default"
+    ) -> WorkflowRecord | None:
+        return self._read(lambda kv: _core.get_workflow(kv, tenant, workflow_id))
+
+    async def list_workflows(
+        self,
+        *,
+        tenant: str = "default",
+        status: Status | None = None,
+        workflow_type: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowRecord]:
+        return self._read(
+            lambda kv: _core.list_workflows(
+                kv,
+                tenant,
+                status=status,
+                workflow_type=workflow_type,
+                started_after=started_after,
+                started_before=started_before,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+
+    async def due_timers(
+        self, until: datetime, *, limit: int = 1000, after: TimerRow | None = None
+    ) -> list[TimerRow]:
+        return self._read(lambda kv: _core.due_timers(kv, until, limit, after))
+
+    async def get_waitpoint(
+        self, workflow_id: str, waitpoint_id: str, *, tenant: str = "default"
+    ) -> WaitpointRow | None:
+        key = _core.waitpoint_key(tenant, workflow_id, waitpoint_id)
+        return self._read(lambda kv: _core.get_row(kv, "waitpoints", key, WaitpointRow))
+
+    async def list_waitpoints(
+        self,
+        workflow_id: str,
+        *,
+        tenant: str = "default",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WaitpointRow]:
+        return self._read(
+            lambda kv: _core.list_children(
+                kv, "waitpoints", WaitpointRow, tenant, workflow_id, limit, cursor
+            )
+        )
+
+    async def get_approval(
+        self, workflow_id: str, approval_id: str, *, tenant: str = "default"
+    ) -> ApprovalRow | None:
+        key = _core.approval_key(tenant, workflow_id, approval_id)
+        return self._read(lambda kv: _core.get_row(kv, "approvals", key, ApprovalRow))
+
+    async def list_approvals(
+        self,
+        workflow_id: str,
+        *,
+        tenant: str = "default",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[ApprovalRow]:
+        return self._read(
+            lambda kv: _core.list_children(
+                kv, "approvals", ApprovalRow, tenant, workflow_id, limit, cursor
+            )
+        )
+
+    async def pending_approvals(
+        self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
+    ) -> Page[ApprovalRow]:
+        return self._read(lambda kv: _core.pending_approvals(kv, tenant, limit, cursor))
+
+    async def scan_index(
+        self,
+        index: str,
+        *,
+        tenant: str = "default",
+        prefix: str = "",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[IndexRow]:
+        return self._read(lambda kv: _core.scan_index(kv, index, tenant, prefix, limit, cursor))
+
+    async def put_inbox(self, command: InboxCommand) -> str:
+        result = await self.commit(Write(inbox_put=[command]))
+        return result.inbox_ids[0]
+
+    async def read_inbox(self, *, limit: int = 100) -> list[InboxCommand]:
+        return self._read(lambda kv: _core.read_inbox(kv, limit))
