@@ -355,14 +355,21 @@ class LmdbStore(KVStore):
         if self._failure is not None:
             raise StoreError(f"the store writer for {self.path} has failed") from self._failure
         self._queue.put(request)
+        failure = self._writer_failure()
+        if failure is not None:  # the writer died while we queued: do not wait forever
+            self._fail_queued(failure)
+
+    def _writer_failure(self) -> BaseException | None:
+        return self._failure
 
     def _writer_loop(self) -> None:
+        batch: list[_Request] = []
         try:
             while True:
                 item = self._queue.get()
                 if item is _STOP:
                     return
-                batch: list[_Request] = [item]
+                batch = [item]
                 stop = False
                 while len(batch) < MAX_BATCH:
                     try:
@@ -375,11 +382,19 @@ class LmdbStore(KVStore):
                     batch.append(item)
                 self._run_batch(batch)
                 _wake(batch)
+                batch = []
                 if stop:
                     return
         except BaseException as exc:  # the writer must never die silently
             log.critical("store writer for %s failed", self.path, exc_info=True)
             self._failure = exc
+            for request in batch:
+                if request.result is None and request.error is None:
+                    request.error = StoreError(
+                        f"the store writer for {self.path} failed: {exc!r}; this write may not "
+                        "have been recorded. Reopen the store."
+                    )
+            _wake(batch)
             self._fail_queued(exc)
 
     def _fail_queued(self, exc: BaseException) -> None:
