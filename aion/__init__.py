@@ -16,6 +16,7 @@ from .errors import WorkflowCancelled as WorkflowCancelled
 from .errors import WorkflowClosed as WorkflowClosed
 from .errors import WorkflowFailed as WorkflowFailed
 from .errors import WorkflowNotFound as WorkflowNotFound
+from .store import Status as Status
 
 __version__ = "0.1.0.dev0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "NoPendingApproval",
     "NondeterminismError",
     "PayloadError",
+    "Status",
     "WaitTimedOut",
     "WaitpointClosed",
     "WorkflowCancelled",
