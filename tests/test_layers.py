@@ -36,9 +36,9 @@ LAYERS: list[tuple[str, int]] = [
 def layer_of(module: str) -> int:
     best: tuple[int, int] | None = None
     for prefix, layer in LAYERS:
-        if module == prefix or module.startswith(prefix + "."):
-            if best is None or len(prefix) > best[0]:
-                best = (len(prefix), layer)
+        matches = module == prefix or module.startswith(prefix + ".")
+        if matches and (best is None or len(prefix) > best[0]):
+            best = (len(prefix), layer)
     assert best is not None, f"{module} is in no layer: add it to LAYERS in {__file__}"
     return best[1]
 
