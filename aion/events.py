@@ -163,13 +163,15 @@ class StepCompleted(Event, frozen=True, tag="step.completed"):
 
 
 class StepFailed(Event, frozen=True, tag="step.failed"):
-    """An attempt raised. When ``retryable`` is false (or attempts ran out) the step has failed."""
+    """An attempt raised. ``retryable`` classifies the error; ``will_retry`` says whether a
+    ``StepRetryScheduled`` follows (otherwise the step has failed for good)."""
 
     step_seq: int
     attempt: int
     error_type: str
     message: str
     retryable: bool
+    will_retry: bool = False
 
 
 class StepRetryScheduled(Event, frozen=True, tag="step.retry_scheduled"):
