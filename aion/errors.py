@@ -24,6 +24,7 @@ __all__ = [
     "StoreError",
     "StoreFormatError",
     "StoreFull",
+    "StepError",
     "StoreLocked",
     "WaitTimedOut",
     "WaitpointClosed",
@@ -158,6 +159,24 @@ class Cancelled(BaseException):
     Derives from ``BaseException`` so ``except Exception`` does not swallow it. Catch it only to
     clean up (cleanup may still run steps), then let it propagate.
     """
+
+
+class StepError(AionError):
+    """A step failed for good (a non-retryable error, or its attempts ran out).
+
+    Raised inside the workflow at ``await ctx.step(...)``, the same way live and on replay.
+    ``error_type`` and ``error_message`` describe the step's last error. If the workflow does not
+    catch it, the run fails with that error type and message.
+    """
+
+    def __init__(self, step_name: str, error_type: str, message: str, attempts: int) -> None:
+        self.step_name = step_name
+        self.error_type = error_type
+        self.error_message = message
+        self.attempts = attempts
+        super().__init__(
+            f"step {step_name!r} failed after {attempts} attempt(s): {error_type}: {message}"
+        )
 
 
 class WaitTimedOut(AionError, TimeoutError):

@@ -1,0 +1,253 @@
+"""Commands: what workflow code asks the engine to do, and the events that record them.
+
+A command is issued when workflow code calls a durable operation. Live, the actor records it as
+an event and carries it out; during replay it is matched against the event recorded for it. The
+match is by kind, per-kind sequence number and name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aion import events as ev
+
+from ._definition import RetryPolicy
+
+__all__ = [
+    "CancelTimer",
+    "CancelWorkflow",
+    "Command",
+    "CompleteWorkflow",
+    "ContinueAsNew",
+    "FailWorkflow",
+    "RecordPatch",
+    "ScheduleStep",
+    "StartChild",
+    "StartTimer",
+    "UpsertSearchAttributes",
+    "describe_command",
+    "describe_event",
+    "is_command_event",
+    "matches",
+    "to_event",
+]
+
+
+class Command:
+    """Base of every command."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class ScheduleStep(Command):
+    seq: int
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    encoded_args: bytes
+    retry: RetryPolicy
+    timeout: float | None
+
+
+@dataclass(slots=True)
+class StartTimer(Command):
+    seq: int
+    due: datetime
+    name: str = ""
+
+
+@dataclass(slots=True)
+class CancelTimer(Command):
+    seq: int
+
+
+@dataclass(slots=True)
+class StartChild(Command):
+    seq: int
+    workflow_type: str
+    workflow_id: str
+    input: bytes
+
+
+@dataclass(slots=True)
+class RecordPatch(Command):
+    patch_id: str
+
+
+@dataclass(slots=True)
+class UpsertSearchAttributes(Command):
+    attributes: dict[str, ev.SearchValue]
+
+
+@dataclass(slots=True)
+class CompleteWorkflow(Command):
+    result: bytes
+
+
+@dataclass(slots=True)
+class FailWorkflow(Command):
+    error_type: str
+    message: str
+    traceback: str
+
+
+@dataclass(slots=True)
+class CancelWorkflow(Command):
+    reason: str | None
+
+
+@dataclass(slots=True)
+class ContinueAsNew(Command):
+    workflow_type: str
+    input: bytes
+
+
+_COMMAND_EVENTS: tuple[type[ev.Event], ...] = (
+    ev.StepScheduled,
+    ev.TimerScheduled,
+    ev.TimerCancelled,
+    ev.ChildStarted,
+    ev.PatchRecorded,
+    ev.SearchAttributesUpserted,
+    ev.WorkflowCompleted,
+    ev.WorkflowFailed,
+    ev.WorkflowCancelled,
+    ev.WorkflowContinuedAsNew,
+)
+
+
+def is_command_event(event: ev.Event) -> bool:
+    """True for events recorded because workflow code issued a command."""
+    return isinstance(event, _COMMAND_EVENTS)
+
+
+def matches(command: Command, event: ev.Event) -> bool:
+    """Whether ``event`` is the record of ``command`` (kind, sequence number and name)."""
+    match command, event:
+        case ScheduleStep(), ev.StepScheduled():
+            return command.seq == event.step_seq and command.name == event.name
+        case StartTimer(), ev.TimerScheduled():
+            return command.seq == event.timer_seq
+        case CancelTimer(), ev.TimerCancelled():
+            return command.seq == event.timer_seq
+        case StartChild(), ev.ChildStarted():
+            return command.seq == event.child_seq and command.workflow_type == event.workflow_type
+        case RecordPatch(), ev.PatchRecorded():
+            return command.patch_id == event.patch_id
+        case UpsertSearchAttributes(), ev.SearchAttributesUpserted():
+            return True
+        case CompleteWorkflow(), ev.WorkflowCompleted():
+            return True
+        case FailWorkflow(), ev.WorkflowFailed():
+            return True
+        case CancelWorkflow(), ev.WorkflowCancelled():
+            return True
+        case ContinueAsNew(), ev.WorkflowContinuedAsNew():
+            return command.workflow_type == event.workflow_type
+    return False
+
+
+def to_event(command: Command, seq: int, at: datetime, **extra: Any) -> ev.Event:
+    """The event that records ``command`` (``extra`` supplies what only the engine knows)."""
+    match command:
+        case ScheduleStep():
+            return ev.StepScheduled(
+                seq=seq, at=at, step_seq=command.seq, name=command.name, args=command.encoded_args
+            )
+        case StartTimer():
+            return ev.TimerScheduled(
+                seq=seq, at=at, timer_seq=command.seq, due=command.due, name=command.name
+            )
+        case CancelTimer():
+            return ev.TimerCancelled(seq=seq, at=at, timer_seq=command.seq)
+        case StartChild():
+            return ev.ChildStarted(
+                seq=seq,
+                at=at,
+                child_seq=command.seq,
+                child_workflow_id=command.workflow_id,
+                child_run_id=extra["child_run_id"],
+                workflow_type=command.workflow_type,
+            )
+        case RecordPatch():
+            return ev.PatchRecorded(seq=seq, at=at, patch_id=command.patch_id)
+        case UpsertSearchAttributes():
+            return ev.SearchAttributesUpserted(seq=seq, at=at, attributes=command.attributes)
+        case CompleteWorkflow():
+            return ev.WorkflowCompleted(seq=seq, at=at, result=command.result)
+        case FailWorkflow():
+            return ev.WorkflowFailed(
+                seq=seq,
+                at=at,
+                error_type=command.error_type,
+                message=command.message,
+                traceback=command.traceback,
+            )
+        case CancelWorkflow():
+            return ev.WorkflowCancelled(seq=seq, at=at, reason=command.reason)
+        case ContinueAsNew():
+            return ev.WorkflowContinuedAsNew(
+                seq=seq,
+                at=at,
+                new_run_id=extra["new_run_id"],
+                workflow_type=command.workflow_type,
+                input=command.input,
+            )
+    raise TypeError(f"unknown command {command!r}")
+
+
+def describe_command(command: Command | None) -> str:
+    """A short phrase for error messages: ``step 'charge_card' (#2)``."""
+    match command:
+        case None:
+            return "nothing (the code did not reach another durable operation)"
+        case ScheduleStep():
+            return f"step {command.name!r} (#{command.seq})"
+        case StartTimer():
+            return f"timer #{command.seq}"
+        case CancelTimer():
+            return f"cancel of timer #{command.seq}"
+        case StartChild():
+            return f"child workflow {command.workflow_type!r} (#{command.seq})"
+        case RecordPatch():
+            return f"patch {command.patch_id!r}"
+        case UpsertSearchAttributes():
+            return "search attributes"
+        case CompleteWorkflow():
+            return "return (workflow completed)"
+        case FailWorkflow():
+            return f"raise {command.error_type} (workflow failed)"
+        case CancelWorkflow():
+            return "cancellation"
+        case ContinueAsNew():
+            return "continue-as-new"
+    return repr(command)
+
+
+def describe_event(event: ev.Event | None) -> str:
+    """A short phrase for error messages about a recorded event."""
+    match event:
+        case None:
+            return "nothing more"
+        case ev.StepScheduled():
+            return f"step {event.name!r} (#{event.step_seq})"
+        case ev.TimerScheduled():
+            return f"timer #{event.timer_seq}"
+        case ev.TimerCancelled():
+            return f"cancel of timer #{event.timer_seq}"
+        case ev.ChildStarted():
+            return f"child workflow {event.workflow_type!r} (#{event.child_seq})"
+        case ev.PatchRecorded():
+            return f"patch {event.patch_id!r}"
+        case ev.WorkflowCompleted():
+            return "return (workflow completed)"
+        case ev.WorkflowFailed():
+            return f"raise {event.error_type} (workflow failed)"
+        case ev.WorkflowContinuedAsNew():
+            return "continue-as-new"
+    return type(event).__name__

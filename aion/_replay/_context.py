@@ -1,0 +1,164 @@
+"""``aion.Context``: what workflow code calls. Every method is deterministic under replay."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+from aion.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from aion.events import SearchValue
+
+    from ._definition import RetryPolicy
+    from ._driver import Driver, DurableFuture, WorkflowInfo
+
+__all__ = ["Context"]
+
+T = TypeVar("T")
+
+
+def _seconds(delay: float | timedelta) -> float:
+    if isinstance(delay, timedelta):
+        return delay.total_seconds()
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise InvalidArgument(f"a delay is seconds or a timedelta, not {delay!r}")
+    return float(delay)
+
+
+class Context:
+    """The workflow's handle on aion: durable operations and deterministic values.
+
+    Workflow code receives it as its first argument. It must not be shared with other tasks or
+    used after the workflow returns.
+    """
+
+    __slots__ = ("_driver",)
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+
+    @property
+    def info(self) -> WorkflowInfo:
+        """``workflow_id``, ``run_id``, ``workflow_type``, ``tenant``, ``started_at``."""
+        assert self._driver.info is not None
+        return self._driver.info
+
+    def step(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | timedelta | None = None,
+        compensate: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ) -> DurableFuture:
+        """Run ``fn(*args, **kwargs)`` once as a step and record its result.
+
+        Sync functions run in worker threads, async ones on the event loop. On replay the
+        recorded result (or error) is returned without running ``fn``. A step may run more than
+        once if the process dies between its side effect and its record; it receives a stable
+        idempotency key (``aion.current_step().idempotency_key``) to pass to outside systems.
+
+        Args:
+            name: the recorded name (default: ``fn.__qualname__``); replay matches on it.
+            retry: how failures are retried (default ``RetryPolicy()``: 3 attempts).
+            timeout: seconds (or a timedelta) one attempt may take.
+            compensate: a function to run (as a step, with the same arguments) when
+                :meth:`compensate` is called later, e.g. to undo this step in a saga.
+
+        Raises:
+            PayloadError: the arguments cannot be encoded or are too large (at the call).
+            StepError: (when awaited) the step failed for good.
+        """
+        seconds = None if timeout is None else _seconds(timeout)
+        future = self._driver.schedule_step(
+            fn, args, kwargs, name=name, retry=retry, timeout=seconds
+        )
+        if compensate is not None:
+            driver = self._driver
+
+            def remember(f: DurableFuture) -> None:
+                if f.error is None:
+                    driver._compensations.append((compensate, args, kwargs))
+
+            future.callbacks.append(remember)
+        return future
+
+    async def compensate(self) -> None:
+        """Run the compensations of completed steps, most recent first, each as a step."""
+        while self._driver._compensations:
+            fn, args, kwargs = self._driver._compensations.pop()
+            await self.step(fn, *args, **kwargs)
+
+    def sleep(self, delay: float | timedelta) -> DurableFuture:
+        """A durable timer: resumes after ``delay`` (seconds or timedelta) of workflow time."""
+        seconds = _seconds(delay)
+        if seconds <= 0:
+            return self._driver.gather(())
+        return self._driver.start_timer(seconds)
+
+    def sleep_until(self, when: datetime) -> DurableFuture:
+        """A durable timer that fires at ``when`` (an aware datetime)."""
+        if when.tzinfo is None:
+            raise InvalidArgument(f"sleep_until needs an aware datetime, not {when!r}")
+        return self.sleep((when - self.now()).total_seconds())
+
+    def wait_signal(self, name: str, *, timeout: float | timedelta | None = None) -> DurableFuture:
+        """The payload of the next signal ``name`` (earlier signals are buffered, in order).
+
+        Raises:
+            WaitTimedOut: (when awaited) no such signal arrived within ``timeout``.
+        """
+        seconds = None if timeout is None else _seconds(timeout)
+        return self._driver.wait_signal(name, seconds)
+
+    def child(self, workflow: Any, *args: Any, workflow_id: str | None = None) -> DurableFuture:
+        """Start a child workflow and (when awaited) return its result.
+
+        Raises:
+            WorkflowFailed / WorkflowCancelled: (when awaited) the child failed or was cancelled.
+        """
+        return self._driver.start_child(workflow, args, workflow_id)
+
+    def gather(self, *awaitables: Awaitable[Any]) -> DurableFuture:
+        """Await several durable operations (or coroutines using them) concurrently.
+
+        Results come in argument order; the first error (in event order) is raised.
+        """
+        return self._driver.gather(awaitables)
+
+    def continue_as_new(self, *args: Any) -> NoReturn:
+        """End this run and start a fresh run of the same workflow id with ``args``."""
+        self._driver.continue_as_new(args)
+
+    def now(self) -> datetime:
+        """The workflow's current time (UTC): the recorded time of the event being processed."""
+        assert self._driver.time is not None
+        return self._driver.time
+
+    def random(self) -> random.Random:
+        """A ``random.Random`` seeded from the run's identity: the same values on replay."""
+        return self._driver._rng
+
+    def uuid4(self) -> uuid.UUID:
+        """A random-looking UUID that is the same on every replay."""
+        return uuid.UUID(int=self._driver._rng.getrandbits(128), version=4)
+
+    def patched(self, change_id: str) -> bool:
+        """``True`` for runs that reach this point with the new code, ``False`` on replay of a
+        history recorded before the change. Guard new code paths with it."""
+        return self._driver.patched(change_id)
+
+    def upsert_search_attributes(self, **attributes: SearchValue) -> None:
+        """Record search attributes for this run (shown by describe and list)."""
+        self._driver.upsert_search_attributes(attributes)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether cancellation was requested (``aion.Cancelled`` is raised at the await)."""
+        return self._driver.cancel_requested

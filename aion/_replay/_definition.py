@@ -1,0 +1,179 @@
+"""Workflow definitions: the ``@aion.workflow`` decorator and how inputs are typed."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+import msgspec
+
+from aion._codec import decode_payload, encode_payload
+from aion.errors import InvalidArgument, PayloadError
+
+__all__ = [
+    "RetryPolicy",
+    "WorkflowDefinition",
+    "definition_of",
+    "workflow",
+]
+
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+_ATTR = "__aion_workflow__"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failing step is retried. Retry waits are durable timers.
+
+    Attributes:
+        max_attempts: attempts in all, the first included (1 = never retry).
+        initial_interval: seconds before the second attempt.
+        backoff: factor by which the interval grows after each attempt.
+        max_interval: the interval never exceeds this many seconds.
+        non_retryable: exception types that fail the step at once.
+    """
+
+    max_attempts: int = 3
+    initial_interval: float = 1.0
+    backoff: float = 2.0
+    max_interval: float = 60.0
+    non_retryable: tuple[type[BaseException], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise InvalidArgument(f"max_attempts must be >= 1, not {self.max_attempts}")
+        if self.initial_interval < 0 or self.max_interval < 0 or self.backoff < 1:
+            raise InvalidArgument(
+                "intervals must be >= 0 and backoff >= 1 "
+                f"(got {self.initial_interval}, {self.max_interval}, {self.backoff})"
+            )
+
+    def interval(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval))
+
+    def retryable(self, error: BaseException) -> bool:
+        """Whether ``error`` may be retried at all under this policy."""
+        return not isinstance(error, self.non_retryable) and not isinstance(error, PayloadError)
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowDefinition:
+    """A registered workflow: its stable type name and its function."""
+
+    name: str
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    param_types: tuple[Any, ...] = field(default=(), compare=False)
+    min_args: int = field(default=0, compare=False)
+    max_args: int | None = field(default=None, compare=False)
+
+    def encode_input(self, args: Sequence[Any], *, limit: int) -> bytes:
+        """Encode workflow arguments; raises PayloadError (or InvalidArgument on arity)."""
+        self.check_arity(args)
+        return encode_payload(list(args), limit=limit, what=f"input of workflow {self.name!r}")
+
+    def check_arity(self, args: Sequence[Any]) -> None:
+        """Refuse a wrong number of arguments at the call site, not inside the run."""
+        if len(args) < self.min_args or (self.max_args is not None and len(args) > self.max_args):
+            most = "any number" if self.max_args is None else str(self.max_args)
+            raise InvalidArgument(
+                f"workflow {self.name!r} takes {self.min_args} to {most} argument(s) after "
+                f"ctx, got {len(args)}"
+            )
+
+    def decode_input(self, data: bytes) -> list[Any]:
+        """Decode recorded input into the types of the function's parameters."""
+        values = decode_payload(data, what=f"input of workflow {self.name!r}")
+        if not isinstance(values, list):
+            raise PayloadError(f"input of workflow {self.name!r} is not an argument list")
+        out = []
+        for i, value in enumerate(values):
+            tp = self.param_types[i] if i < len(self.param_types) else Any
+            out.append(convert(value, tp, what=f"argument {i + 1} of workflow {self.name!r}"))
+        return out
+
+
+def convert(value: Any, tp: Any, *, what: str) -> Any:
+    """Convert a decoded payload into ``tp`` (no-op for ``Any``/unannotated)."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return value
+    try:
+        return msgspec.convert(value, tp, strict=False)
+    except (msgspec.ValidationError, TypeError) as exc:
+        raise PayloadError(f"{what} does not match its annotation {tp!r}: {exc}") from exc
+
+
+def _build(fn: Callable[..., Coroutine[Any, Any, Any]], name: str | None) -> WorkflowDefinition:
+    if not inspect.iscoroutinefunction(fn):
+        raise InvalidArgument(f"@aion.workflow needs an async def function, not {fn!r}")
+    signature = inspect.signature(fn)
+    params = list(signature.parameters.values())
+    if not params:
+        raise InvalidArgument(
+            f"workflow {fn.__qualname__} must take the aion.Context as its first parameter"
+        )
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: take values untyped
+        hints = {}
+    param_types: list[Any] = []
+    min_args = 0
+    max_args: int | None = 0
+    for p in params[1:]:
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            max_args = None
+            break
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD):
+            break
+        param_types.append(hints.get(p.name, Any))
+        max_args = len(param_types)
+        if p.default is inspect.Parameter.empty:
+            min_args = len(param_types)
+    return WorkflowDefinition(
+        name=name or fn.__qualname__,
+        fn=fn,
+        param_types=tuple(param_types),
+        min_args=min_args,
+        max_args=max_args,
+    )
+
+
+@overload
+def workflow(fn: F, /) -> F: ...
+
+
+@overload
+def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def workflow(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Mark an ``async def`` as a workflow; its type name is ``name`` or its ``__qualname__``.
+
+    The function stays an ordinary function (callable in unit tests with a fake context); aion
+    finds its definition through an attribute.
+    """
+
+    def register(f: F) -> F:
+        setattr(f, _ATTR, _build(f, name))
+        return f
+
+    if fn is not None:
+        return register(fn)
+    return register
+
+
+def definition_of(obj: Any) -> WorkflowDefinition:
+    """The definition of a decorated workflow function (or a definition itself)."""
+    if isinstance(obj, WorkflowDefinition):
+        return obj
+    definition = getattr(obj, _ATTR, None)
+    if not isinstance(definition, WorkflowDefinition):
+        raise InvalidArgument(f"{obj!r} is not a workflow: decorate it with @aion.workflow")
+    return definition

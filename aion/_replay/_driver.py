@@ -1,0 +1,701 @@
+"""The deterministic workflow driver: pure, no I/O, no event loop.
+
+The driver steps workflow coroutines itself (``coro.send``) from a FIFO ready queue. Workflow
+code awaits only driver futures; every durable operation it calls becomes a :class:`Command`
+numbered per kind. Events go in (:meth:`Driver.replay` for recorded history, :meth:`Driver.apply`
+for new facts); commands come out (:meth:`Driver.take_commands`).
+
+During replay a command is matched against the next recorded event at the moment the code
+issues it; a mismatch raises :class:`~aion.errors.NondeterminismError` naming the workflow, the
+position, what history recorded and what the code did now. Time only moves with events:
+``ctx.now()`` is the recorded time of the event that woke the code, live and on replay alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import traceback
+import types
+import typing
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from aion import events as ev
+from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from aion.errors import (
+    Cancelled,
+    InvalidArgument,
+    NondeterminismError,
+    PayloadError,
+    StepError,
+    WaitTimedOut,
+    WorkflowCancelled,
+    WorkflowFailed,
+)
+
+from ._commands import (
+    CancelTimer,
+    CancelWorkflow,
+    Command,
+    CompleteWorkflow,
+    ContinueAsNew,
+    FailWorkflow,
+    RecordPatch,
+    ScheduleStep,
+    StartChild,
+    StartTimer,
+    UpsertSearchAttributes,
+    describe_command,
+    describe_event,
+    is_command_event,
+    matches,
+)
+from ._context import Context
+from ._definition import DEFAULT_RETRY, RetryPolicy, WorkflowDefinition, convert, definition_of
+
+__all__ = ["Driver", "WorkflowInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInfo:
+    """Identity of the running workflow (``ctx.info``)."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    tenant: str
+    started_at: datetime
+    parent_workflow_id: str | None = None
+    parent_run_id: str | None = None
+
+
+class _Diverged(BaseException):
+    """Unwinds workflow code after a divergence; ``except Exception`` cannot swallow it."""
+
+
+class _ContinueAsNewRequest(BaseException):
+    def __init__(self, input: bytes) -> None:
+        super().__init__("continue-as-new")
+        self.input = input
+
+
+class DurableFuture:
+    """What workflow code awaits. Resolved only by the driver, in event order."""
+
+    __slots__ = ("callbacks", "done", "error", "value", "waiters")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.waiters: list[_Task] = []
+        self.callbacks: list[Callable[[DurableFuture], None]] = []
+
+    def __await__(self) -> Generator[DurableFuture, None, Any]:
+        if not self.done:
+            yield self
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _TimerFuture(DurableFuture):
+    __slots__ = ("seq",)
+
+    def __init__(self, seq: int) -> None:
+        super().__init__()
+        self.seq = seq
+
+
+class _SignalWait(DurableFuture):
+    __slots__ = ("name", "timer")
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.timer: _TimerFuture | None = None
+
+
+@dataclass(slots=True)
+class _Step:
+    future: DurableFuture
+    name: str
+    result_type: Any
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Child:
+    future: DurableFuture
+    workflow_id: str
+    result_type: Any
+
+
+class _Task:
+    __slots__ = ("coro", "future", "name", "ready", "waiting_on")
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        name: str,
+        ready: deque[tuple[_Task, BaseException | None]],
+    ) -> None:
+        self.coro = coro
+        self.name = name
+        self.ready = ready  # the owning driver's ready queue: a resolved future wakes us there
+        self.future = DurableFuture()
+        self.waiting_on: DurableFuture | None = None
+
+
+class Driver:
+    """Replays and runs one workflow run. Not thread-safe; one owner (the run's actor).
+
+    Args:
+        definition: the workflow to run.
+        max_payload_bytes: limit for encoded arguments, results and payloads.
+        resolve: turns a workflow type name into a definition (for typed child results).
+    """
+
+    def __init__(
+        self,
+        definition: WorkflowDefinition,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        resolve: Callable[[str], WorkflowDefinition | None] | None = None,
+    ) -> None:
+        self.definition = definition
+        self.max_payload_bytes = max_payload_bytes
+        self._resolve = resolve
+        self.info: WorkflowInfo | None = None
+        self.time: datetime | None = None
+        self.outcome: Command | None = None
+        self.cancel_requested = False
+        self.position = 0
+        self._ready: deque[tuple[_Task, BaseException | None]] = deque()
+        self._tasks: list[_Task] = []
+        self._main: _Task | None = None
+        self._counters = {"step": 0, "timer": 0, "child": 0}
+        self._steps: dict[int, _Step] = {}
+        self._timers: dict[int, _TimerFuture] = {}
+        self._children: dict[int, _Child] = {}
+        self._signals: dict[str, deque[bytes]] = {}
+        self._signal_waiters: dict[str, deque[_SignalWait]] = {}
+        self._patches: dict[str, bool] = {}
+        self._history: Sequence[ev.Event] = ()
+        self._pos = 0
+        self._new: list[Command] = []
+        self._fatal: NondeterminismError | None = None
+        self._rng = random.Random(0)
+        self._compensations: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self.context = Context(self)
+
+    # --- feeding events ---------------------------------------------------------------------
+
+    @property
+    def replaying(self) -> bool:
+        """True while recorded history is being replayed."""
+        return self._pos < len(self._history)
+
+    def replay(self, events: Sequence[ev.Event]) -> None:
+        """Replay recorded events (a run segment, from its ``WorkflowStarted``).
+
+        Raises:
+            NondeterminismError: the code did something other than what was recorded.
+        """
+        self._history = events
+        self._pos = 0
+        try:
+            while self._pos < len(self._history):
+                event = self._history[self._pos]
+                self._pos += 1
+                if is_command_event(event):
+                    self._diverge(event, None)
+                self._resolve_event(event)
+                self._run()
+        finally:
+            self._history = ()
+            self._pos = 0
+
+    def apply(self, event: ev.Event) -> list[Command]:
+        """Feed one new fact (live) and return the commands the code issued in response."""
+        if is_command_event(event):
+            raise InvalidArgument(f"{type(event).__name__} is recorded by the driver, not fed")
+        self._resolve_event(event)
+        self._run()
+        return self.take_commands()
+
+    def take_commands(self) -> list[Command]:
+        """Commands issued live since the last call, in issue order."""
+        commands, self._new = self._new, []
+        return commands
+
+    # --- what the run waits on (for describe) ------------------------------------------------
+
+    def pending(self) -> dict[str, list[str]]:
+        """Durable operations the run is waiting for, by kind."""
+        return {
+            "steps": [s.name for s in self._steps.values()],
+            "timers": [f"timer:{seq}" for seq in self._timers],
+            "signals": [name for name, ws in self._signal_waiters.items() if ws],
+            "children": [c.workflow_id for c in self._children.values()],
+        }
+
+    def pending_step_attempt(self, seq: int) -> int:
+        """Attempts recorded so far for step ``seq``."""
+        step = self._steps.get(seq)
+        return 0 if step is None else step.attempts
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _resolve_event(self, event: ev.Event) -> None:
+        self.position = event.seq
+        if not isinstance(event, ev.WorkflowStarted) and self.info is None:
+            raise NondeterminismError(
+                f"history of workflow {self.definition.name!r} does not begin with "
+                f"WorkflowStarted (event {event.seq} is {type(event).__name__})"
+            )
+        self.time = event.at
+        match event:
+            case ev.WorkflowStarted():
+                self._start(event)
+            case ev.StepStarted():
+                step = self._steps.get(event.step_seq)
+                if step is not None:
+                    step.attempts = max(step.attempts, event.attempt)
+            case ev.StepCompleted():
+                step = self._take_step(event, event.step_seq)
+                value = self._decode(
+                    event.result, step.result_type, f"result of step {step.name!r}"
+                )
+                _resolve(step.future, value)
+            case ev.StepFailed():
+                if not event.will_retry:
+                    step = self._take_step(event, event.step_seq)
+                    _fail(
+                        step.future,
+                        StepError(step.name, event.error_type, event.message, event.attempt),
+                    )
+            case ev.TimerFired():
+                timer = self._timers.pop(event.timer_seq, None)
+                if timer is not None:
+                    _resolve(timer, None)
+            case ev.SignalReceived():
+                self._deliver_signal(event.name, event.payload)
+            case ev.ChildCompleted():
+                child = self._take_child(event, event.child_seq)
+                value = self._decode(event.result, child.result_type, "child result")
+                _resolve(child.future, value)
+            case ev.ChildFailed():
+                child = self._take_child(event, event.child_seq)
+                error: BaseException
+                if event.error_type == "WorkflowCancelled":
+                    error = WorkflowCancelled(f"child workflow {child.workflow_id!r} was cancelled")
+                else:
+                    error = WorkflowFailed(child.workflow_id, event.error_type, event.message)
+                _fail(child.future, error)
+            case ev.WorkflowCancelRequested():
+                self._cancel(event.reason)
+            case _:
+                pass  # markers, blocked/unblocked, retries scheduled: nothing wakes
+
+    def _start(self, event: ev.WorkflowStarted) -> None:
+        if self.info is not None:
+            raise NondeterminismError(
+                f"workflow {event.workflow_id!r}: a second WorkflowStarted at event {event.seq} "
+                "inside one run segment"
+            )
+        self.info = WorkflowInfo(
+            workflow_id=event.workflow_id,
+            run_id=event.run_id,
+            workflow_type=event.workflow_type,
+            tenant=event.tenant,
+            started_at=event.at,
+            parent_workflow_id=event.parent_workflow_id,
+            parent_run_id=event.parent_run_id,
+        )
+        seed = hashlib.sha256(f"{event.workflow_id}\x00{event.run_id}".encode()).digest()
+        self._rng = random.Random(int.from_bytes(seed[:8], "big"))
+        try:
+            args = self.definition.decode_input(event.input)
+            coro = self.definition.fn(self.context, *args)
+        except Exception as exc:  # bad input or arity: the run fails, as if the code raised
+            self._main = _Task(_raise(exc), "main", self._ready)
+        else:
+            self._main = _Task(coro, "main", self._ready)
+        self._tasks.append(self._main)
+        self._ready.append((self._main, None))
+
+    def _take_step(self, event: ev.Event, seq: int) -> _Step:
+        step = self._steps.pop(seq, None)
+        if step is None:
+            self._diverge(
+                event,
+                None,
+                detail=f"history has a result for step #{seq}, which "
+                "the code has not scheduled at this point",
+            )
+        return step
+
+    def _take_child(self, event: ev.Event, seq: int) -> _Child:
+        child = self._children.pop(seq, None)
+        if child is None:
+            self._diverge(
+                event,
+                None,
+                detail=f"history has a result for child #{seq}, which "
+                "the code has not started at this point",
+            )
+        return child
+
+    def _decode(self, data: bytes, tp: Any, what: str) -> Any:
+        return convert(decode_payload(data, what=what), tp, what=what)
+
+    # --- running the code -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while self._ready and self.outcome is None:
+            task, error = self._ready.popleft()
+            self._step(task, error)
+            if self._fatal is not None:
+                raise self._fatal
+
+    def _step(self, task: _Task, error: BaseException | None) -> None:
+        task.waiting_on = None
+        try:
+            try:
+                yielded = task.coro.throw(error) if error is not None else task.coro.send(None)
+            except StopIteration as stop:
+                self._finish(task, stop.value, None)
+                return
+            except (Exception, Cancelled, _ContinueAsNewRequest) as exc:
+                self._finish(task, None, exc)
+                return
+        except _Diverged:
+            return  # self._fatal says why; _run raises it
+        if isinstance(yielded, DurableFuture):
+            if yielded.done:
+                self._ready.append((task, None))
+            else:
+                yielded.waiters.append(task)
+                task.waiting_on = yielded
+        else:
+            self._illegal_await(task, yielded)
+
+    def _finish(self, task: _Task, value: Any, error: BaseException | None) -> None:
+        self._tasks.remove(task)
+        if task is not self._main:
+            if error is None:
+                _resolve(task.future, value)
+            else:
+                _fail(task.future, error)
+            return
+        self._issue(self._outcome_command(value, error))
+        for other in list(self._tasks):  # the run is over: drop what still runs
+            other.coro.close()
+        self._tasks.clear()
+
+    def _outcome_command(self, value: Any, error: BaseException | None) -> Command:
+        assert self.info is not None
+        if isinstance(error, _ContinueAsNewRequest):
+            return ContinueAsNew(self.info.workflow_type, error.input)
+        if isinstance(error, Cancelled):
+            return CancelWorkflow(str(error) or None)
+        if error is None:
+            try:
+                result = encode_payload(
+                    value,
+                    limit=self.max_payload_bytes,
+                    what=f"result of workflow {self.info.workflow_type!r}",
+                )
+            except PayloadError as exc:
+                error = exc
+            else:
+                return CompleteWorkflow(result)
+        error_type = error.error_type if isinstance(error, StepError) else type(error).__name__
+        message = error.error_message if isinstance(error, StepError) else str(error)
+        tb = "".join(traceback.format_exception(error)[-20:])
+        return FailWorkflow(error_type, message, tb)
+
+    def _illegal_await(self, task: _Task, yielded: object) -> None:
+        name = _awaited_name(task.coro, yielded)
+        where = _code_location(task.coro)
+        self._fatal = NondeterminismError(
+            f"workflow {self._name()} awaited {name}, which is not an aion operation ({where}). "
+            "Workflow code may only await ctx operations (ctx.step, ctx.sleep, "
+            "ctx.wait_signal, ctx.child, ctx.gather ...); move I/O and real waiting into a "
+            "step."
+        )
+        task.coro.close()
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def _issue(self, command: Command) -> None:
+        if self._pos < len(self._history):
+            event = self._history[self._pos]
+            if not is_command_event(event) or not matches(command, event):
+                self._diverge(event, command)
+            self._pos += 1
+            if isinstance(command, (CompleteWorkflow, FailWorkflow, CancelWorkflow, ContinueAsNew)):
+                self.outcome = command
+            return
+        self._new.append(command)
+        if isinstance(command, (CompleteWorkflow, FailWorkflow, CancelWorkflow, ContinueAsNew)):
+            self.outcome = command
+
+    def _diverge(
+        self, event: ev.Event | None, command: Command | None, *, detail: str | None = None
+    ) -> typing.NoReturn:
+        position = event.seq if event is not None else self.position + 1
+        what = detail or (
+            f"history has {describe_event(event)}, the code now "
+            + ("does " if command is None else "calls ")
+            + describe_command(command)
+        )
+        self._fatal = NondeterminismError(
+            f"workflow {self._name()} diverged at event {position}: {what}. Did the workflow "
+            "code change? Use ctx.patched() for new code paths, or restore the old code, then "
+            "restart the engine."
+        )
+        raise _Diverged()
+
+    def _name(self) -> str:
+        if self.info is None:
+            return repr(self.definition.name)
+        return f"{self.info.workflow_id!r} ({self.info.workflow_type})"
+
+    def _next(self, kind: str) -> int:
+        self._counters[kind] += 1
+        return self._counters[kind]
+
+    def schedule_step(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        name: str | None,
+        retry: RetryPolicy | None,
+        timeout: float | None,
+    ) -> DurableFuture:
+        step_name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        encoded = encode_payload(
+            [list(args), kwargs],
+            limit=self.max_payload_bytes,
+            what=f"arguments of step {step_name!r}",
+        )
+        seq = self._next("step")
+        future = DurableFuture()
+        self._steps[seq] = _Step(future, step_name, _return_type(fn))
+        self._issue(
+            ScheduleStep(seq, step_name, fn, args, kwargs, encoded, retry or DEFAULT_RETRY, timeout)
+        )
+        return future
+
+    def start_timer(self, delay: float, name: str = "") -> _TimerFuture:
+        assert self.time is not None
+        seq = self._next("timer")
+        future = _TimerFuture(seq)
+        self._timers[seq] = future
+        self._issue(StartTimer(seq, self.time + timedelta(seconds=delay), name))
+        return future
+
+    def cancel_timer(self, timer: _TimerFuture) -> None:
+        if self._timers.pop(timer.seq, None) is not None:
+            self._issue(CancelTimer(timer.seq))
+
+    def wait_signal(self, name: str, timeout: float | None) -> DurableFuture:
+        buffered = self._signals.get(name)
+        if buffered:
+            return _done(self._decode(buffered.popleft(), Any, f"signal {name!r}"))
+        if timeout is not None and timeout <= 0:
+            future = DurableFuture()
+            _fail(future, WaitTimedOut(f"no signal {name!r} had arrived (timeout {timeout}s)"))
+            return future
+        wait = _SignalWait(name)
+        self._signal_waiters.setdefault(name, deque()).append(wait)
+        if timeout is not None:
+            timer = self.start_timer(timeout, f"signal:{name}")
+            wait.timer = timer
+
+            def on_timeout(_: DurableFuture) -> None:
+                if not wait.done:
+                    self._signal_waiters[name].remove(wait)
+                    _fail(wait, WaitTimedOut(f"no signal {name!r} within {timeout}s"))
+
+            timer.callbacks.append(on_timeout)
+        return wait
+
+    def _deliver_signal(self, name: str, payload: bytes) -> None:
+        waiters = self._signal_waiters.get(name)
+        if waiters:
+            wait = waiters.popleft()
+            if wait.timer is not None:
+                self.cancel_timer(wait.timer)
+            _resolve(wait, self._decode(payload, Any, f"signal {name!r}"))
+        else:
+            self._signals.setdefault(name, deque()).append(payload)
+
+    def start_child(
+        self, workflow: Any, args: tuple[Any, ...], workflow_id: str | None
+    ) -> DurableFuture:
+        assert self.info is not None
+        if isinstance(workflow, str):
+            definition = self._resolve(workflow) if self._resolve else None
+            type_name = workflow
+        else:
+            definition = definition_of(workflow)
+            type_name = definition.name
+        if definition is not None:
+            encoded = definition.encode_input(args, limit=self.max_payload_bytes)
+        else:
+            encoded = encode_payload(
+                list(args), limit=self.max_payload_bytes, what=f"input of child {type_name!r}"
+            )
+        seq = self._next("child")
+        child_id = workflow_id or f"{self.info.workflow_id}/child-{seq}"
+        future = DurableFuture()
+        result_type = _return_type(definition.fn) if definition is not None else Any
+        self._children[seq] = _Child(future, child_id, result_type)
+        self._issue(StartChild(seq, type_name, child_id, encoded))
+        return future
+
+    def patched(self, patch_id: str) -> bool:
+        if patch_id in self._patches:
+            return self._patches[patch_id]
+        if self.replaying:
+            event = self._history[self._pos]
+            result = isinstance(event, ev.PatchRecorded) and event.patch_id == patch_id
+            if result:
+                self._pos += 1
+        else:
+            self._issue(RecordPatch(patch_id))
+            result = True
+        self._patches[patch_id] = result
+        return result
+
+    def upsert_search_attributes(self, attributes: dict[str, ev.SearchValue]) -> None:
+        self._issue(UpsertSearchAttributes(dict(attributes)))
+
+    def continue_as_new(self, args: tuple[Any, ...]) -> typing.NoReturn:
+        encoded = self.definition.encode_input(args, limit=self.max_payload_bytes)
+        raise _ContinueAsNewRequest(encoded)
+
+    def gather(self, awaitables: Sequence[Any]) -> DurableFuture:
+        futures: list[DurableFuture] = []
+        for i, aw in enumerate(awaitables):
+            if isinstance(aw, DurableFuture):
+                futures.append(aw)
+            elif isinstance(aw, types.CoroutineType):
+                task = _Task(aw, f"gather[{i}]", self._ready)
+                self._tasks.append(task)
+                self._ready.append((task, None))
+                futures.append(task.future)
+            else:
+                raise InvalidArgument(
+                    f"ctx.gather() takes aion operations or coroutines, not {aw!r}"
+                )
+        combined = DurableFuture()
+        if not futures:
+            _resolve(combined, [])
+            return combined
+        remaining = [len(futures)]
+
+        def on_done(f: DurableFuture) -> None:
+            if combined.done:
+                return
+            if f.error is not None:
+                _fail(combined, f.error)
+                return
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                _resolve(combined, [x.value for x in futures])
+
+        for f in futures:
+            if f.done:
+                on_done(f)
+            else:
+                f.callbacks.append(on_done)
+        return combined
+
+    def _cancel(self, reason: str | None) -> None:
+        self.cancel_requested = True
+        for task in list(self._tasks):
+            waiting = task.waiting_on
+            if waiting is None:
+                continue
+            waiting.waiters.remove(task)
+            task.waiting_on = None
+            if isinstance(waiting, _TimerFuture):
+                self.cancel_timer(waiting)
+            elif isinstance(waiting, _SignalWait):
+                self._signal_waiters[waiting.name].remove(waiting)
+                if waiting.timer is not None:
+                    self.cancel_timer(waiting.timer)
+            self._ready.append((task, Cancelled(reason or "workflow cancelled")))
+
+
+def _resolve(future: DurableFuture, value: Any) -> None:
+    future.done = True
+    future.value = value
+    _wake(future)
+
+
+def _fail(future: DurableFuture, error: BaseException) -> None:
+    future.done = True
+    future.error = error
+    _wake(future)
+
+
+def _wake(future: DurableFuture) -> None:
+    for task in future.waiters:
+        task.waiting_on = None
+        task.ready.append((task, None))
+    future.waiters.clear()
+    callbacks, future.callbacks = future.callbacks, []
+    for callback in callbacks:
+        callback(future)
+
+
+def _done(value: Any) -> DurableFuture:
+    future = DurableFuture()
+    future.done = True
+    future.value = value
+    return future
+
+
+async def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except Exception:
+        return Any
+
+
+def _awaited_name(coro: Coroutine[Any, Any, Any], yielded: object) -> str:
+    """Name the first awaited call outside the workflow's own source file."""
+    home = getattr(getattr(coro, "cr_code", None), "co_filename", None)
+    inner: Any = getattr(coro, "cr_await", None)
+    while inner is not None:
+        code = getattr(inner, "cr_code", None) or getattr(inner, "gi_code", None)
+        if code is None:
+            break
+        if code.co_filename != home:
+            frame = getattr(inner, "cr_frame", None) or getattr(inner, "gi_frame", None)
+            module = frame.f_globals.get("__name__", "?") if frame is not None else "?"
+            return f"{module}.{code.co_qualname}()"
+        inner = getattr(inner, "cr_await", None) or getattr(inner, "gi_yieldfrom", None)
+    return f"{type(yielded).__module__}.{type(yielded).__qualname__} ({yielded!r:.60})"
+
+
+def _code_location(coro: Coroutine[Any, Any, Any]) -> str:
+    frame = getattr(coro, "cr_frame", None)
+    if frame is None:
+        return "location unknown"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}"
