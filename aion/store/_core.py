@@ -49,6 +49,7 @@ TABLES = (
     "by_created",
     "by_status",
     "by_type",
+    "active",
     "timers",
     "waitpoints",
     "approvals",
@@ -335,6 +336,10 @@ def _put_workflow(kv: KV, record: WorkflowRecord) -> None:
                 kv.delete(table, old_key)
     for table, key in zip(("by_created", "by_status", "by_type"), new_keys, strict=True):
         kv.put(table, key, b"")
+    if record.status.is_terminal:
+        kv.delete("active", wf_key)
+    else:
+        kv.put("active", wf_key, b"")
     kv.put("workflows", wf_key, ENCODER.encode(record))
 
 
@@ -510,6 +515,21 @@ def list_workflows(
         items.append(record)
         last_key = key
     return Page(items, None)
+
+
+def scan_active(kv: KV, after: tuple[str, str] | None, limit: int) -> list[WorkflowRecord]:
+    """Non-terminal workflows of every tenant, by (tenant, workflow id), after ``after``."""
+    _check_limit(limit)
+    lo = b"" if after is None else k.workflow_key(*after) + b"\x00"
+    rows: list[WorkflowRecord] = []
+    for key, _ in kv.scan("active", lo, b"\xff"):
+        data = kv.get("workflows", key)
+        if data is None:
+            raise CorruptRecord("active", key, "index row has no workflow record")
+        rows.append(decode_row("workflows", key, data, WorkflowRecord))
+        if len(rows) == limit:
+            break
+    return rows
 
 
 def due_timers(kv: KV, until: datetime, limit: int, after: TimerRow | None) -> list[TimerRow]:

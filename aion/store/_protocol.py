@@ -95,6 +95,13 @@ class EventStore(Protocol):
         """
         ...
 
+    async def scan_active(
+        self, *, after: tuple[str, str] | None = None, limit: int = 1000
+    ) -> list[WorkflowRecord]:
+        """Non-terminal workflows of all tenants, ordered by (tenant, workflow id), after
+        ``after``: what the startup recovery sweep walks."""
+        ...
+
     async def due_timers(
         self, until: datetime, *, limit: int = 1000, after: TimerRow | None = None
     ) -> list[TimerRow]:
@@ -229,6 +236,11 @@ class KVStore:
                 cursor=cursor,
             )
         )
+
+    async def scan_active(
+        self, *, after: tuple[str, str] | None = None, limit: int = 1000
+    ) -> list[WorkflowRecord]:
+        return self._read(lambda kv: _core.scan_active(kv, after, limit))
 
     async def due_timers(
         self, until: datetime, *, limit: int = 1000, after: TimerRow | None = None

@@ -531,3 +531,23 @@ async def test_inbox_put_read_and_drain(store: EventStore) -> None:
     await store.commit(Write(appends=[Append("wf", [started()], 0)], inbox_delete=[ids[0]]))
     assert [c.name for c in await store.read_inbox()] == ["s1", "s2"]
     assert [c.name for c in await store.read_inbox(limit=1)] == ["s1"]
+
+
+async def test_active_index_lists_non_terminal_workflows_of_all_tenants(
+    store: EventStore,
+) -> None:
+    await store.commit(
+        Write(
+            workflows=[
+                record("a", tenant="t1"),
+                record("b", tenant="t1", status=Status.COMPLETED),
+                record("c", tenant="t2", status=Status.BLOCKED),
+                record("d", tenant="t2"),
+            ]
+        )
+    )
+    active = await store.scan_active()
+    assert [(r.tenant, r.workflow_id) for r in active] == [("t1", "a"), ("t2", "c"), ("t2", "d")]
+    assert [r.workflow_id for r in await store.scan_active(after=("t1", "a"), limit=1)] == ["c"]
+    await store.commit(Write(workflows=[record("a", tenant="t1", status=Status.FAILED)]))
+    assert [r.workflow_id for r in await store.scan_active()] == ["c", "d"]
