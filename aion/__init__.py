@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from ._engine import Engine as Engine
+from ._engine import HistoryEvent as HistoryEvent
+from ._engine import StepInfo as StepInfo
+from ._engine import WorkflowDescription as WorkflowDescription
+from ._engine import WorkflowHandle as WorkflowHandle
+from ._engine import current_step as current_step
+from ._replay import Context as Context
+from ._replay import RetryPolicy as RetryPolicy
+from ._replay import WorkflowInfo as WorkflowInfo
+from ._replay import workflow as workflow
 from .errors import AionError as AionError
 from .errors import AmbiguousApproval as AmbiguousApproval
 from .errors import ApprovalRejected as ApprovalRejected
@@ -10,18 +20,32 @@ from .errors import InvalidToken as InvalidToken
 from .errors import NondeterminismError as NondeterminismError
 from .errors import NoPendingApproval as NoPendingApproval
 from .errors import PayloadError as PayloadError
+from .errors import StepError as StepError
 from .errors import WaitpointClosed as WaitpointClosed
 from .errors import WaitTimedOut as WaitTimedOut
 from .errors import WorkflowCancelled as WorkflowCancelled
 from .errors import WorkflowClosed as WorkflowClosed
 from .errors import WorkflowFailed as WorkflowFailed
 from .errors import WorkflowNotFound as WorkflowNotFound
+from .store import Page as Page
 from .store import Status as Status
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AionError",
+    "Context",
+    "Engine",
+    "HistoryEvent",
+    "Page",
+    "RetryPolicy",
+    "StepError",
+    "StepInfo",
+    "WorkflowDescription",
+    "WorkflowHandle",
+    "WorkflowInfo",
+    "current_step",
+    "workflow",
     "AmbiguousApproval",
     "ApprovalRejected",
     "Cancelled",

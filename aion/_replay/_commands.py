@@ -64,6 +64,7 @@ class StartTimer(Command):
 @dataclass(slots=True)
 class CancelTimer(Command):
     seq: int
+    due: datetime  # so the engine can delete the timer's index row
 
 
 @dataclass(slots=True)

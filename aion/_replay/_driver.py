@@ -57,7 +57,7 @@ from ._commands import (
 from ._context import Context
 from ._definition import DEFAULT_RETRY, RetryPolicy, WorkflowDefinition, convert, definition_of
 
-__all__ = ["Driver", "WorkflowInfo"]
+__all__ = ["Driver", "PendingStep", "WorkflowInfo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +104,12 @@ class DurableFuture:
 
 
 class _TimerFuture(DurableFuture):
-    __slots__ = ("seq",)
+    __slots__ = ("due", "seq")
 
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, due: datetime) -> None:
         super().__init__()
         self.seq = seq
+        self.due = due
 
 
 class _SignalWait(DurableFuture):
@@ -121,11 +122,18 @@ class _SignalWait(DurableFuture):
 
 
 @dataclass(slots=True)
-class _Step:
+class PendingStep:
+    """A step the code awaits: its command, attempts started, and a scheduled retry if any."""
+
     future: DurableFuture
-    name: str
+    command: ScheduleStep
     result_type: Any
     attempts: int = 0
+    retry_due: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.command.name
 
 
 @dataclass(slots=True)
@@ -179,7 +187,7 @@ class Driver:
         self._tasks: list[_Task] = []
         self._main: _Task | None = None
         self._counters = {"step": 0, "timer": 0, "child": 0}
-        self._steps: dict[int, _Step] = {}
+        self._steps: dict[int, PendingStep] = {}
         self._timers: dict[int, _TimerFuture] = {}
         self._children: dict[int, _Child] = {}
         self._signals: dict[str, deque[bytes]] = {}
@@ -244,10 +252,17 @@ class Driver:
             "children": [c.workflow_id for c in self._children.values()],
         }
 
-    def pending_step_attempt(self, seq: int) -> int:
-        """Attempts recorded so far for step ``seq``."""
-        step = self._steps.get(seq)
-        return 0 if step is None else step.attempts
+    def pending_steps(self) -> list[PendingStep]:
+        """Steps scheduled and not yet resolved, by step number."""
+        return list(self._steps.values())
+
+    def pending_timers(self) -> list[tuple[int, datetime]]:
+        """Timers started and neither fired nor cancelled: (timer number, due)."""
+        return [(seq, t.due) for seq, t in self._timers.items()]
+
+    def pending_children(self) -> list[tuple[int, str]]:
+        """Children started and not finished: (child number, workflow id)."""
+        return [(seq, c.workflow_id) for seq, c in self._children.items()]
 
     # --- events -----------------------------------------------------------------------------
 
@@ -266,6 +281,11 @@ class Driver:
                 step = self._steps.get(event.step_seq)
                 if step is not None:
                     step.attempts = max(step.attempts, event.attempt)
+                    step.retry_due = None
+            case ev.StepRetryScheduled():
+                step = self._steps.get(event.step_seq)
+                if step is not None:
+                    step.retry_due = event.due
             case ev.StepCompleted():
                 step = self._take_step(event, event.step_seq)
                 value = self._decode(
@@ -329,7 +349,7 @@ class Driver:
         self._tasks.append(self._main)
         self._ready.append((self._main, None))
 
-    def _take_step(self, event: ev.Event, seq: int) -> _Step:
+    def _take_step(self, event: ev.Event, seq: int) -> PendingStep:
         step = self._steps.pop(seq, None)
         if step is None:
             self._diverge(
@@ -489,23 +509,25 @@ class Driver:
         )
         seq = self._next("step")
         future = DurableFuture()
-        self._steps[seq] = _Step(future, step_name, _return_type(fn))
-        self._issue(
-            ScheduleStep(seq, step_name, fn, args, kwargs, encoded, retry or DEFAULT_RETRY, timeout)
+        command = ScheduleStep(
+            seq, step_name, fn, args, kwargs, encoded, retry or DEFAULT_RETRY, timeout
         )
+        self._steps[seq] = PendingStep(future, command, _return_type(fn))
+        self._issue(command)
         return future
 
     def start_timer(self, delay: float, name: str = "") -> _TimerFuture:
         assert self.time is not None
         seq = self._next("timer")
-        future = _TimerFuture(seq)
+        due = self.time + timedelta(seconds=delay)
+        future = _TimerFuture(seq, due)
         self._timers[seq] = future
-        self._issue(StartTimer(seq, self.time + timedelta(seconds=delay), name))
+        self._issue(StartTimer(seq, due, name))
         return future
 
     def cancel_timer(self, timer: _TimerFuture) -> None:
         if self._timers.pop(timer.seq, None) is not None:
-            self._issue(CancelTimer(timer.seq))
+            self._issue(CancelTimer(timer.seq, timer.due))
 
     def wait_signal(self, name: str, timeout: float | None) -> DurableFuture:
         buffered = self._signals.get(name)

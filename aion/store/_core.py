@@ -532,6 +532,13 @@ def scan_active(kv: KV, after: tuple[str, str] | None, limit: int) -> list[Workf
     return rows
 
 
+def next_timer_due(kv: KV, after: datetime) -> datetime | None:
+    """Due time of the earliest timer due strictly after ``after`` (all tenants)."""
+    for key, _ in kv.scan("timers", k.be64(k.micros(after) + 1), b"\xff" * 9):
+        return k.from_micros(k.read_be64(key))
+    return None
+
+
 def due_timers(kv: KV, until: datetime, limit: int, after: TimerRow | None) -> list[TimerRow]:
     """Timers due at or before ``until``, in due order, after ``after`` (exclusive)."""
     _check_limit(limit)

@@ -108,6 +108,10 @@ class EventStore(Protocol):
         """Timers due at or before ``until`` (all tenants), in due order, after ``after``."""
         ...
 
+    async def next_timer_due(self, after: datetime) -> datetime | None:
+        """Due time of the earliest timer due strictly after ``after`` (all tenants)."""
+        ...
+
     async def get_waitpoint(
         self, workflow_id: str, waitpoint_id: str, *, tenant: str = ...
     ) -> WaitpointRow | None: ...
@@ -246,6 +250,9 @@ class KVStore:
         self, until: datetime, *, limit: int = 1000, after: TimerRow | None = None
     ) -> list[TimerRow]:
         return self._read(lambda kv: _core.due_timers(kv, until, limit, after))
+
+    async def next_timer_due(self, after: datetime) -> datetime | None:
+        return self._read(lambda kv: _core.next_timer_due(kv, after))
 
     async def get_waitpoint(
         self, workflow_id: str, waitpoint_id: str, *, tenant: str = "default"

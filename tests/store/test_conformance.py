@@ -551,3 +551,13 @@ async def test_active_index_lists_non_terminal_workflows_of_all_tenants(
     assert [r.workflow_id for r in await store.scan_active(after=("t1", "a"), limit=1)] == ["c"]
     await store.commit(Write(workflows=[record("a", tenant="t1", status=Status.FAILED)]))
     assert [r.workflow_id for r in await store.scan_active()] == ["c", "d"]
+
+
+async def test_next_timer_due(store: EventStore) -> None:
+    assert await store.next_timer_due(at(0)) is None
+    await store.commit(
+        Write(timers_add=[TimerRow(at(10), "t", "w", "a"), TimerRow(at(20), "u", "w", "b")])
+    )
+    assert await store.next_timer_due(at(0)) == at(10)
+    assert await store.next_timer_due(at(10)) == at(20)  # strictly after
+    assert await store.next_timer_due(at(20)) is None

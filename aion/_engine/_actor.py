@@ -1,0 +1,751 @@
+"""Run actors: one per workflow run that has work, none for a parked run.
+
+An actor is not a task. It is a mailbox and, while resident, a replay driver. A fixed pool of
+activation workers takes actors with mail from a ready queue, so a parked run costs no task and
+an evicted run costs no memory: a message for it re-activates it by replaying its current run
+segment.
+
+Processing one actor: drain its mailbox; turn each message into an event; feed the event to the
+driver; turn the commands the code issued into more events and rows; commit all of it in one
+write (group-committed with every other actor's); then carry out the side effects (start steps,
+hold timers, wake waiters). A failed commit or any engine error drops the driver: the actor
+restarts by replay, with backoff, and is parked BLOCKED past its restart intensity.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from aion import events as ev
+from aion._clock import from_timestamp
+from aion._codec import encode_payload
+from aion._replay import Driver, WorkflowDefinition
+from aion._replay import _commands as c
+from aion.errors import (
+    AionError,
+    NondeterminismError,
+    PayloadError,
+    WorkflowClosed,
+    WorkflowNotFound,
+)
+from aion.store import Append, Status, TimerRow, WorkflowRecord, Write
+
+from ._steps import StepJob
+from ._types import StepInfo
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+__all__ = ["Actor", "Message", "Reply"]
+
+log = logging.getLogger("aion.engine")
+
+Key = tuple[str, str]  # (tenant, workflow id)
+
+
+class Reply:
+    """Completion of a request that waits for its message to be recorded (signal, cancel)."""
+
+    __slots__ = ("error", "event")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.error: BaseException | None = None
+
+    def set(self, error: BaseException | None = None) -> None:
+        if not self.event.is_set():
+            self.error = error
+            self.event.set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+        if self.error is not None:
+            raise self.error
+
+
+@dataclass(slots=True)
+class Message:
+    """Something that happened to a run. ``kind``: step, timer, signal, cancel, child, wake."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    reply: Reply | None = None
+    inbox_id: str | None = None
+
+
+@dataclass(slots=True)
+class Actor:
+    key: Key
+    mailbox: deque[Message] = field(default_factory=deque)
+    driver: Driver | None = None
+    record: WorkflowRecord | None = None
+    head: int = 0
+    queued: bool = False
+    steps_in_flight: int = 0
+    restarts: list[float] = field(default_factory=list)
+    blocked: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.mailbox and not self.steps_in_flight and not self.queued
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one processing round writes and then does."""
+
+    events: list[ev.Event] = field(default_factory=list)
+    appends: list[Append] = field(default_factory=list)
+    records: list[WorkflowRecord] = field(default_factory=list)
+    timers_add: list[TimerRow] = field(default_factory=list)
+    timers_delete: list[TimerRow] = field(default_factory=list)
+    inbox_delete: list[str] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+
+
+class Runtime:
+    """The actors of one engine and everything that moves them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.actors: OrderedDict[Key, Actor] = OrderedDict()
+        self._ready_send, self._ready_receive = anyio.create_memory_object_stream[Actor](
+            float("inf")
+        )
+
+    # --- mail ---------------------------------------------------------------------------------
+
+    def actor(self, key: Key) -> Actor:
+        actor = self.actors.get(key)
+        if actor is None:
+            actor = self.actors[key] = Actor(key)
+        return actor
+
+    def send(self, key: Key, message: Message) -> None:
+        actor = self.actor(key)
+        actor.mailbox.append(message)
+        self._schedule(actor)
+
+    def _schedule(self, actor: Actor) -> None:
+        if not actor.queued:
+            actor.queued = True
+            self._ready_send.send_nowait(actor)
+
+    async def worker(self) -> None:
+        """An activation worker: processes actors with mail, one at a time."""
+        async for actor in self._ready_receive:
+            actor.queued = False
+            with self.engine._busy():
+                try:
+                    await self._process(actor)
+                except Exception as exc:
+                    await self._crashed(actor, exc)
+            if actor.mailbox:
+                self._schedule(actor)
+            else:
+                self._maybe_evict()
+
+    # --- activation ---------------------------------------------------------------------------
+
+    async def _activate(self, actor: Actor) -> bool:
+        """Load and replay the current run. False if the workflow is gone or finished."""
+        tenant, workflow_id = actor.key
+        store = self.engine.store
+        record = await store.get_workflow(workflow_id, tenant=tenant)
+        if record is None or record.status.is_terminal:
+            error: AionError = (
+                WorkflowNotFound(workflow_id, tenant)
+                if record is None
+                else WorkflowClosed(
+                    f"workflow {workflow_id!r} has finished ({record.status.value})"
+                )
+            )
+            self._drop_mail(actor, error)
+            self.actors.pop(actor.key, None)
+            return False
+        segment = await store.read_current_run(workflow_id, tenant=tenant)
+        actor.record = record
+        actor.head = segment[-1].seq if segment else 0
+        definition = self.engine.definition(record.workflow_type)
+        if definition is None:
+            await self._block(
+                actor,
+                f"workflow type {record.workflow_type!r} is not registered with this engine",
+                "register it with Engine(..., workflows=[...]) and restart the engine",
+            )
+            return False
+        driver = self._new_driver(definition)
+        try:
+            driver.replay(segment)
+        except NondeterminismError as exc:
+            await self._block(actor, str(exc), "")
+            return False
+        actor.driver = driver
+        actor.blocked = False
+        batch = _Batch()
+        if record.status is Status.BLOCKED:
+            self._record(
+                actor,
+                batch,
+                lambda seq, at: ev.WorkflowUnblocked(seq=seq, at=at, reason="replayed"),
+            )
+        # Commands the code issued past the recorded history (e.g. after a code fix).
+        self._record_commands(actor, batch, driver.take_commands())
+        self._resume_in_flight(actor, batch, driver)
+        await self._commit(actor, batch)
+        return True
+
+    def _new_driver(self, definition: WorkflowDefinition) -> Driver:
+        return Driver(
+            definition,
+            max_payload_bytes=self.engine.max_payload_bytes,
+            resolve=self.engine.definition,
+        )
+
+    def _resume_in_flight(self, actor: Actor, batch: _Batch, driver: Driver) -> None:
+        """After a replay: re-run interrupted steps, re-arm timers, re-ask finished children."""
+        for step in driver.pending_steps():
+            if step.retry_due is not None:
+                row = self._timer_row(actor, f"retry:{step.command.seq}", step.retry_due)
+                batch.after.append(partial(self.engine.hold_timer, row))
+            elif step.attempts > 0:
+                # Started, never finished: the process died mid-step. Run it again
+                # (at-least-once); it keeps its attempt number.
+                attempt = step.attempts
+                command = step.command
+                batch.after.append(partial(self._dispatch, actor, command, attempt))
+        for seq, due in driver.pending_timers():
+            row = self._timer_row(actor, f"timer:{seq}", due)
+            batch.after.append(partial(self.engine.hold_timer, row))
+        for seq, child_id in driver.pending_children():
+            batch.after.append(partial(self.engine.check_child, actor.key, seq, child_id))
+
+    # --- processing -----------------------------------------------------------------------------
+
+    async def _process(self, actor: Actor) -> None:
+        if actor.driver is None and not await self._activate(actor):
+            return
+        driver = actor.driver
+        assert driver is not None and actor.record is not None
+        batch = _Batch()
+        while actor.mailbox and driver.outcome is None:
+            message = actor.mailbox.popleft()
+            if message.reply is not None:
+                batch.replies.append(message.reply)
+            if message.inbox_id is not None:
+                batch.inbox_delete.append(message.inbox_id)
+            self._handle(actor, batch, message)
+        for message in list(actor.mailbox):  # the run ended: later mail finds it closed
+            if driver.outcome is not None:
+                actor.mailbox.remove(message)
+                if message.reply is not None:
+                    message.reply.set(WorkflowClosed(f"workflow {actor.key[1]!r} has finished"))
+                if message.inbox_id is not None:
+                    batch.inbox_delete.append(message.inbox_id)
+        await self._commit(actor, batch)
+
+    def _handle(self, actor: Actor, batch: _Batch, message: Message) -> None:
+        driver = actor.driver
+        assert driver is not None
+        data = message.data
+        match message.kind:
+            case "wake":
+                pass
+            case "signal":
+                self._feed(
+                    actor,
+                    batch,
+                    lambda seq, at: ev.SignalReceived(
+                        seq=seq, at=at, name=data["name"], payload=data["payload"]
+                    ),
+                )
+            case "cancel":
+                if driver.cancel_requested:
+                    return
+                self._feed(
+                    actor,
+                    batch,
+                    lambda seq, at: ev.WorkflowCancelRequested(
+                        seq=seq, at=at, reason=data.get("reason")
+                    ),
+                )
+                for _, child_id in driver.pending_children():
+                    batch.after.append(partial(self.engine.cancel_child, actor.key[0], child_id))
+            case "timer":
+                self._on_timer(actor, batch, data["row"])
+            case "step":
+                self._on_step_result(actor, batch, data)
+            case "child":
+                pending = driver.pending_children()
+                seq = data.get("seq")
+                if seq is None:
+                    seq = next((s for s, cid in pending if cid == data["child_id"]), None)
+                if seq is None or seq not in dict(pending):
+                    return  # already recorded (a duplicate notification)
+                if data["error_type"] is None:
+                    self._feed(
+                        actor,
+                        batch,
+                        lambda s, at: ev.ChildCompleted(
+                            seq=s, at=at, child_seq=seq, result=data["result"]
+                        ),
+                    )
+                else:
+                    self._feed(
+                        actor,
+                        batch,
+                        lambda s, at: ev.ChildFailed(
+                            seq=s,
+                            at=at,
+                            child_seq=seq,
+                            error_type=data["error_type"],
+                            message=data["message"],
+                        ),
+                    )
+
+    def _on_timer(self, actor: Actor, batch: _Batch, row: TimerRow) -> None:
+        driver = actor.driver
+        assert driver is not None
+        kind, _, rest = row.timer_id.partition(":")
+        if kind == "timer":
+            seq = int(rest)
+            if seq not in dict(driver.pending_timers()):
+                batch.timers_delete.append(row)  # already fired or cancelled: drop the row
+                return
+            batch.timers_delete.append(row)
+            self._feed(actor, batch, lambda s, at: ev.TimerFired(seq=s, at=at, timer_seq=seq))
+        elif kind == "retry":
+            seq = int(rest)
+            step = next((s for s in driver.pending_steps() if s.command.seq == seq), None)
+            batch.timers_delete.append(row)
+            if step is None or step.retry_due is None:
+                return
+            attempt = step.attempts + 1
+            self._feed(
+                actor,
+                batch,
+                lambda s, at: ev.StepStarted(seq=s, at=at, step_seq=seq, attempt=attempt),
+            )
+            command = step.command
+            batch.after.append(lambda: self._dispatch(actor, command, attempt))
+
+    def _on_step_result(self, actor: Actor, batch: _Batch, data: dict[str, Any]) -> None:
+        driver = actor.driver
+        assert driver is not None
+        seq = data["seq"]
+        attempt = data["attempt"]
+        step = next((s for s in driver.pending_steps() if s.command.seq == seq), None)
+        if step is None or step.attempts != attempt:
+            return  # a stale result (an attempt re-run after a crash already recorded)
+        error: BaseException | None = data["error"]
+        result = b""
+        if error is None:
+            try:
+                result = encode_payload(
+                    data["value"],
+                    limit=self.engine.max_payload_bytes,
+                    what=f"result of step {step.name!r}",
+                )
+            except PayloadError as exc:
+                error = exc
+        if error is None:
+            self._feed(
+                actor,
+                batch,
+                lambda s, at: ev.StepCompleted(
+                    seq=s, at=at, step_seq=seq, attempt=attempt, result=result
+                ),
+            )
+            return
+        policy = step.command.retry
+        retryable = policy.retryable(error)
+        will_retry = retryable and attempt < policy.max_attempts and not driver.cancel_requested
+        error_type = type(error).__name__
+        message = str(error)
+        if not will_retry:
+            self._feed(
+                actor,
+                batch,
+                lambda s, at: ev.StepFailed(
+                    seq=s,
+                    at=at,
+                    step_seq=seq,
+                    attempt=attempt,
+                    error_type=error_type,
+                    message=message,
+                    retryable=retryable,
+                ),
+            )
+            return
+        due = from_timestamp(self.engine.clock.now() + policy.interval(attempt))
+        self._record(
+            actor,
+            batch,
+            lambda s, at: ev.StepFailed(
+                seq=s,
+                at=at,
+                step_seq=seq,
+                attempt=attempt,
+                error_type=error_type,
+                message=message,
+                retryable=True,
+                will_retry=True,
+            ),
+        )
+        self._feed(
+            actor,
+            batch,
+            lambda s, at: ev.StepRetryScheduled(
+                seq=s, at=at, step_seq=seq, next_attempt=attempt + 1, due=due
+            ),
+        )
+        row = self._timer_row(actor, f"retry:{seq}", due)
+        batch.timers_add.append(row)
+        batch.after.append(lambda: self.engine.hold_timer(row))
+
+    # --- recording ------------------------------------------------------------------------------
+
+    def _record(
+        self, actor: Actor, batch: _Batch, make: Callable[[int, datetime], ev.Event]
+    ) -> ev.Event:
+        """Add an event to the batch with the next sequence number and the current time."""
+        actor.head += 1
+        event = make(actor.head, self.engine.now())
+        batch.events.append(event)
+        return event
+
+    def _feed(self, actor: Actor, batch: _Batch, make: Callable[[int, datetime], ev.Event]) -> None:
+        """Record a fact, feed it to the driver and record the commands it causes."""
+        event = self._record(actor, batch, make)
+        assert actor.driver is not None
+        try:
+            commands = actor.driver.apply(event)
+        except NondeterminismError as exc:
+            raise _Block(str(exc)) from exc
+        self._record_commands(actor, batch, commands)
+
+    def _record_commands(self, actor: Actor, batch: _Batch, commands: list[c.Command]) -> None:
+        assert actor.record is not None and actor.driver is not None
+        for command in commands:
+            match command:
+                case c.ScheduleStep():
+                    self._record(actor, batch, partial(c.to_event, command))
+                    # Fed to the driver too: it counts the step's attempts.
+                    self._feed(
+                        actor,
+                        batch,
+                        partial(_make, ev.StepStarted, step_seq=command.seq, attempt=1),
+                    )
+                    batch.after.append(partial(self._dispatch, actor, command, 1))
+                case c.StartTimer():
+                    self._record(actor, batch, partial(c.to_event, command))
+                    row = self._timer_row(actor, f"timer:{command.seq}", command.due)
+                    batch.timers_add.append(row)
+                    batch.after.append(partial(self.engine.hold_timer, row))
+                case c.CancelTimer():
+                    self._record(actor, batch, partial(c.to_event, command))
+                    row = self._timer_row(actor, f"timer:{command.seq}", command.due)
+                    batch.timers_delete.append(row)
+                    batch.after.append(partial(self.engine.release_timer, row))
+                case c.StartChild():
+                    self._start_child(actor, batch, command)
+                case c.CompleteWorkflow() | c.FailWorkflow() | c.CancelWorkflow():
+                    self._record(actor, batch, partial(c.to_event, command))
+                    self._close(actor, batch, command)
+                case c.ContinueAsNew():
+                    self._continue_as_new(actor, batch, command)
+                case c.UpsertSearchAttributes():
+                    self._record(actor, batch, partial(c.to_event, command))
+                    attrs = {**actor.record.search_attributes, **command.attributes}
+                    actor.record = _replace(actor.record, search_attributes=attrs)
+                case _:
+                    self._record(actor, batch, partial(c.to_event, command))
+
+    def _timer_row(self, actor: Actor, timer_id: str, due: datetime) -> TimerRow:
+        assert actor.record is not None
+        return TimerRow(due, actor.key[0], actor.key[1], timer_id, actor.record.run_id)
+
+    def _close(self, actor: Actor, batch: _Batch, command: c.Command) -> None:
+        assert actor.record is not None and actor.driver is not None
+        status = {
+            c.CompleteWorkflow: Status.COMPLETED,
+            c.FailWorkflow: Status.FAILED,
+            c.CancelWorkflow: Status.CANCELLED,
+        }[type(command)]
+        self._drop_all_timers(actor, batch)
+        actor.record = _replace(
+            actor.record, status=status, closed_at=self.engine.now(), waiting_on=()
+        )
+        record = actor.record
+        batch.after.append(lambda: self.engine.finished(record, command))
+
+    def _drop_all_timers(self, actor: Actor, batch: _Batch) -> None:
+        driver = actor.driver
+        assert driver is not None
+        for seq, due in driver.pending_timers():
+            row = self._timer_row(actor, f"timer:{seq}", due)
+            batch.timers_delete.append(row)
+            batch.after.append(partial(self.engine.release_timer, row))
+        for step in driver.pending_steps():
+            if step.retry_due is not None:
+                row = self._timer_row(actor, f"retry:{step.command.seq}", step.retry_due)
+                batch.timers_delete.append(row)
+                batch.after.append(partial(self.engine.release_timer, row))
+
+    def _continue_as_new(self, actor: Actor, batch: _Batch, command: c.ContinueAsNew) -> None:
+        assert actor.record is not None and actor.driver is not None
+        new_run_id = uuid.uuid4().hex
+        self._record(actor, batch, lambda s, at: c.to_event(command, s, at, new_run_id=new_run_id))
+        self._drop_all_timers(actor, batch)
+        old = actor.record
+        definition = self.engine.definition(command.workflow_type)
+        assert definition is not None
+        started = self._record(
+            actor,
+            batch,
+            lambda s, at: ev.WorkflowStarted(
+                seq=s,
+                at=at,
+                workflow_id=old.workflow_id,
+                run_id=new_run_id,
+                workflow_type=command.workflow_type,
+                input=command.input,
+                tenant=old.tenant,
+                parent_workflow_id=old.parent_workflow_id,
+                parent_run_id=old.parent_run_id,
+                code_version=self.engine.code_version,
+                continued_from_run_id=old.run_id,
+            ),
+        )
+        actor.record = _replace(
+            old, run_id=new_run_id, run_started_at=started.at, status=Status.RUNNING, reason=""
+        )
+        actor.driver = self._new_driver(definition)
+        commands = actor.driver.apply(started)
+        self._record_commands(actor, batch, commands)
+
+    def _start_child(self, actor: Actor, batch: _Batch, command: c.StartChild) -> None:
+        assert actor.record is not None
+        tenant = actor.key[0]
+        child_run_id = uuid.uuid4().hex
+        self._record(
+            actor, batch, lambda s, at: c.to_event(command, s, at, child_run_id=child_run_id)
+        )
+        definition = self.engine.definition(command.workflow_type)
+        child_key = (tenant, command.workflow_id)
+        if definition is None or child_key in self.actors or child_key == actor.key:
+            reason = (
+                f"workflow type {command.workflow_type!r} is not registered"
+                if definition is None
+                else f"workflow id {command.workflow_id!r} is already in use"
+            )
+            self.send(
+                actor.key,
+                Message(
+                    "child",
+                    {
+                        "seq": command.seq,
+                        "error_type": "ChildStartFailed",
+                        "message": reason,
+                        "result": b"",
+                    },
+                ),
+            )
+            return
+        child = Actor(child_key)
+        child.driver = self._new_driver(definition)
+        now = self.engine.now()
+        child.record = WorkflowRecord(
+            tenant=tenant,
+            workflow_id=command.workflow_id,
+            run_id=child_run_id,
+            workflow_type=command.workflow_type,
+            status=Status.RUNNING,
+            created_at=now,
+            run_started_at=now,
+            parent_workflow_id=actor.key[1],
+            parent_run_id=actor.record.run_id,
+        )
+        child_batch = _Batch()
+        started = ev.WorkflowStarted(
+            seq=1,
+            at=now,
+            workflow_id=command.workflow_id,
+            run_id=child_run_id,
+            workflow_type=command.workflow_type,
+            input=command.input,
+            tenant=tenant,
+            parent_workflow_id=actor.key[1],
+            parent_run_id=actor.record.run_id,
+            code_version=self.engine.code_version,
+        )
+        child.head = 1
+        child_batch.events.append(started)
+        self._record_commands(child, child_batch, child.driver.apply(started))
+        child.record = self._with_waiting(child)
+        batch.appends.append(Append(command.workflow_id, child_batch.events, 0, tenant))
+        batch.records.append(child.record)
+        batch.timers_add += child_batch.timers_add
+
+        def register() -> None:
+            self.actors.setdefault(child_key, child)
+
+        batch.after.append(register)
+        batch.after += child_batch.after
+
+    # --- commit and side effects ------------------------------------------------------------------
+
+    async def _commit(self, actor: Actor, batch: _Batch) -> None:
+        if not batch.events and not batch.timers_delete and not batch.inbox_delete:
+            for reply in batch.replies:
+                reply.set()
+            return
+        assert actor.record is not None
+        expected = actor.head - len(batch.events)
+        if actor.driver is not None and actor.record.status is not Status.BLOCKED:
+            actor.record = self._with_waiting(actor)
+        appends = list(batch.appends)
+        if batch.events:
+            appends.insert(0, Append(actor.key[1], batch.events, expected, actor.key[0]))
+        write = Write(
+            appends=appends,
+            workflows=[actor.record, *batch.records],
+            timers_add=batch.timers_add,
+            timers_delete=batch.timers_delete,
+            inbox_delete=batch.inbox_delete,
+        )
+        try:
+            await self.engine.store.commit(write)
+        except BaseException as exc:
+            for reply in batch.replies:
+                reply.set(exc if isinstance(exc, Exception) else None)
+            raise
+        for action in batch.after:
+            action()
+        for reply in batch.replies:
+            reply.set()
+
+    def _with_waiting(self, actor: Actor) -> WorkflowRecord:
+        assert actor.record is not None and actor.driver is not None
+        if actor.record.status.is_terminal:
+            return actor.record
+        pending = actor.driver.pending()
+        waiting = tuple(f"{kind[:-1]}:{name}" for kind, names in pending.items() for name in names)
+        return _replace(actor.record, waiting_on=waiting)
+
+    def _dispatch(self, actor: Actor, command: c.ScheduleStep, attempt: int) -> None:
+        assert actor.record is not None
+        tenant, workflow_id = actor.key
+        run_id = actor.record.run_id
+        info = StepInfo(
+            workflow_id=workflow_id,
+            run_id=run_id,
+            step_seq=command.seq,
+            name=command.name,
+            attempt=attempt,
+            idempotency_key=f"{tenant}/{workflow_id}/{run_id}/{command.seq}",
+            tenant=tenant,
+        )
+        actor.steps_in_flight += 1
+        key = actor.key
+
+        def done(job: StepJob, value: Any, error: BaseException | None) -> None:
+            current = self.actors.get(key)
+            if current is not None:
+                current.steps_in_flight = max(0, current.steps_in_flight - 1)
+            self.send(
+                key,
+                Message(
+                    "step", {"seq": command.seq, "attempt": attempt, "value": value, "error": error}
+                ),
+            )
+
+        self.engine.executor.submit(
+            StepJob(info, command.fn, command.args, command.kwargs, command.timeout, done)
+        )
+
+    # --- faults ---------------------------------------------------------------------------------
+
+    async def _crashed(self, actor: Actor, exc: Exception) -> None:
+        if isinstance(exc, _Block):
+            await self._block(actor, exc.reason, "")
+            return
+        log.warning(
+            "run %s crashed in the engine; restarting it by replay", actor.key, exc_info=exc
+        )
+        actor.driver = None
+        now = self.engine.clock.now()
+        window = self.engine.restart_window
+        actor.restarts = [t for t in actor.restarts if t > now - window] + [now]
+        if len(actor.restarts) > self.engine.max_restarts:
+            try:
+                await self._block(actor, f"crash loop: {type(exc).__name__}: {exc}", "")
+            except Exception:
+                log.exception("could not park run %s as BLOCKED", actor.key)
+            return
+        if actor.mailbox or actor.steps_in_flight == 0:
+            self.engine.restart_later(actor.key, self.engine.restart_backoff(len(actor.restarts)))
+
+    async def _block(self, actor: Actor, reason: str, hint: str) -> None:
+        """Park the run BLOCKED with ``reason``; it resumes after a fix and a restart."""
+        tenant, workflow_id = actor.key
+        store = self.engine.store
+        record = await store.get_workflow(workflow_id, tenant=tenant)
+        if record is None:
+            return
+        head = await store.head(workflow_id, tenant=tenant)
+        detail = f"{reason} {hint}".strip()
+        log.error("run %s/%s is BLOCKED: %s", tenant, workflow_id, detail)
+        blocked = ev.WorkflowBlocked(seq=head + 1, at=self.engine.now(), reason=reason, detail=hint)
+        await store.commit(
+            Write(
+                appends=[Append(workflow_id, [blocked], head, tenant)],
+                workflows=[_replace(record, status=Status.BLOCKED, reason=reason)],
+            )
+        )
+        self._drop_mail(actor, None)
+        actor.driver = None
+        actor.blocked = True
+        self.actors.pop(actor.key, None)
+
+    def _drop_mail(self, actor: Actor, error: AionError | None) -> None:
+        while actor.mailbox:
+            message = actor.mailbox.popleft()
+            if message.reply is not None:
+                message.reply.set(error)
+
+    def _maybe_evict(self) -> None:
+        limit = self.engine.max_resident_runs
+        if len(self.actors) <= limit:
+            return
+        for key in list(self.actors):
+            if len(self.actors) <= limit:
+                break
+            actor = self.actors[key]
+            if actor.idle:
+                del self.actors[key]
+
+
+def _make(cls: type[ev.Event], seq: int, at: datetime, **fields: Any) -> ev.Event:
+    return cls(seq=seq, at=at, **fields)
+
+
+class _Block(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _replace(record: WorkflowRecord, **changes: Any) -> WorkflowRecord:
+    return msgspec.structs.replace(record, **changes)

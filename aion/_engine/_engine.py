@@ -1,0 +1,623 @@
+"""``aion.Engine``: wiring, lifecycle and the public methods."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import typing
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+from aion import events as ev
+from aion._clock import Clock, SystemClock, from_timestamp
+from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, decode_payload, encode_payload
+from aion._replay import WorkflowDefinition, definition_of
+from aion._replay import _commands as c
+from aion._replay._definition import convert
+from aion._timerwheel import Timer, TimerWheel
+from aion.errors import (
+    AionError,
+    InvalidArgument,
+    SequenceConflict,
+    WorkflowCancelled,
+    WorkflowClosed,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
+from aion.store import (
+    EventStore,
+    InboxCommand,
+    LmdbStore,
+    Page,
+    Status,
+    TimerRow,
+    WorkflowRecord,
+    Write,
+)
+
+from ._actor import Actor, Message, Reply, Runtime, _Batch
+from ._steps import StepExecutor
+from ._types import HistoryEvent, WorkflowDescription, WorkflowHandle
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("aion.engine")
+
+TimerKey = tuple[str, str, str]
+
+
+class Engine:
+    """An embedded durable-workflow engine on one data directory.
+
+    Args:
+        path: the data directory (created if missing), or an :class:`~aion.store.EventStore`
+            instance to run on (e.g. ``MemoryStore()`` in tests).
+        workflows: the workflow functions (decorated with ``@aion.workflow``) this engine runs.
+        clock: the source of time (``aion.testing.ManualClock`` in tests).
+        durable: fsync every commit (default). See docs/operations.md.
+        max_payload_bytes: limit for encoded arguments, results and signal payloads.
+        max_resident_runs: runs kept in memory; idle runs beyond it are evicted and replayed
+            when something happens to them.
+        max_concurrent_steps: steps running at once; ``step_threads``: of them, sync steps in
+            worker threads at once.
+        activation_workers: runs processed concurrently (their commits share fsyncs).
+        inbox_interval: how often commands left by other processes are picked up (seconds).
+        code_version: recorded in every run started by this engine.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | EventStore,
+        *,
+        workflows: Iterable[Any] = (),
+        clock: Clock | None = None,
+        durable: bool = True,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_resident_runs: int = 10_000,
+        max_concurrent_steps: int = 256,
+        step_threads: int = 32,
+        activation_workers: int = 256,
+        inbox_interval: float = 0.5,
+        timer_horizon: float = 60.0,
+        max_restarts: int = 5,
+        restart_window: float = 60.0,
+        code_version: str | None = None,
+    ) -> None:
+        self._path = path
+        self._durable = durable
+        self.clock: Clock = clock or SystemClock()
+        self.max_payload_bytes = max_payload_bytes
+        self.max_resident_runs = max_resident_runs
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self.code_version = code_version
+        self._activation_workers = activation_workers
+        self._inbox_interval = inbox_interval
+        self._timer_horizon = timer_horizon
+        self._registry: dict[str, WorkflowDefinition] = {}
+        for wf in workflows:
+            definition = definition_of(wf)
+            other = self._registry.get(definition.name)
+            if other is not None and other.fn is not definition.fn:
+                raise InvalidArgument(f"two workflows are named {definition.name!r}")
+            self._registry[definition.name] = definition
+        busy = getattr(self.clock, "busy", None)
+        self._busy: Callable[[], AbstractContextManager[object]] = busy or nullcontext
+        self.executor = StepExecutor(
+            workers=max_concurrent_steps, threads=step_threads, busy=self._busy
+        )
+        self.runtime = Runtime(self)
+        self._store: EventStore | None = None
+        self._owns_store = False
+        self._tg: TaskGroup | None = None
+        self._wheel: TimerWheel[TimerKey, TimerRow] | None = None
+        self._waiters: dict[tuple[str, str], anyio.Event] = {}
+        self._rng = random.Random()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> EventStore:
+        if self._store is None:
+            raise AionError("the engine is not running: use it as `async with Engine(...)`")
+        return self._store
+
+    async def __aenter__(self) -> Engine:
+        if isinstance(self._path, str | os.PathLike):
+            self._store = await anyio.to_thread.run_sync(
+                lambda: LmdbStore(self._path, durable=self._durable)  # type: ignore[arg-type]
+            )
+            self._owns_store = True
+        else:
+            self._store = self._path
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            self._wheel = TimerWheel(
+                self.clock,
+                self._on_timer,
+                load=self._load_timers,
+                peek=self._peek_timer,
+                horizon=self._timer_horizon,
+            )
+            await tg.start(self._wheel.run)
+            for _ in range(self._activation_workers):
+                tg.start_soon(self.runtime.worker)
+            await self.executor.run(tg)
+            tg.start_soon(self._inbox_loop)
+            run_auto = getattr(self.clock, "run_auto_advance", None)
+            if run_auto is not None and getattr(self.clock, "auto_advance", False):
+                tg.start_soon(run_auto)
+            await self._recover()
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            await self._close_store()
+            raise
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        tg = self._tg
+        self._tg = None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(t, e, tb)
+        finally:
+            await self._close_store()
+        return None
+
+    async def _close_store(self) -> None:
+        if self._store is not None and self._owns_store:
+            with anyio.CancelScope(shield=True):
+                await self._store.aclose()
+        self._store = None
+
+    async def _recover(self) -> None:
+        """Schedule every run that has work in flight for (lazy) reactivation."""
+        after: tuple[str, str] | None = None
+        while True:
+            rows = await self.store.scan_active(after=after, limit=1000)
+            for row in rows:
+                if row.status is Status.BLOCKED or any(
+                    w.startswith(("step:", "child:")) for w in row.waiting_on
+                ):
+                    self.runtime.send((row.tenant, row.workflow_id), Message("wake"))
+            if len(rows) < 1000:
+                return
+            after = (rows[-1].tenant, rows[-1].workflow_id)
+
+    # --- services used by the runtime -------------------------------------------------------
+
+    def definition(self, workflow_type: str) -> WorkflowDefinition | None:
+        return self._registry.get(workflow_type)
+
+    def now(self) -> datetime:
+        return from_timestamp(self.clock.now())
+
+    def restart_backoff(self, restarts: int) -> float:
+        return float(min(0.05 * 2 ** (restarts - 1), 5.0) * (0.5 + self._rng.random()))
+
+    def restart_later(self, key: tuple[str, str], delay: float) -> None:
+        assert self._tg is not None
+
+        async def later() -> None:
+            await self.clock.sleep(delay)
+            self.runtime.send(key, Message("wake"))
+
+        self._tg.start_soon(later)
+
+    def hold_timer(self, row: TimerRow) -> None:
+        if self._wheel is not None:
+            self._wheel.schedule(row.due.timestamp(), _timer_key(row), row)
+
+    def release_timer(self, row: TimerRow) -> None:
+        if self._wheel is not None:
+            self._wheel.cancel(_timer_key(row))
+
+    async def _on_timer(self, timer: Timer[TimerKey, TimerRow]) -> None:
+        row = timer.payload
+        self.runtime.send((row.tenant, row.workflow_id), Message("timer", {"row": row}))
+
+    async def _load_timers(
+        self, after: float, until: float
+    ) -> list[tuple[float, TimerKey, TimerRow]]:
+        out: list[tuple[float, TimerKey, TimerRow]] = []
+        last: TimerRow | None = None
+        until_dt = from_timestamp(until)
+        while True:
+            rows = await self.store.due_timers(until_dt, limit=1000, after=last)
+            for row in rows:
+                due = row.due.timestamp()
+                if due > after:
+                    out.append((due, _timer_key(row), row))
+            if len(rows) < 1000:
+                return out
+            last = rows[-1]
+
+    async def _peek_timer(self, after: float) -> float | None:
+        due = await self.store.next_timer_due(from_timestamp(after))
+        return None if due is None else due.timestamp()
+
+    def finished(self, record: WorkflowRecord, command: c.Command) -> None:
+        """A run closed: wake result waiters and tell the parent."""
+        key = (record.tenant, record.workflow_id)
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None:
+            waiter.set()
+        if record.parent_workflow_id is not None:
+            self._notify_parent(record, command)
+
+    def _notify_parent(self, record: WorkflowRecord, command: c.Command) -> None:
+        parent_key = (record.tenant, record.parent_workflow_id or "")
+        data: dict[str, Any] = {"child_id": record.workflow_id, "result": b""}
+        match command:
+            case c.CompleteWorkflow():
+                data.update(error_type=None, message="", result=command.result)
+            case c.FailWorkflow():
+                data.update(error_type=command.error_type, message=command.message)
+            case _:
+                data.update(error_type="WorkflowCancelled", message="cancelled")
+        self.runtime.send(parent_key, Message("child", data))
+
+    def check_child(self, parent: tuple[str, str], seq: int, child_id: str) -> None:
+        """After a parent replays: a child that finished while nobody listened reports now."""
+        assert self._tg is not None
+
+        async def check() -> None:
+            record = await self.store.get_workflow(child_id, tenant=parent[0])
+            if record is None or not record.status.is_terminal:
+                return
+            events = await self.store.read_current_run(child_id, tenant=parent[0])
+            command = _outcome_command(events[-1]) if events else None
+            if command is not None:
+                self._notify_parent(record, command)
+
+        self._tg.start_soon(check)
+
+    def cancel_child(self, tenant: str, child_id: str) -> None:
+        self.runtime.send((tenant, child_id), Message("cancel", {"reason": "parent cancelled"}))
+
+    # --- public API -----------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Any,
+        *args: Any,
+        workflow_id: str | None = None,
+        tenant: str = "default",
+    ) -> WorkflowHandle:
+        """Start a workflow, or return a handle to the existing one with this ``workflow_id``.
+
+        Raises:
+            PayloadError: the arguments cannot be encoded or exceed the payload limit.
+            InvalidArgument: unknown workflow type, malformed id, wrong number of arguments.
+        """
+        definition = self._resolve(workflow)
+        workflow_id = workflow_id or uuid.uuid4().hex
+        encoded = definition.encode_input(args, limit=self.max_payload_bytes)
+        key = (tenant, workflow_id)
+        if key in self.runtime.actors:
+            return self.handle(workflow_id, tenant=tenant)
+        with self._busy():
+            run_id = uuid.uuid4().hex
+            now = self.now()
+            # Registered but marked queued: no worker touches it until its start is recorded.
+            actor = self.runtime.actors[key] = Actor(key, queued=True)
+            actor.driver = self.runtime._new_driver(definition)
+            actor.record = WorkflowRecord(
+                tenant=tenant,
+                workflow_id=workflow_id,
+                run_id=run_id,
+                workflow_type=definition.name,
+                status=Status.RUNNING,
+                created_at=now,
+                run_started_at=now,
+            )
+            started = ev.WorkflowStarted(
+                seq=1,
+                at=now,
+                workflow_id=workflow_id,
+                run_id=run_id,
+                workflow_type=definition.name,
+                input=encoded,
+                tenant=tenant,
+                code_version=self.code_version,
+            )
+            batch = _Batch()
+            actor.head = 1
+            batch.events.append(started)
+            self.runtime._record_commands(actor, batch, actor.driver.apply(started))
+            try:
+                await self.runtime._commit(actor, batch)
+            except SequenceConflict:
+                # Idempotent start: the workflow exists. Mail that arrived meanwhile goes to
+                # an actor that activates from the store.
+                self.runtime.actors.pop(key, None)
+                for message in actor.mailbox:
+                    self.runtime.send(key, message)
+                return self.handle(workflow_id, tenant=tenant)
+            except BaseException:
+                self.runtime.actors.pop(key, None)
+                raise
+            actor.queued = False
+            if actor.mailbox:
+                self.runtime._schedule(actor)
+            elif actor.record.status.is_terminal:
+                self.runtime.actors.pop(key, None)
+        return self.handle(workflow_id, tenant=tenant)
+
+    def handle(self, workflow_id: str, *, tenant: str = "default") -> WorkflowHandle:
+        """A handle to an existing workflow (not checked until used)."""
+        return WorkflowHandle(workflow_id, tenant, self._result)
+
+    async def _result(self, workflow_id: str, tenant: str, timeout: float | None) -> Any:
+        with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+            while True:
+                key = (tenant, workflow_id)
+                waiter = self._waiters.get(key)
+                if waiter is None:
+                    waiter = self._waiters[key] = anyio.Event()
+                record = await self._record(workflow_id, tenant)
+                if record.status.is_terminal:
+                    if self._waiters.get(key) is waiter and not waiter.is_set():
+                        del self._waiters[key]
+                    return await self._outcome(record)
+                await waiter.wait()
+
+    async def _outcome(self, record: WorkflowRecord) -> Any:
+        events = await self.store.read_current_run(record.workflow_id, tenant=record.tenant)
+        last = events[-1]
+        match last:
+            case ev.WorkflowCompleted():
+                definition = self.definition(record.workflow_type)
+                tp = _return_annotation(definition) if definition else Any
+                return convert(decode_payload(last.result), tp, what="workflow result")
+            case ev.WorkflowFailed():
+                raise WorkflowFailed(record.workflow_id, last.error_type, last.message)
+            case ev.WorkflowCancelled():
+                raise WorkflowCancelled(
+                    f"workflow {record.workflow_id!r} was cancelled"
+                    + (f": {last.reason}" if last.reason else "")
+                )
+        raise AionError(f"workflow {record.workflow_id!r} has no outcome event")
+
+    async def _record(self, workflow_id: str, tenant: str) -> WorkflowRecord:
+        record = await self.store.get_workflow(workflow_id, tenant=tenant)
+        if record is None:
+            raise WorkflowNotFound(workflow_id, tenant)
+        return record
+
+    async def signal(
+        self, workflow_id: str, name: str, payload: Any = None, *, tenant: str = "default"
+    ) -> None:
+        """Send signal ``name`` with ``payload``; returns once it is recorded.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+            WorkflowClosed: the workflow has finished.
+            PayloadError: the payload cannot be encoded or is too large.
+        """
+        encoded = encode_payload(payload, limit=self.max_payload_bytes, what=f"signal {name!r}")
+        await self._deliver(
+            workflow_id, tenant, Message("signal", {"name": name, "payload": encoded})
+        )
+
+    async def cancel(
+        self, workflow_id: str, *, reason: str | None = None, tenant: str = "default"
+    ) -> None:
+        """Ask the workflow to cancel: its current await raises ``aion.Cancelled``.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+            WorkflowClosed: the workflow has finished.
+        """
+        await self._deliver(workflow_id, tenant, Message("cancel", {"reason": reason}))
+
+    async def _deliver(self, workflow_id: str, tenant: str, message: Message) -> None:
+        record = await self._record(workflow_id, tenant)
+        if record.status.is_terminal:
+            raise WorkflowClosed(
+                f"workflow {workflow_id!r} has finished ({record.status.value}); it takes no "
+                "more signals or cancellations"
+            )
+        reply = Reply()
+        message.reply = reply
+        self.runtime.send((tenant, workflow_id), message)
+        await reply.wait()
+
+    async def describe(self, workflow_id: str, *, tenant: str = "default") -> WorkflowDescription:
+        """Status, times, result or error, history length and what the run waits on.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+        """
+        record = await self._record(workflow_id, tenant)
+        return await self._describe(record, with_outcome=True)
+
+    async def _describe(self, record: WorkflowRecord, *, with_outcome: bool) -> WorkflowDescription:
+        head = await self.store.head(record.workflow_id, tenant=record.tenant)
+        result: Any = None
+        error: str | None = None
+        if with_outcome and record.status.is_terminal:
+            try:
+                result = await self._outcome(record)
+            except (WorkflowFailed, WorkflowCancelled) as exc:
+                error = str(exc)
+        pending: dict[str, list[str]] = {}
+        for item in record.waiting_on:
+            kind, _, name = item.partition(":")
+            pending.setdefault(kind + "s", []).append(name)
+        return WorkflowDescription(
+            workflow_id=record.workflow_id,
+            run_id=record.run_id,
+            workflow_type=record.workflow_type,
+            tenant=record.tenant,
+            status=record.status,
+            started_at=record.run_started_at,
+            closed_at=record.closed_at,
+            result=result,
+            error=error,
+            history_length=head,
+            pending=pending,
+            reason=record.reason,
+            created_at=record.created_at,
+            parent_workflow_id=record.parent_workflow_id,
+            search_attributes=dict(record.search_attributes),
+        )
+
+    async def history(
+        self, workflow_id: str, *, after_seq: int = 0, tenant: str = "default"
+    ) -> list[HistoryEvent]:
+        """The recorded events after ``after_seq``, in order.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+        """
+        await self._record(workflow_id, tenant)
+        events = await self.store.read_history(workflow_id, tenant=tenant, from_seq=after_seq + 1)
+        return [history_event(e) for e in events]
+
+    async def list(
+        self,
+        *,
+        status: Status | None = None,
+        workflow_type: str | None = None,
+        tenant: str = "default",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowDescription]:
+        """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back)."""
+        page = await self.store.list_workflows(
+            tenant=tenant, status=status, workflow_type=workflow_type, limit=limit, cursor=cursor
+        )
+        items = [await self._describe(r, with_outcome=False) for r in page.items]
+        return Page(items, page.next_cursor)
+
+    # --- inbox ----------------------------------------------------------------------------------
+
+    async def _inbox_loop(self) -> None:
+        seen: set[str] = set()
+        while True:
+            commands = await self.store.read_inbox(limit=500)
+            for command in commands:
+                if command.command_id in seen:
+                    continue
+                seen.add(command.command_id)
+                await self._apply_inbox(command)
+            if len(seen) > 100_000:
+                seen = {c.command_id for c in commands}
+            await anyio.sleep(self._inbox_interval)
+
+    async def _apply_inbox(self, command: InboxCommand) -> None:
+        key = (command.tenant, command.workflow_id)
+        record = await self.store.get_workflow(command.workflow_id, tenant=command.tenant)
+        if record is None or record.status.is_terminal or command.kind not in ("signal", "cancel"):
+            if command.kind not in ("signal", "cancel"):
+                log.warning(
+                    "inbox command %s of kind %r is not understood; dropped",
+                    command.command_id,
+                    command.kind,
+                )
+            else:
+                log.info(
+                    "inbox command %s for %s: the workflow is %s; dropped",
+                    command.command_id,
+                    key,
+                    "missing" if record is None else "closed",
+                )
+            await self.store.commit(Write(inbox_delete=[command.command_id]))
+            return
+        data: dict[str, Any] = (
+            {"name": command.name, "payload": command.payload}
+            if command.kind == "signal"
+            else {"reason": command.comment}
+        )
+        self.runtime.send(key, Message(command.kind, data, inbox_id=command.command_id))
+
+    def _resolve(self, workflow: Any) -> WorkflowDefinition:
+        if isinstance(workflow, str):
+            definition = self._registry.get(workflow)
+            if definition is None:
+                raise InvalidArgument(
+                    f"workflow type {workflow!r} is not registered with this engine; pass it "
+                    "in Engine(..., workflows=[...])"
+                )
+            return definition
+        definition = definition_of(workflow)
+        if definition.name not in self._registry:
+            self._registry[definition.name] = definition
+        return definition
+
+
+def _timer_key(row: TimerRow) -> TimerKey:
+    return (row.tenant, row.workflow_id, row.timer_id)
+
+
+def _return_annotation(definition: WorkflowDefinition) -> Any:
+    try:
+        return typing.get_type_hints(definition.fn).get("return", Any)
+    except Exception:
+        return Any
+
+
+def _outcome_command(event: ev.Event) -> c.Command | None:
+    match event:
+        case ev.WorkflowCompleted():
+            return c.CompleteWorkflow(event.result)
+        case ev.WorkflowFailed():
+            return c.FailWorkflow(event.error_type, event.message, event.traceback)
+        case ev.WorkflowCancelled():
+            return c.CancelWorkflow(event.reason)
+    return None
+
+
+_PAYLOAD_FIELDS = {"input", "result", "payload", "args", "details"}
+
+
+def history_event(event: ev.Event) -> HistoryEvent:
+    """The public view of a stored event (payloads decoded, raw bytes kept for replay)."""
+    data: dict[str, Any] = {}
+    for name in event.__struct_fields__:
+        if name in ("seq", "at"):
+            continue
+        value = getattr(event, name)
+        if name in _PAYLOAD_FIELDS and isinstance(value, bytes):
+            try:
+                value = decode_payload(value) if value else None
+            except AionError:
+                value = value.hex()
+        data[name] = value
+    tag = type(event).__struct_config__.tag
+    return HistoryEvent(
+        seq=event.seq,
+        type=str(tag),
+        recorded_at=event.at,
+        data=data,
+        raw=msgspec.msgpack.encode(event),
+    )
+
+
+def event_of(item: HistoryEvent | ev.Event) -> ev.Event:
+    """Back from the public view to the stored event (exactly, from ``raw``)."""
+    if isinstance(item, ev.Event):
+        return item
+    if not item.raw:
+        raise InvalidArgument(f"history event {item.seq} carries no raw encoding to replay")
+    return decode_event(item.raw)
+
+
+def events_of(history: Sequence[HistoryEvent | ev.Event]) -> list[ev.Event]:
+    return [event_of(h) for h in history]

@@ -1,0 +1,101 @@
+"""Public value types of the engine API: handles, descriptions, history events."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from aion.store import Status
+
+__all__ = ["HistoryEvent", "StepInfo", "WorkflowDescription", "WorkflowHandle"]
+
+
+class HistoryEvent(msgspec.Struct, frozen=True):
+    """One recorded event, as ``engine.history()`` returns it.
+
+    Attributes:
+        seq: position in the workflow's history (from 1).
+        type: the event's stable tag, e.g. ``"step.completed"``.
+        recorded_at: when it was recorded (UTC).
+        data: the event's fields; payloads (inputs, results, signal payloads) are decoded.
+        raw: the exact stored encoding, which ``aion.testing.replay`` replays.
+    """
+
+    seq: int
+    type: str
+    recorded_at: datetime
+    data: dict[str, Any]
+    raw: bytes = b""
+
+
+class WorkflowDescription(msgspec.Struct, frozen=True):
+    """What ``engine.describe()`` (and each item of ``engine.list()``) reports about a workflow.
+
+    ``pending`` maps kinds (``timers``, ``signals``, ``steps``, ``children``, ``approvals``,
+    ``waitpoints``) to what the run waits on. ``reason`` says why a run is ``BLOCKED``.
+    """
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    tenant: str
+    status: Status
+    started_at: datetime
+    closed_at: datetime | None
+    result: Any = None
+    error: str | None = None
+    history_length: int = 0
+    pending: dict[str, list[str]] = {}
+    reason: str = ""
+    created_at: datetime | None = None
+    parent_workflow_id: str | None = None
+    search_attributes: dict[str, Any] = {}
+
+
+class StepInfo(msgspec.Struct, frozen=True):
+    """What a running step can learn about itself (``aion.current_step()``).
+
+    ``idempotency_key`` is stable across retries and re-executions after a crash: pass it to
+    outside systems so a repeated call has no second effect.
+    """
+
+    workflow_id: str
+    run_id: str
+    step_seq: int
+    name: str
+    attempt: int
+    idempotency_key: str
+    tenant: str = "default"
+
+
+class WorkflowHandle:
+    """A reference to one workflow id in one tenant."""
+
+    __slots__ = ("_result", "tenant", "workflow_id")
+
+    def __init__(
+        self,
+        workflow_id: str,
+        tenant: str,
+        result: Callable[[str, str, float | None], Awaitable[Any]],
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.tenant = tenant
+        self._result = result
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the workflow to finish and return its result.
+
+        Raises:
+            WorkflowFailed: it raised (carries the original error type name and message).
+            WorkflowCancelled: it was cancelled.
+            TimeoutError: it did not finish within ``timeout`` seconds.
+            WorkflowNotFound: there is no such workflow in this tenant.
+        """
+        return await self._result(self.workflow_id, self.tenant, timeout)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r}, tenant={self.tenant!r})"
