@@ -154,6 +154,8 @@ class Runtime:
             if actor.mailbox:
                 self._schedule(actor)
             else:
+                if actor.key in self.actors:
+                    self.actors.move_to_end(actor.key)  # least recently used are evicted first
                 self._maybe_evict()
 
     # --- activation ---------------------------------------------------------------------------
@@ -245,7 +247,11 @@ class Runtime:
                 batch.replies.append(message.reply)
             if message.inbox_id is not None:
                 batch.inbox_delete.append(message.inbox_id)
-            self._handle(actor, batch, message)
+            try:
+                self._handle(actor, batch, message)
+            except _Block as block:
+                await self.commit_blocked(actor, batch, block.reason)
+                return
         for message in list(actor.mailbox):  # the run ended: later mail finds it closed
             if driver.outcome is not None:
                 actor.mailbox.remove(message)
@@ -603,6 +609,23 @@ class Runtime:
 
         batch.after.append(register)
         batch.after += child_batch.after
+
+    async def commit_blocked(self, actor: Actor, batch: _Batch, reason: str) -> None:
+        """Commit what the batch recorded so far, then park the run BLOCKED with ``reason``.
+
+        The event that the code diverged on stays recorded, so a replay after the fix sees it.
+        """
+        assert actor.record is not None
+        log.error("run %s/%s is BLOCKED: %s", actor.key[0], actor.key[1], reason)
+        self._record(actor, batch, partial(_make, ev.WorkflowBlocked, reason=reason))
+        actor.record = _replace(actor.record, status=Status.BLOCKED, reason=reason)
+        try:
+            await self._commit(actor, batch)
+        finally:
+            actor.driver = None
+            actor.blocked = True
+            self._drop_mail(actor, None)
+            self.actors.pop(actor.key, None)
 
     # --- commit and side effects ------------------------------------------------------------------
 

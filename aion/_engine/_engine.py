@@ -27,6 +27,7 @@ from aion._timerwheel import Timer, TimerWheel
 from aion.errors import (
     AionError,
     InvalidArgument,
+    NondeterminismError,
     SequenceConflict,
     WorkflowCancelled,
     WorkflowClosed,
@@ -339,7 +340,15 @@ class Engine:
             batch = _Batch()
             actor.head = 1
             batch.events.append(started)
-            self.runtime._record_commands(actor, batch, actor.driver.apply(started))
+            try:
+                commands = actor.driver.apply(started)
+            except NondeterminismError as exc:
+                try:
+                    await self.runtime.commit_blocked(actor, batch, str(exc))
+                except SequenceConflict:
+                    pass  # it existed already: idempotent start
+                return self.handle(workflow_id, tenant=tenant)
+            self.runtime._record_commands(actor, batch, commands)
             try:
                 await self.runtime._commit(actor, batch)
             except SequenceConflict:
@@ -357,6 +366,8 @@ class Engine:
                 self.runtime._schedule(actor)
             elif actor.record.status.is_terminal:
                 self.runtime.actors.pop(key, None)
+            else:
+                self.runtime._maybe_evict()
         return self.handle(workflow_id, tenant=tenant)
 
     def handle(self, workflow_id: str, *, tenant: str = "default") -> WorkflowHandle:

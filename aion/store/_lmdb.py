@@ -37,6 +37,7 @@ from aion.errors import (
     StoreError,
     StoreFormatError,
     StoreFull,
+    StoreLocked,
 )
 
 from . import _core
@@ -252,6 +253,12 @@ class LmdbStore(KVStore):
         except lmdb.VersionMismatchError as exc:
             raise StoreFormatError(f"{self.path}: LMDB version mismatch: {exc}") from exc
         except lmdb.Error as exc:
+            if "already open in this process" in str(exc):
+                raise StoreLocked(
+                    f"the store in {self.path} is already open in this process (LMDB allows one "
+                    "handle per process); use the open store, e.g. engine.store, or open the "
+                    "client from another process"
+                ) from exc
             raise DataDirectoryError(f"cannot open the store in {self.path}: {exc}") from exc
 
     def _open_tables(self) -> dict[str, Any]:
