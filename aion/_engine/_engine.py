@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -343,10 +344,8 @@ class Engine:
             try:
                 commands = actor.driver.apply(started)
             except NondeterminismError as exc:
-                try:
+                with contextlib.suppress(SequenceConflict):  # it existed: idempotent start
                     await self.runtime.commit_blocked(actor, batch, str(exc))
-                except SequenceConflict:
-                    pass  # it existed already: idempotent start
                 return self.handle(workflow_id, tenant=tenant)
             self.runtime._record_commands(actor, batch, commands)
             try:
