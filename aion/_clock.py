@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
+from aion._loop import wait_all_tasks_blocked
+
 __all__ = ["Clock", "ManualClock", "SystemClock", "from_timestamp", "to_timestamp"]
 
 
@@ -147,7 +149,7 @@ class ManualClock:
         if not self.auto_advance:
             await anyio.sleep_forever()
         while True:
-            await anyio.wait_all_tasks_blocked()
+            await wait_all_tasks_blocked()
             deadline = self.next_deadline()
             if self._busy or deadline is None:
                 # Nothing to jump to yet: wait until a sleeper registers or work finishes.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-__all__ = ["Notifier", "current_notifier"]
+__all__ = ["Notifier", "current_notifier", "wait_all_tasks_blocked"]
 
 #: Schedules a callback to run on the event loop it was taken from; callable from any thread.
 Notifier = Callable[[Callable[[], None]], object]
@@ -26,3 +26,26 @@ def current_notifier() -> Notifier:
             "aion must be called from an asyncio event loop (anyio's asyncio backend)"
         ) from exc
     return loop.call_soon_threadsafe
+
+
+async def wait_all_tasks_blocked() -> None:
+    """Return once every other task of the loop waits on something (for manual clocks).
+
+    anyio's version polls every 100 ms; this one yields to the loop and re-checks at once, then
+    backs off to 1 ms, so a simulated month of timers runs in milliseconds.
+    """
+    this = asyncio.current_task()
+    spins = 0
+    while True:
+        await asyncio.sleep(0)
+        for task in asyncio.all_tasks():
+            if task is this:
+                continue
+            waiter = task._fut_waiter  # type: ignore[attr-defined]
+            if waiter is None or waiter.done():
+                break
+        else:
+            return
+        spins += 1
+        if spins > 50:
+            await asyncio.sleep(0.001)

@@ -120,11 +120,18 @@ class Runtime:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.actors: OrderedDict[Key, Actor] = OrderedDict()
+        self.processing = 0
         self._ready_send, self._ready_receive = anyio.create_memory_object_stream[Actor](
             float("inf")
         )
 
     # --- mail ---------------------------------------------------------------------------------
+
+    def idle(self) -> bool:
+        """No run has mail, is being processed, or has a step in flight."""
+        return not self.processing and all(
+            not a.mailbox and not a.queued and not a.steps_in_flight for a in self.actors.values()
+        )
 
     def actor(self, key: Key) -> Actor:
         actor = self.actors.get(key)
@@ -146,11 +153,15 @@ class Runtime:
         """An activation worker: processes actors with mail, one at a time."""
         async for actor in self._ready_receive:
             actor.queued = False
-            with self.engine._busy():
-                try:
-                    await self._process(actor)
-                except Exception as exc:
-                    await self._crashed(actor, exc)
+            self.processing += 1
+            try:
+                with self.engine._busy():
+                    try:
+                        await self._process(actor)
+                    except Exception as exc:
+                        await self._crashed(actor, exc)
+            finally:
+                self.processing -= 1
             if actor.mailbox:
                 self._schedule(actor)
             else:

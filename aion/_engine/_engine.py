@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup
 from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
 from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, decode_payload, encode_payload
+from aion._loop import wait_all_tasks_blocked
 from aion._replay import WorkflowDefinition, definition_of
 from aion._replay import _commands as c
 from aion._replay._definition import convert
@@ -291,6 +292,27 @@ class Engine:
 
     def cancel_child(self, tenant: str, child_id: str) -> None:
         self.runtime.send((tenant, child_id), Message("cancel", {"reason": "parent cancelled"}))
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is happening: no run has work, no step runs, no timer is due.
+
+        For tests with a manual clock: after ``wait_idle()`` only moving the clock or an outside
+        call (start, signal, cancel) can make anything happen.
+        """
+        while True:
+            await wait_all_tasks_blocked()
+            if self.runtime.idle() and self.executor.idle and not self._timer_due():
+                await wait_all_tasks_blocked()
+                if self.runtime.idle() and self.executor.idle:
+                    return
+            await anyio.sleep(0.001)  # work on threads (steps, store commits) is under way
+
+    def _timer_due(self) -> bool:
+        next_deadline = getattr(self.clock, "next_deadline", None)
+        if next_deadline is None:
+            return False
+        deadline = next_deadline()
+        return deadline is not None and deadline <= self.clock.now()
 
     # --- public API -----------------------------------------------------------------------------
 

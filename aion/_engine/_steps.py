@@ -63,21 +63,31 @@ class StepExecutor:
         self._workers = workers
         self._limiter = anyio.CapacityLimiter(threads)
         self._busy = busy or nullcontext
-
-    def submit(self, job: StepJob) -> None:
-        """Queue a step; never blocks."""
-        self._send.send_nowait(job)
+        self._pending = 0
 
     async def run(self, tg: TaskGroup) -> None:
         """Start the worker tasks in ``tg``."""
         for _ in range(self._workers):
             tg.start_soon(self._worker)
 
+    @property
+    def idle(self) -> bool:
+        """No step queued or running."""
+        return self._pending == 0
+
+    def submit(self, job: StepJob) -> None:
+        """Queue a step; never blocks."""
+        self._pending += 1
+        self._send.send_nowait(job)
+
     async def _worker(self) -> None:
         async for job in self._receive:
-            with self._busy():
-                value, error = await self._execute(job)
-            job.done(job, value, error)
+            try:
+                with self._busy():
+                    value, error = await self._execute(job)
+                job.done(job, value, error)
+            finally:
+                self._pending -= 1
 
     async def _execute(self, job: StepJob) -> tuple[Any, BaseException | None]:
         token = _CURRENT.set(job.info)

@@ -1,0 +1,502 @@
+"""A hierarchical timing wheel: the in-memory half of aion's durable timers.
+
+The wheel knows nothing about workflows. It holds timers (a due time, a hashable key, a payload)
+that are due within a *horizon*, fires each one by awaiting a callback, and is driven by one task
+(:meth:`TimerWheel.run`) sleeping on an injected :class:`~aion._clock.Clock`. Timers due further
+out stay in a durable due-time index (the store) and are loaded by range scan as time advances.
+
+Shape (see docs/timers.md for the reasoning and the measured costs):
+
+- Time is cut into ticks of ``resolution`` seconds, counted from the epoch. Level ``l`` has 64
+  slots of ``64**l`` ticks each; a timer sits at the level of the highest base-64 digit in which
+  its tick differs from the wheel's current tick. Insert is an ``append`` to a slot list.
+- Cancel is lazy and O(1): it only drops the key from the index (``key -> entry``). An entry still
+  in a slot is live only while the index maps its key to that very entry, so cascades move entries
+  without touching the index, and dead entries are skipped when reached (or swept by compaction).
+- When time reaches a slot of level 1 and up, its entries cascade to lower levels; when it reaches
+  a level-0 slot (one tick), its entries move to a small heap ordered by ``(due, seq)``, which
+  gives exact due order inside a tick and deterministic ties (insertion order).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from typing import Generic, NamedTuple, TypeAlias, TypeVar
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskStatus
+
+from aion._clock import Clock
+
+__all__ = ["FireCallback", "Loader", "Peeker", "Timer", "TimerWheel"]
+
+K = TypeVar("K", bound=Hashable)
+P = TypeVar("P")
+
+
+class Timer(NamedTuple, Generic[K, P]):
+    """A timer handed to the fire callback: when it was due, its key and its payload."""
+
+    due: float
+    key: K
+    payload: P
+
+
+FireCallback: TypeAlias = Callable[[Timer[K, P]], Awaitable[None]]
+"""``async fire(timer)``: awaited by the driver for each timer, one at a time, in due order."""
+
+Loader: TypeAlias = Callable[[float, float], Awaitable[Iterable[tuple[float, K, P]]]]
+"""``async load(after, until)``: every stored ``(due, key, payload)`` with ``after < due <= until``.
+
+``after`` is ``-inf`` on the first load of a run, so it also returns overdue timers.
+"""
+
+Peeker: TypeAlias = Callable[[float], Awaitable[float | None]]
+"""``async peek(after)``: due time of the earliest stored timer with ``due > after``, or None."""
+
+_BITS = 6  # 64 slots per level: few levels (few cascades), short scans for the next slot
+_SLOTS = 1 << _BITS
+_MASK = _SLOTS - 1
+_MAX_DUE = 253402300799.0  # 9999-12-31T23:59:59Z: the wheel's levels are sized to reach it
+_COMPACT_EVERY = 1 << 16  # inserts between checks for too many dead (cancelled) entries
+_COMPACT_MIN_DEAD = 1 << 16
+_FIRES_PER_CHECKPOINT = 64  # let other tasks run during a long backlog of quick callbacks
+
+_Entry: TypeAlias = tuple[float, int, K, P]  # (due, seq, key, payload); seq orders ties
+
+
+class TimerWheel(Generic[K, P]):
+    """Timers due within a horizon, fired in due order by one driver task.
+
+    The wheel is generic: a key is any hashable value naming a timer, a payload is anything.
+    Use it from the event loop thread only.
+
+    With a ``load`` callback the wheel mirrors a durable due-time index: it holds only timers
+    due up to :attr:`loaded_until` (about ``horizon`` seconds ahead of the clock) and loads the
+    next range by scan as time advances. A timer is *scheduled* by writing its row durably and
+    then calling :meth:`schedule`; a timer beyond the loaded range is not held in memory, since
+    the scan that covers its due time will load it. Without ``load``, the wheel holds every timer
+    it is given (no durable index; ``horizon`` is unused).
+
+    Contract with the durable index (what makes "fires once" hold):
+
+    - Call :meth:`schedule` after the timer's row is committed, and :meth:`cancel` after its
+      deletion is committed.
+    - ``load`` returns exactly the rows with ``after < due <= until``, and a timer's due time is
+      the same float in :meth:`schedule` and in ``load`` (round once, before both, to whatever
+      precision the store keeps), otherwise a timer can fall between two scans.
+    - ``fire`` deletes the row (with whatever it records) before it returns, or at least the
+      engine treats a second fire of a timer whose row is gone as a no-op: after a crash of the
+      driver the wheel reloads from the index, so firing is at least once, as with any durable
+      timer.
+
+    Args:
+        clock: the source of time; the driver sleeps with ``clock.sleep_until``.
+        fire: awaited for each due timer (see :meth:`run` for ordering and errors).
+        load: the range scan of the durable index; None to hold every timer in memory.
+        peek: the due time of the next stored timer after a point. Optional; with it an idle
+            wheel sleeps until the next stored timer is near instead of rescanning every
+            ``horizon / 2`` seconds, so a manual clock can jump 30 days in a few steps.
+        horizon: with ``load``, how far ahead of the clock timers are held, in seconds. The
+            next range is scanned when half of it is left, so a scan happens ``horizon / 2``
+            seconds before its first timer is due.
+        resolution: tick length in seconds, from 1e-6 to 60. It affects only speed, never the
+            order or the exact time of firing; a power of two keeps tick arithmetic exact.
+
+    Raises:
+        ValueError: ``horizon`` or ``resolution`` is out of range, or ``peek`` without ``load``.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        fire: FireCallback[K, P],
+        *,
+        load: Loader[K, P] | None = None,
+        peek: Peeker | None = None,
+        horizon: float = 60.0,
+        resolution: float = 2.0**-10,
+    ) -> None:
+        if not (0.0 < horizon < _MAX_DUE and 1e-6 <= resolution <= 60.0):
+            raise ValueError(
+                f"horizon ({horizon!r}) must be a positive number of seconds and resolution "
+                f"({resolution!r}) between 1e-6 and 60 seconds"
+            )
+        if peek is not None and load is None:
+            raise ValueError("peek needs load: it only tells the wheel when to scan next")
+        self._clock = clock
+        self._fire = fire
+        self._load = load
+        self._peek = peek
+        self._horizon = float(horizon)
+        self._res = float(resolution)
+        self._inv = 1.0 / self._res
+        levels = -(-int(_MAX_DUE * self._inv).bit_length() // _BITS)
+        self._levels: list[list[list[_Entry[K, P]]]] = [
+            [[] for _ in range(_SLOTS)] for _ in range(levels)
+        ]
+        # Level and slot for an insert, indexed by (tick ^ current tick).bit_length().
+        self._by_bits = tuple(
+            ((max(b - 1, 0) // _BITS) * _BITS, self._levels[max(b - 1, 0) // _BITS])
+            for b in range(levels * _BITS + 1)
+        )
+        self._index: dict[K, _Entry[K, P]] = {}
+        self._ready: list[_Entry[K, P]] = []  # heap: entries of ticks before self._cur
+        self._cur = int(clock.now() * self._inv)  # ticks before it have moved to _ready
+        self._seq = 0  # entries ever made; also the tie-breaker
+        self._removed = 0  # entries dropped from the structure; _seq - _removed are stored
+        self._compact_at = _COMPACT_EVERY
+        # Loading state. Stored timers with due <= _loaded are held (or done). No stored timer
+        # has a due time in (_loaded, _next_stored), as far as scans and schedules have shown.
+        # schedule() holds timers with due <= _limit: _loaded, or the range being scanned.
+        unbounded = load is None
+        self._loaded = _MAX_DUE if unbounded else -math.inf
+        self._next_stored = _MAX_DUE if unbounded else -math.inf
+        self._limit = self._loaded
+        self._loading = False
+        self._tombstones: set[K] = set()  # keys cancelled while a scan is in flight
+        self._dropped_min = math.inf  # earliest due dropped while a scan is in flight
+        # Driver state. _wake_at is the driver's sleep target, -inf while it is not sleeping.
+        self._running = False
+        self._wake_at = -math.inf
+        self._sleep_scope: anyio.CancelScope | None = None
+
+    # --- public ---------------------------------------------------------------------------
+
+    @property
+    def horizon(self) -> float:
+        """How far ahead of the clock timers are held, in seconds (with a loader)."""
+        return self._horizon
+
+    @property
+    def loaded_until(self) -> float:
+        """Every stored timer due at or before this time is held or done (``-inf`` at first)."""
+        return self._loaded
+
+    def __len__(self) -> int:
+        """Timers held: scheduled or loaded, not yet cancelled, and not done firing."""
+        return len(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def schedule(self, due: float, key: K, payload: P) -> bool:
+        """Hold a timer, unless it is beyond the loaded range or its key is already held.
+
+        O(1). Wakes the driver if the timer is due before the driver's current sleep target.
+        A timer with a due time in the past fires at once. A key stays held from this call
+        until its fire callback returns, so a second schedule of it (say, one from a scan and
+        one direct) is ignored: to change a due time, cancel and schedule again.
+
+        Args:
+            due: seconds since the epoch, on the wheel's clock.
+            key: names the timer; :meth:`cancel` takes it.
+            payload: handed to the fire callback.
+
+        Returns:
+            True if the wheel now holds the timer; False if the key was already held or the
+            timer is beyond the loaded range (it stays in the durable index and will be loaded).
+
+        Raises:
+            ValueError: ``due`` is not finite, or (without a loader) later than year 9999.
+        """
+        if not due <= self._limit:  # also NaN
+            return self._schedule_beyond(due, key, payload)
+        try:
+            t = int(due * self._inv)
+        except OverflowError:  # -inf
+            raise ValueError(f"timer {key!r}: due time must be finite, got {due!r}") from None
+        self._seq = seq = self._seq + 1
+        entry = (due, seq, key, payload)
+        # One hash of the key for the dedupe check and the insert.
+        if self._index.setdefault(key, entry) is not entry:
+            self._removed += 1
+            return False
+        cur = self._cur
+        if t < cur:
+            heapq.heappush(self._ready, entry)
+        else:
+            shift, row = self._by_bits[(t ^ cur).bit_length()]
+            row[(t >> shift) & _MASK].append(entry)
+        if due < self._wake_at:
+            self._interrupt()
+        if seq >= self._compact_at:
+            self._maybe_compact()
+        return True
+
+    def cancel(self, key: K) -> bool:
+        """Forget a timer so it will not fire. O(1).
+
+        Cancelling a key the wheel does not hold is allowed (it may not be loaded yet, in which
+        case the durable deletion keeps the scan from returning it; a key cancelled while a scan
+        is in flight is also kept out of that scan's result). Cancelling the timer whose
+        callback is running cannot stop that callback, but it stops a retry of it.
+
+        Returns:
+            True if the wheel held the timer.
+        """
+        if self._loading:
+            self._tombstones.add(key)
+        return self._index.pop(key, None) is not None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Drive the wheel: load, fire due timers in due order, sleep. Runs until cancelled.
+
+        Reports started (for ``TaskGroup.start``) once the first scan has been applied, so the
+        overdue timers are held and fire next, earliest first. Each fire awaits the callback
+        before the next one starts: timers fire in ``(due, insertion order)`` order, and a slow
+        callback delays the ones after it.
+
+        A callback that raises crashes the driver: the exception propagates out of ``run`` (with
+        a note naming the timer) for a supervisor to restart it. The failed timer stays held,
+        so calling ``run`` again retries it first; a restart also rescans the durable index
+        from the beginning, deduplicating by key. Errors of ``load`` and ``peek`` propagate too.
+
+        Raises:
+            RuntimeError: ``run`` is already running for this wheel.
+        """
+        if self._running:
+            raise RuntimeError("TimerWheel.run() is already running; one driver per wheel")
+        self._running = True
+        try:
+            if self._load is not None:
+                # A restart trusts nothing from before the crash: rescan from the start.
+                self._loaded = self._next_stored = self._limit = -math.inf
+            await self._drive(task_status)
+        finally:
+            self._running = False
+            self._wake_at = -math.inf
+            self._sleep_scope = None
+
+    # --- driver ---------------------------------------------------------------------------
+
+    async def _drive(self, task_status: TaskStatus[None]) -> None:
+        clock = self._clock
+        started = False
+        while True:
+            now = clock.now()
+            if self._load is not None and now >= self._next_stored - self._horizon / 2:
+                await self._refill(now + self._horizon)
+                continue
+            if not started:
+                task_status.started()
+                started = True
+            self._advance(now)
+            await self._fire_due(now)
+            target = self._next_target()
+            if target <= now:
+                # Due while firing (or exactly now): go round again, but let others run first.
+                await anyio.lowlevel.checkpoint()
+                continue
+            self._wake_at = target
+            with anyio.CancelScope() as scope:
+                self._sleep_scope = scope
+                if target == math.inf:
+                    await anyio.sleep_forever()
+                else:
+                    await clock.sleep_until(target)
+            self._sleep_scope = None
+            self._wake_at = -math.inf
+
+    def _interrupt(self) -> None:
+        """Wake the sleeping driver so it recomputes its target (no task is spawned)."""
+        self._wake_at = -math.inf
+        if self._sleep_scope is not None:
+            self._sleep_scope.cancel()
+
+    async def _refill(self, until: float) -> None:
+        """Load the stored timers due in (loaded_until, until] and learn when to scan next."""
+        assert self._load is not None
+        after = self._loaded
+        self._loading = True
+        # A timer committed after the scan's snapshot is not in its result, so hold timers
+        # scheduled directly in the range being scanned; the scan's copy is then a duplicate.
+        self._limit = max(self._limit, until)
+        self._dropped_min = math.inf
+        try:
+            rows = await self._load(after, until)
+            tombstones = self._tombstones
+            for due, key, payload in rows:
+                if not after < due <= until:
+                    raise ValueError(
+                        f"timer loader returned {key!r} due {due!r}, outside the requested "
+                        f"range ({after!r}, {until!r}]: return exactly after < due <= until"
+                    )
+                # A key cancelled during the scan may be in a snapshot taken before its deletion.
+                if key not in tombstones:
+                    self.schedule(due, key, payload)
+            self._tombstones.clear()
+            self._loaded = until
+            if self._peek is None:
+                nxt = until
+            else:
+                peeked = await self._peek(until)
+                nxt = math.inf if peeked is None else peeked
+                if not nxt > until:
+                    raise ValueError(
+                        f"timer peek({until!r}) returned {peeked!r}: it must return the "
+                        "earliest due time strictly after its argument, or None"
+                    )
+            # A timer scheduled beyond the range during the scan is in the index but maybe not
+            # in the peek's snapshot.
+            self._next_stored = min(nxt, self._dropped_min)
+        finally:
+            self._loading = False
+            self._tombstones.clear()
+            self._limit = self._loaded
+
+    def _schedule_beyond(self, due: float, key: K, payload: P) -> bool:
+        """The slow path of :meth:`schedule`: ``due`` is past the loaded range (or invalid)."""
+        if not -math.inf < due < math.inf:
+            raise ValueError(f"timer {key!r}: due time must be finite, got {due!r}")
+        if self._load is None:
+            raise ValueError(
+                f"timer {key!r}: due time {due!r} is past year 9999; pick an earlier one"
+            )
+        if key in self._index:
+            return False
+        if self._loading:
+            self._dropped_min = min(self._dropped_min, due)
+            return False
+        nxt = self._next_stored
+        if due < nxt:
+            # Nothing is stored in (loaded, nxt) but this timer: advance the loaded range up to
+            # the horizon without a scan and hold it (a peek keeps an idle wheel from rescanning).
+            frontier = min(self._clock.now() + self._horizon, math.nextafter(nxt, -math.inf))
+            if frontier > self._loaded:
+                self._loaded = self._limit = frontier
+            if due <= self._limit:
+                return self.schedule(due, key, payload)
+            self._next_stored = due
+            if due - self._horizon / 2 < self._wake_at:
+                self._interrupt()
+        return False
+
+    def _advance(self, now: float) -> None:
+        """Cascade and drain every slot whose time has come, so due timers are in _ready."""
+        now_tick = int(now * self._inv)
+        while (found := self._next_slot()) is not None:
+            level, index, start = found
+            if start > now_tick:
+                break
+            if level == 0:
+                row = self._levels[0]
+                entries, row[index] = row[index], []
+                # Everything already in the heap has an earlier tick, hence an earlier due
+                # time, so a sorted run appended at the end keeps it a heap.
+                entries.sort()
+                self._ready.extend(entries)
+                self._move_to(start + 1)
+            else:
+                self._move_to(start)  # cascades the slot found
+        if self._cur <= now_tick:
+            self._move_to(now_tick + 1)
+
+    def _next_slot(self) -> tuple[int, int, int] | None:
+        """The earliest non-empty slot: (level, slot index, first tick it covers).
+
+        Every timer at a level is later than every timer at the levels below it (they differ
+        from the current tick in a higher digit), so the lowest non-empty level has it.
+        """
+        cur = self._cur
+        shift = 0
+        for level, row in enumerate(self._levels):
+            digit = (cur >> shift) & _MASK
+            # Slot `digit` of levels 1 and up is always empty (see _move_to).
+            for index in range(digit if level == 0 else digit + 1, _SLOTS):
+                if row[index]:
+                    return level, index, (((cur >> shift >> _BITS) << _BITS) | index) << shift
+            shift += _BITS
+        return None
+
+    def _move_to(self, tick: int) -> None:
+        """Make ``tick`` the current tick. No timer in the wheel may be due before it.
+
+        Keeps the invariant that at levels 1 and up the slot of the current digit is empty, by
+        cascading it: otherwise a level-1 timer could sit in the same 64-tick span as (and
+        before) level-0 timers, and firing the lowest level first would break due order.
+        """
+        self._cur = tick
+        shift = _BITS
+        by_bits = self._by_bits
+        inv = self._inv
+        for row in self._levels[1:]:
+            digit = (tick >> shift) & _MASK
+            if row[digit]:
+                entries, row[digit] = row[digit], []
+                for entry in entries:
+                    t = int(entry[0] * inv)
+                    # A timer differs from `tick` only below this level, so it lands lower.
+                    lower_shift, lower_row = by_bits[(t ^ tick).bit_length()]
+                    lower_row[(t >> lower_shift) & _MASK].append(entry)
+            shift += _BITS
+
+    async def _fire_due(self, now: float) -> None:
+        """Fire every held timer due at or before ``now``, earliest first."""
+        heap = self._ready
+        index = self._index
+        fired = 0
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            self._removed += 1
+            due, _, key, payload = entry
+            if index.get(key) is not entry:
+                continue  # cancelled (and maybe scheduled again as a new entry)
+            try:
+                await self._fire(Timer(due, key, payload))
+            except BaseException as exc:
+                if index.get(key) is entry:  # not cancelled meanwhile: still pending
+                    heapq.heappush(heap, entry)
+                    self._removed -= 1
+                if isinstance(exc, Exception):
+                    exc.add_note(
+                        f"raised by the timer wheel's fire callback for timer {key!r} due "
+                        f"{due!r}; the timer is still pending and fires again on restart"
+                    )
+                raise
+            if index.get(key) is entry:
+                del index[key]
+            fired += 1
+            if fired % _FIRES_PER_CHECKPOINT == 0:
+                await anyio.lowlevel.checkpoint()
+
+    def _next_target(self) -> float:
+        """When the driver must wake next: the next due timer or slot, or the next scan."""
+        heap = self._ready
+        index = self._index
+        while heap and index.get(heap[0][2]) is not heap[0]:
+            heapq.heappop(heap)  # cancelled: do not wake for it
+            self._removed += 1
+        if heap:
+            target = heap[0][0]
+        elif (found := self._next_slot()) is not None:
+            start = found[2]
+            target = start * self._res
+            while int(target * self._inv) < start:  # never wake before the slot's tick
+                target = math.nextafter(target, math.inf)
+        else:
+            target = math.inf
+        if self._load is not None:
+            target = min(target, self._next_stored - self._horizon / 2)
+        return target
+
+    def _maybe_compact(self) -> None:
+        """Drop cancelled entries once they outnumber live ones (amortised O(1) per cancel)."""
+        self._compact_at = self._seq + _COMPACT_EVERY
+        live = len(self._index)
+        if self._seq - self._removed - live <= max(live, _COMPACT_MIN_DEAD):
+            return
+        index = self._index
+        stored = 0
+        for row in self._levels:
+            for i, slot in enumerate(row):
+                if slot:
+                    row[i] = kept = [e for e in slot if index.get(e[2]) is e]
+                    stored += len(kept)
+        self._ready[:] = [e for e in self._ready if index.get(e[2]) is e]
+        heapq.heapify(self._ready)
+        stored += len(self._ready)
+        self._removed = self._seq - stored
