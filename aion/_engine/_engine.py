@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import random
-import typing
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -15,26 +14,21 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup
 
 from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
-from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, decode_payload, encode_payload
+from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, encode_payload
 from aion._loop import wait_all_tasks_blocked
 from aion._replay import WorkflowDefinition, definition_of
 from aion._replay import _commands as c
-from aion._replay._definition import convert
 from aion._timerwheel import Timer, TimerWheel
 from aion.errors import (
     AionError,
     InvalidArgument,
     NondeterminismError,
     SequenceConflict,
-    WorkflowCancelled,
     WorkflowClosed,
-    WorkflowFailed,
-    WorkflowNotFound,
 )
 from aion.store import (
     EventStore,
@@ -50,6 +44,7 @@ from aion.store import (
 from ._actor import Actor, Message, Reply, Runtime, _Batch
 from ._steps import StepExecutor
 from ._types import HistoryEvent, WorkflowDescription, WorkflowHandle
+from ._views import Reader
 
 __all__ = ["Engine"]
 
@@ -125,6 +120,7 @@ class Engine:
         self._wheel: TimerWheel[TimerKey, TimerRow] | None = None
         self._waiters: dict[tuple[str, str], anyio.Event] = {}
         self._rng = random.Random()
+        self._reader = Reader(lambda: self.store, self.definition)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -409,29 +405,6 @@ class Engine:
                     return await self._outcome(record)
                 await waiter.wait()
 
-    async def _outcome(self, record: WorkflowRecord) -> Any:
-        events = await self.store.read_current_run(record.workflow_id, tenant=record.tenant)
-        last = events[-1]
-        match last:
-            case ev.WorkflowCompleted():
-                definition = self.definition(record.workflow_type)
-                tp = _return_annotation(definition) if definition else Any
-                return convert(decode_payload(last.result), tp, what="workflow result")
-            case ev.WorkflowFailed():
-                raise WorkflowFailed(record.workflow_id, last.error_type, last.message)
-            case ev.WorkflowCancelled():
-                raise WorkflowCancelled(
-                    f"workflow {record.workflow_id!r} was cancelled"
-                    + (f": {last.reason}" if last.reason else "")
-                )
-        raise AionError(f"workflow {record.workflow_id!r} has no outcome event")
-
-    async def _record(self, workflow_id: str, tenant: str) -> WorkflowRecord:
-        record = await self.store.get_workflow(workflow_id, tenant=tenant)
-        if record is None:
-            raise WorkflowNotFound(workflow_id, tenant)
-        return record
-
     async def signal(
         self, workflow_id: str, name: str, payload: Any = None, *, tenant: str = "default"
     ) -> None:
@@ -476,39 +449,7 @@ class Engine:
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
         """
-        record = await self._record(workflow_id, tenant)
-        return await self._describe(record, with_outcome=True)
-
-    async def _describe(self, record: WorkflowRecord, *, with_outcome: bool) -> WorkflowDescription:
-        head = await self.store.head(record.workflow_id, tenant=record.tenant)
-        result: Any = None
-        error: str | None = None
-        if with_outcome and record.status.is_terminal:
-            try:
-                result = await self._outcome(record)
-            except (WorkflowFailed, WorkflowCancelled) as exc:
-                error = str(exc)
-        pending: dict[str, list[str]] = {}
-        for item in record.waiting_on:
-            kind, _, name = item.partition(":")
-            pending.setdefault(kind + "s", []).append(name)
-        return WorkflowDescription(
-            workflow_id=record.workflow_id,
-            run_id=record.run_id,
-            workflow_type=record.workflow_type,
-            tenant=record.tenant,
-            status=record.status,
-            started_at=record.run_started_at,
-            closed_at=record.closed_at,
-            result=result,
-            error=error,
-            history_length=head,
-            pending=pending,
-            reason=record.reason,
-            created_at=record.created_at,
-            parent_workflow_id=record.parent_workflow_id,
-            search_attributes=dict(record.search_attributes),
-        )
+        return await self._reader.describe(workflow_id, tenant=tenant)
 
     async def history(
         self, workflow_id: str, *, after_seq: int = 0, tenant: str = "default"
@@ -518,9 +459,7 @@ class Engine:
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
         """
-        await self._record(workflow_id, tenant)
-        events = await self.store.read_history(workflow_id, tenant=tenant, from_seq=after_seq + 1)
-        return [history_event(e) for e in events]
+        return await self._reader.history(workflow_id, after_seq=after_seq, tenant=tenant)
 
     async def list(
         self,
@@ -532,11 +471,15 @@ class Engine:
         cursor: str | None = None,
     ) -> Page[WorkflowDescription]:
         """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back)."""
-        page = await self.store.list_workflows(
-            tenant=tenant, status=status, workflow_type=workflow_type, limit=limit, cursor=cursor
+        return await self._reader.list(
+            status=status, workflow_type=workflow_type, tenant=tenant, limit=limit, cursor=cursor
         )
-        items = [await self._describe(r, with_outcome=False) for r in page.items]
-        return Page(items, page.next_cursor)
+
+    async def _record(self, workflow_id: str, tenant: str) -> WorkflowRecord:
+        return await self._reader.record(workflow_id, tenant)
+
+    async def _outcome(self, record: WorkflowRecord) -> Any:
+        return await self._reader.outcome(record)
 
     # --- inbox ----------------------------------------------------------------------------------
 
@@ -598,13 +541,6 @@ def _timer_key(row: TimerRow) -> TimerKey:
     return (row.tenant, row.workflow_id, row.timer_id)
 
 
-def _return_annotation(definition: WorkflowDefinition) -> Any:
-    try:
-        return typing.get_type_hints(definition.fn).get("return", Any)
-    except Exception:
-        return Any
-
-
 def _outcome_command(event: ev.Event) -> c.Command | None:
     match event:
         case ev.WorkflowCompleted():
@@ -614,32 +550,6 @@ def _outcome_command(event: ev.Event) -> c.Command | None:
         case ev.WorkflowCancelled():
             return c.CancelWorkflow(event.reason)
     return None
-
-
-_PAYLOAD_FIELDS = {"input", "result", "payload", "args", "details"}
-
-
-def history_event(event: ev.Event) -> HistoryEvent:
-    """The public view of a stored event (payloads decoded, raw bytes kept for replay)."""
-    data: dict[str, Any] = {}
-    for name in event.__struct_fields__:
-        if name in ("seq", "at"):
-            continue
-        value = getattr(event, name)
-        if name in _PAYLOAD_FIELDS and isinstance(value, bytes):
-            try:
-                value = decode_payload(value) if value else None
-            except AionError:
-                value = value.hex()
-        data[name] = value
-    tag = type(event).__struct_config__.tag
-    return HistoryEvent(
-        seq=event.seq,
-        type=str(tag),
-        recorded_at=event.at,
-        data=data,
-        raw=msgspec.msgpack.encode(event),
-    )
 
 
 def event_of(item: HistoryEvent | ev.Event) -> ev.Event:

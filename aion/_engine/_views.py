@@ -1,0 +1,166 @@
+"""Read-only views of workflows: what describe, history, list and result report.
+
+Shared by the engine and by the command line, which reads a data directory without running an
+engine (a client-role store).
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from aion import events as ev
+from aion._codec import decode_payload
+from aion._replay import WorkflowDefinition
+from aion._replay._definition import convert
+from aion.errors import AionError, WorkflowCancelled, WorkflowFailed, WorkflowNotFound
+from aion.store import EventStore, Page, Status, WorkflowRecord
+
+from ._types import HistoryEvent, WorkflowDescription
+
+__all__ = ["Reader", "history_event"]
+
+
+class Reader:
+    """Answers questions about workflows from a store."""
+
+    def __init__(
+        self,
+        store: Callable[[], EventStore],
+        definition: Callable[[str], WorkflowDefinition | None] = lambda name: None,
+    ) -> None:
+        self._store = store
+        self.definition = definition
+
+    @property
+    def store(self) -> EventStore:
+        return self._store()
+
+    async def outcome(self, record: WorkflowRecord) -> Any:
+        events = await self.store.read_current_run(record.workflow_id, tenant=record.tenant)
+        last = events[-1]
+        match last:
+            case ev.WorkflowCompleted():
+                definition = self.definition(record.workflow_type)
+                tp = _return_annotation(definition) if definition else Any
+                return convert(decode_payload(last.result), tp, what="workflow result")
+            case ev.WorkflowFailed():
+                raise WorkflowFailed(record.workflow_id, last.error_type, last.message)
+            case ev.WorkflowCancelled():
+                raise WorkflowCancelled(
+                    f"workflow {record.workflow_id!r} was cancelled"
+                    + (f": {last.reason}" if last.reason else "")
+                )
+        raise AionError(f"workflow {record.workflow_id!r} has no outcome event")
+
+    async def record(self, workflow_id: str, tenant: str) -> WorkflowRecord:
+        record = await self.store.get_workflow(workflow_id, tenant=tenant)
+        if record is None:
+            raise WorkflowNotFound(workflow_id, tenant)
+        return record
+
+    async def describe(self, workflow_id: str, *, tenant: str = "default") -> WorkflowDescription:
+        """Status, times, result or error, history length and what the run waits on.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+        """
+        record = await self.record(workflow_id, tenant)
+        return await self.describe_record(record, with_outcome=True)
+
+    async def describe_record(
+        self, record: WorkflowRecord, *, with_outcome: bool
+    ) -> WorkflowDescription:
+        head = await self.store.head(record.workflow_id, tenant=record.tenant)
+        result: Any = None
+        error: str | None = None
+        if with_outcome and record.status.is_terminal:
+            try:
+                result = await self.outcome(record)
+            except (WorkflowFailed, WorkflowCancelled) as exc:
+                error = str(exc)
+        pending: dict[str, list[str]] = {}
+        for item in record.waiting_on:
+            kind, _, name = item.partition(":")
+            pending.setdefault(kind + "s", []).append(name)
+        return WorkflowDescription(
+            workflow_id=record.workflow_id,
+            run_id=record.run_id,
+            workflow_type=record.workflow_type,
+            tenant=record.tenant,
+            status=record.status,
+            started_at=record.run_started_at,
+            closed_at=record.closed_at,
+            result=result,
+            error=error,
+            history_length=head,
+            pending=pending,
+            reason=record.reason,
+            created_at=record.created_at,
+            parent_workflow_id=record.parent_workflow_id,
+            search_attributes=dict(record.search_attributes),
+        )
+
+    async def history(
+        self, workflow_id: str, *, after_seq: int = 0, tenant: str = "default"
+    ) -> list[HistoryEvent]:
+        """The recorded events after ``after_seq``, in order.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+        """
+        await self.record(workflow_id, tenant)
+        events = await self.store.read_history(workflow_id, tenant=tenant, from_seq=after_seq + 1)
+        return [history_event(e) for e in events]
+
+    async def list(
+        self,
+        *,
+        status: Status | None = None,
+        workflow_type: str | None = None,
+        tenant: str = "default",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowDescription]:
+        """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back)."""
+        page = await self.store.list_workflows(
+            tenant=tenant, status=status, workflow_type=workflow_type, limit=limit, cursor=cursor
+        )
+        items = [await self.describe_record(r, with_outcome=False) for r in page.items]
+        return Page(items, page.next_cursor)
+
+
+_PAYLOAD_FIELDS = {"input", "result", "payload", "args", "details"}
+
+
+def history_event(event: ev.Event) -> HistoryEvent:
+    """The public view of a stored event (payloads decoded, raw bytes kept for replay)."""
+    data: dict[str, Any] = {}
+    for name in event.__struct_fields__:
+        if name in ("seq", "at"):
+            continue
+        value = getattr(event, name)
+        if name in _PAYLOAD_FIELDS and isinstance(value, bytes):
+            try:
+                value = decode_payload(value) if value else None
+            except AionError:
+                value = value.hex()
+        data[name] = value
+    tag = type(event).__struct_config__.tag
+    return HistoryEvent(
+        seq=event.seq,
+        type=str(tag),
+        recorded_at=event.at,
+        data=data,
+        raw=msgspec.msgpack.encode(event),
+    )
+
+
+def _return_annotation(definition: WorkflowDefinition) -> Any:
+    try:
+        return typing.get_type_hints(definition.fn).get("return", Any)
+    except Exception:
+        return Any
