@@ -247,7 +247,7 @@ class Driver:
         """Durable operations the run is waiting for, by kind."""
         return {
             "steps": [s.name for s in self._steps.values()],
-            "timers": [f"timer:{seq}" for seq in self._timers],
+            "timers": [f"#{seq} due {t.due:%Y-%m-%d %H:%M:%S}" for seq, t in self._timers.items()],
             "signals": [name for name, ws in self._signal_waiters.items() if ws],
             "children": [c.workflow_id for c in self._children.values()],
         }

@@ -532,6 +532,19 @@ def scan_active(kv: KV, after: tuple[str, str] | None, limit: int) -> list[Workf
     return rows
 
 
+def tenants(kv: KV) -> list[str]:
+    """Every tenant that has a workflow (a skip scan: one seek per tenant)."""
+    out: list[str] = []
+    lo = b""
+    while True:
+        found = next(kv.scan("workflows", lo, b"\xff"), None)
+        if found is None:
+            return out
+        tenant = found[0].split(k.SEP, 1)[0]
+        out.append(tenant.decode())
+        lo = tenant + b"\x01"
+
+
 def next_timer_due(kv: KV, after: datetime) -> datetime | None:
     """Due time of the earliest timer due strictly after ``after`` (all tenants)."""
     for key, _ in kv.scan("timers", k.be64(k.micros(after) + 1), b"\xff" * 9):

@@ -108,6 +108,10 @@ class EventStore(Protocol):
         """Timers due at or before ``until`` (all tenants), in due order, after ``after``."""
         ...
 
+    async def tenants(self) -> list[str]:
+        """Every tenant that has at least one workflow, sorted."""
+        ...
+
     async def next_timer_due(self, after: datetime) -> datetime | None:
         """Due time of the earliest timer due strictly after ``after`` (all tenants)."""
         ...
@@ -250,6 +254,9 @@ class KVStore:
         self, until: datetime, *, limit: int = 1000, after: TimerRow | None = None
     ) -> list[TimerRow]:
         return self._read(lambda kv: _core.due_timers(kv, until, limit, after))
+
+    async def tenants(self) -> list[str]:
+        return self._read(_core.tenants)
 
     async def next_timer_due(self, after: datetime) -> datetime | None:
         return self._read(lambda kv: _core.next_timer_due(kv, after))

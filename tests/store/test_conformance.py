@@ -561,3 +561,10 @@ async def test_next_timer_due(store: EventStore) -> None:
     assert await store.next_timer_due(at(0)) == at(10)
     assert await store.next_timer_due(at(10)) == at(20)  # strictly after
     assert await store.next_timer_due(at(20)) is None
+
+
+async def test_tenants_lists_each_tenant_once(store: EventStore) -> None:
+    assert await store.tenants() == []
+    await store.commit(Write(workflows=[record(f"w{i}", tenant=t) for i, t in enumerate("bcabca")]))
+    await store.commit(Write(workflows=[record("x", tenant="a\x01b")]))
+    assert await store.tenants() == ["a", "a\x01b", "b", "c"]

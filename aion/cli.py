@@ -1,0 +1,303 @@
+"""The ``aion`` command: look at and steer the workflows in a data directory.
+
+Reads go straight to the store (as a client: no lock, so they work while an engine runs).
+Signals and cancellations are left in the store's inbox; a running engine applies them within a
+second, or the next engine to start does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from aion._codec import encode_payload
+from aion._demo import run_demo
+from aion._engine import Reader
+from aion._format import describe_text, history_table, jsonable, table, waiting, when
+from aion._replay import WorkflowDefinition, definition_of
+from aion.errors import AionError, InvalidArgument, NondeterminismError, WorkflowClosed
+from aion.store import InboxCommand, LmdbStore, Status
+from aion.testing import replay
+
+__all__ = ["main"]
+
+DEFAULT_DATA = "./aion-data"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aion`` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except AionError as exc:
+        print(f"aion: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aion", description="aion: an embedded durable-workflow engine."
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    def command(name: str, help: str, run: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--data", default=DEFAULT_DATA, help=f"data directory ({DEFAULT_DATA})")
+        p.set_defaults(run=run)
+        return p
+
+    p = command("demo", "run the showcase: a workflow that survives a SIGKILL", _demo)
+    p.add_argument("--fresh", action="store_true", help="delete the demo's earlier run first")
+
+    p = command("list", "list workflows, newest first", _list)
+    _common(p)
+    p.add_argument("--status", choices=[s.value for s in Status])
+    p.add_argument("--type", dest="workflow_type")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor")
+
+    for name, run, text in (
+        ("describe", _describe, "show one workflow"),
+        ("history", _history, "show a workflow's recorded events"),
+    ):
+        p = command(name, text, run)
+        p.add_argument("workflow_id")
+        _common(p)
+
+    p = command("signal", "send a signal (applied by the running or next engine)", _signal)
+    p.add_argument("workflow_id")
+    p.add_argument("name")
+    p.add_argument("payload", nargs="?", default="null", help="JSON payload (default: null)")
+    p.add_argument("--tenant", default="default")
+
+    p = command("cancel", "cancel a workflow (applied by the running or next engine)", _cancel)
+    p.add_argument("workflow_id")
+    p.add_argument("--reason")
+    p.add_argument("--tenant", default="default")
+
+    p = command("replay", "replay every stored history against the current code", _replay)
+    p.add_argument("--app", required=True, help="module that defines the workflows")
+    p.add_argument("--tenant", default=None, help="only this tenant (default: all)")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> LmdbStore:
+    return LmdbStore(Path(args.data), role="client")
+
+
+def _read(args: argparse.Namespace, fn: Any) -> Any:
+    async def go() -> Any:
+        store = _open(args)
+        try:
+            return await fn(Reader(lambda: store), store)
+        finally:
+            await store.aclose()
+
+    return anyio.run(go)
+
+
+def _list(args: argparse.Namespace) -> int:
+    status = Status(args.status) if args.status else None
+    page = _read(
+        args,
+        lambda reader, _: reader.list(
+            status=status,
+            workflow_type=args.workflow_type,
+            tenant=args.tenant,
+            limit=args.limit,
+            cursor=args.cursor,
+        ),
+    )
+    if args.json:
+        print_json({"items": page.items, "next_cursor": page.next_cursor})
+        return 0
+    rows = [
+        (
+            d.workflow_id,
+            d.workflow_type,
+            d.status.value,
+            when(d.created_at),
+            when(d.closed_at),
+            waiting(d),
+        )
+        for d in page.items
+    ]
+    print(table(("WORKFLOW", "TYPE", "STATUS", "STARTED", "CLOSED", "WAITING ON"), rows))
+    if page.next_cursor:
+        print(f"\nmore: aion list --cursor {page.next_cursor}")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    desc = _read(args, lambda reader, _: reader.describe(args.workflow_id, tenant=args.tenant))
+    if args.json:
+        print_json(desc)
+        return 0
+    print(describe_text(desc))
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    events = _read(args, lambda reader, _: reader.history(args.workflow_id, tenant=args.tenant))
+    if args.json:
+        print_json(
+            [{k: v for k, v in msgspec.structs.asdict(e).items() if k != "raw"} for e in events]
+        )
+        return 0
+    print(history_table(events))
+    return 0
+
+
+# --- steering -------------------------------------------------------------------------------------
+
+
+def _leave(args: argparse.Namespace, command: InboxCommand) -> int:
+    async def go() -> str:
+        store = _open(args)
+        try:
+            record = await Reader(lambda: store).record(args.workflow_id, args.tenant)
+            if record.status.is_terminal:
+                raise WorkflowClosed(
+                    f"workflow {args.workflow_id!r} has finished ({record.status.value})"
+                )
+            return await store.put_inbox(command)
+        finally:
+            await store.aclose()
+
+    command_id = anyio.run(go)
+    print(
+        f"queued {command.kind} for {args.workflow_id} (command {command_id}); a running engine "
+        "applies it within a second, otherwise the next engine to start does"
+    )
+    return 0
+
+
+def _signal(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"the payload is not valid JSON: {exc}") from exc
+    return _leave(
+        args,
+        InboxCommand(
+            "signal",
+            args.tenant,
+            args.workflow_id,
+            datetime.now(UTC),
+            name=args.name,
+            payload=encode_payload(payload),
+        ),
+    )
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    return _leave(
+        args,
+        InboxCommand(
+            "cancel", args.tenant, args.workflow_id, datetime.now(UTC), comment=args.reason
+        ),
+    )
+
+
+# --- replay ---------------------------------------------------------------------------------------
+
+
+def _replay(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path.cwd()))
+    module = importlib.import_module(args.app)
+    definitions: dict[str, WorkflowDefinition] = {}
+    for value in vars(module).values():
+        try:
+            d = definition_of(value)
+        except (InvalidArgument, TypeError):
+            continue
+        definitions[d.name] = d
+    if not definitions:
+        raise InvalidArgument(f"module {args.app!r} defines no @aion.workflow functions")
+
+    async def go() -> list[dict[str, Any]]:
+        store = _open(args)
+        reader = Reader(lambda: store)
+        report: list[dict[str, Any]] = []
+        try:
+            tenants = await store.tenants() if args.tenant is None else [args.tenant]
+            for tenant in tenants:
+                cursor = None
+                while True:
+                    page = await store.list_workflows(tenant=tenant, limit=500, cursor=cursor)
+                    for record in page.items:
+                        report.append(await _replay_one(reader, record, definitions, replay))
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        break
+        finally:
+            await store.aclose()
+        return report
+
+    report = anyio.run(go)
+    bad = [r for r in report if r["outcome"] != "ok"]
+    if args.json:
+        print_json({"replayed": len(report), "divergent": bad})
+    else:
+        for r in bad:
+            print(f"{r['tenant']}/{r['workflow_id']}: {r['outcome']}: {r['message']}")
+        print(f"replayed {len(report)} histories: {len(report) - len(bad)} ok, {len(bad)} not")
+    return 1 if bad else 0
+
+
+async def _replay_one(
+    reader: Reader, record: Any, definitions: dict[str, WorkflowDefinition], replay: Any
+) -> dict[str, Any]:
+    row = {"tenant": record.tenant, "workflow_id": record.workflow_id, "message": ""}
+    definition = definitions.get(record.workflow_type)
+    if definition is None:
+        return {
+            **row,
+            "outcome": "unknown-type",
+            "message": f"no workflow named {record.workflow_type!r} in the app",
+        }
+    history = await reader.history(record.workflow_id, tenant=record.tenant)
+    try:
+        replay(definition, history, workflows=list(definitions.values()))
+    except NondeterminismError as exc:
+        return {**row, "outcome": "divergent", "message": str(exc)}
+    return {**row, "outcome": "ok"}
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return run_demo(Path(args.data), fresh=args.fresh)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(jsonable(value), indent=2))
