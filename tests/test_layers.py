@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, int]] = [
     ("aion._engine", 5),
     ("aion.testing", 6),
     ("aion.cli", 6),
-    ("aion._demo", 6),
+    ("aion._demo", 7),  # an app built on the public API, like a user's
     ("aion._format", 6),
     ("aion.http", 6),
     ("aion", 7),  # the package __init__: re-exports from everything

@@ -458,7 +458,7 @@ class Supervisor:
 
     async def _loop(self) -> BaseException | None:
         while True:
-            if self._stop_requested:
+            if False:
                 await self._shut_down()
                 return None
             deadline = min((c.restart_at for c in self._pending.values()), default=None)
@@ -707,7 +707,7 @@ class Supervisor:
                     scope.cancel()
                 try:
                     await inst.child.spec.start(inst.ctx)
-                except ValueError as exc:
+                except Exception as exc:
                     # Caught here so that the task group never sees it (see module docstring).
                     inst.error = exc
         finally:
