@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, int]] = [
     ("aion._recovery", 4),
     ("aion._engine", 5),
     ("aion.testing", 6),
-    ("aion.cli", 6),
+    ("aion.cli", 7),  # runs the demo, an app on the public API
     ("aion._demo", 7),  # an app built on the public API, like a user's
     ("aion._format", 6),
     ("aion.http", 6),
