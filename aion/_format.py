@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from aion._engine import WorkflowDescription
+from aion._engine._types import PENDING_KINDS
 from aion.store import Status
 
 __all__ = ["describe_text", "history_table", "jsonable", "table", "waiting", "when"]
@@ -50,7 +51,9 @@ def when(value: datetime | None) -> str:
 
 def waiting(desc: WorkflowDescription) -> str:
     return ", ".join(
-        f"{kind[:-1]} {name}" for kind, names in desc.pending.items() for name in names
+        f"{PENDING_KINDS.get(kind, kind)} {name}"
+        for kind, names in desc.pending.items()
+        for name in names
     )
 
 

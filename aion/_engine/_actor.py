@@ -41,7 +41,7 @@ from aion.errors import (
 from aion.store import Append, Status, TimerRow, WorkflowRecord, Write
 
 from ._steps import StepJob
-from ._types import StepInfo
+from ._types import PENDING_KINDS, StepInfo
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -121,6 +121,9 @@ class Runtime:
         self.engine = engine
         self.actors: OrderedDict[Key, Actor] = OrderedDict()
         self.processing = 0
+        # Steps executing in this process: (tenant, workflow id, run id, step, attempt). A run
+        # re-activated by replay must not dispatch them a second time.
+        self.steps_running: set[tuple[str, str, str, int, int]] = set()
         self._ready_send, self._ready_receive = anyio.create_memory_object_stream[Actor](
             float("inf")
         )
@@ -233,11 +236,13 @@ class Runtime:
                 row = self._timer_row(actor, f"retry:{step.command.seq}", step.retry_due)
                 batch.after.append(partial(self.engine.hold_timer, row))
             elif step.attempts > 0:
-                # Started, never finished: the process died mid-step. Run it again
+                # Started, never finished: the process died mid-step (or the actor restarted
+                # while it runs). Run it again unless it is still running here
                 # (at-least-once); it keeps its attempt number.
-                attempt = step.attempts
-                command = step.command
-                batch.after.append(partial(self._dispatch, actor, command, attempt))
+                assert actor.record is not None
+                running = (*actor.key, actor.record.run_id, step.command.seq, step.attempts)
+                if running not in self.steps_running:
+                    batch.after.append(partial(self._dispatch, actor, step.command, step.attempts))
         for seq, due in driver.pending_timers():
             row = self._timer_row(actor, f"timer:{seq}", due)
             batch.after.append(partial(self.engine.hold_timer, row))
@@ -642,6 +647,8 @@ class Runtime:
 
     async def _commit(self, actor: Actor, batch: _Batch) -> None:
         if not batch.events and not batch.timers_delete and not batch.inbox_delete:
+            for action in batch.after:  # nothing to record, but things to re-arm
+                action()
             for reply in batch.replies:
                 reply.set()
             return
@@ -675,7 +682,9 @@ class Runtime:
         if actor.record.status.is_terminal:
             return actor.record
         pending = actor.driver.pending()
-        waiting = tuple(f"{kind[:-1]}:{name}" for kind, names in pending.items() for name in names)
+        waiting = tuple(
+            f"{PENDING_KINDS[kind]}:{name}" for kind, names in pending.items() for name in names
+        )
         return _replace(actor.record, waiting_on=waiting)
 
     def _dispatch(self, actor: Actor, command: c.ScheduleStep, attempt: int) -> None:
@@ -693,8 +702,11 @@ class Runtime:
         )
         actor.steps_in_flight += 1
         key = actor.key
+        running = (tenant, workflow_id, run_id, command.seq, attempt)
+        self.steps_running.add(running)
 
         def done(job: StepJob, value: Any, error: BaseException | None) -> None:
+            self.steps_running.discard(running)
             current = self.actors.get(key)
             if current is not None:
                 current.steps_in_flight = max(0, current.steps_in_flight - 1)

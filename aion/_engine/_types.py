@@ -10,7 +10,18 @@ import msgspec
 
 from aion.store import Status
 
-__all__ = ["HistoryEvent", "StepInfo", "WorkflowDescription", "WorkflowHandle"]
+__all__ = ["PENDING_KINDS", "HistoryEvent", "StepInfo", "WorkflowDescription", "WorkflowHandle"]
+
+#: The kinds of things a run waits on: plural (describe's ``pending`` keys) -> singular (the
+#: prefix stored in the projection's ``waiting_on`` entries, e.g. ``"signal:ship"``).
+PENDING_KINDS = {
+    "steps": "step",
+    "timers": "timer",
+    "signals": "signal",
+    "children": "child",
+    "approvals": "approval",
+    "waitpoints": "waitpoint",
+}
 
 
 class HistoryEvent(msgspec.Struct, frozen=True):

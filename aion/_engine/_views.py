@@ -19,7 +19,9 @@ from aion._replay._definition import convert
 from aion.errors import AionError, WorkflowCancelled, WorkflowFailed, WorkflowNotFound
 from aion.store import EventStore, Page, Status, WorkflowRecord
 
-from ._types import HistoryEvent, WorkflowDescription
+from ._types import PENDING_KINDS, HistoryEvent, WorkflowDescription
+
+_PLURAL = {singular: plural for plural, singular in PENDING_KINDS.items()}
 
 __all__ = ["Reader", "history_event"]
 
@@ -85,7 +87,7 @@ class Reader:
         pending: dict[str, list[str]] = {}
         for item in record.waiting_on:
             kind, _, name = item.partition(":")
-            pending.setdefault(kind + "s", []).append(name)
+            pending.setdefault(_PLURAL.get(kind, kind), []).append(name)
         return WorkflowDescription(
             workflow_id=record.workflow_id,
             run_id=record.run_id,

@@ -291,3 +291,53 @@ async def test_commands_left_in_the_inbox_by_another_process(tmp_path: Path) -> 
         with pytest.raises(aion.WorkflowCancelled):
             await engine.handle("f").result(timeout=5)
         assert await engine.store.read_inbox() == []
+
+
+class FlakyCommits:
+    """Wraps a store; fails the commits that record a timer firing, ``failures`` times."""
+
+    def __init__(self, store: Any, failures: int) -> None:
+        self._store = store
+        self.failures = failures
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def commit(self, write: Any) -> Any:
+        fires = any(
+            e.__struct_config__.tag == "timer.fired" for a in write.appends for e in a.events
+        )
+        if fires and self.failed < self.failures:
+            self.failed += 1
+            raise aion.errors.StoreError("injected: the disk hiccuped")
+        return await self._store.commit(write)
+
+
+async def test_an_engine_fault_restarts_the_run_by_replay() -> None:
+    store = FlakyCommits(MemoryStore(), failures=2)
+    clock = ManualClock(T0, auto_advance=True)
+    async with aion.Engine(store, workflows=ALL, clock=clock) as engine:  # type: ignore[arg-type]
+        handle = await engine.start(report, workflow_id="r")
+        assert (await handle.result(timeout=5)).startswith("report at")
+    assert store.failed == 2
+
+
+async def test_a_crash_loop_parks_the_run_blocked() -> None:
+    store = FlakyCommits(MemoryStore(), failures=1000)
+    clock = ManualClock(T0, auto_advance=True)
+    async with aion.Engine(
+        store,  # type: ignore[arg-type]
+        workflows=ALL,
+        clock=clock,
+        max_restarts=3,
+    ) as engine:
+        await engine.start(report, workflow_id="r")
+
+        async def blocked() -> bool:
+            return (await engine.describe("r")).status is aion.Status.BLOCKED
+
+        await wait_until(blocked)
+        desc = await engine.describe("r")
+        assert "crash loop" in desc.reason and "disk hiccuped" in desc.reason
+        assert store.failed == 4  # the first try and three restarts
