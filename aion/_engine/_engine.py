@@ -175,8 +175,23 @@ class Engine:
                 tg.cancel_scope.cancel()
                 await tg.__aexit__(t, e, tb)
         finally:
+            self._release_waiters()
             await self._close_store()
         return None
+
+    def _release_waiters(self) -> None:
+        """Nobody waits forever on a stopped engine: results and replies fail with a reason."""
+        stopped = AionError(
+            "the engine stopped before this completed; what was recorded is kept and the "
+            "next engine on this data directory continues it"
+        )
+        for actor in self.runtime.actors.values():
+            for message in actor.mailbox:
+                if message.reply is not None:
+                    message.reply.set(stopped)
+        for waiter in self._waiters.values():
+            waiter.set()
+        self._waiters.clear()
 
     async def _close_store(self) -> None:
         if self._store is not None and self._owns_store:
@@ -404,6 +419,11 @@ class Engine:
                         del self._waiters[key]
                     return await self._outcome(record)
                 await waiter.wait()
+                if self._tg is None:
+                    raise AionError(
+                        f"the engine stopped before workflow {workflow_id!r} finished; the run "
+                        "continues when an engine next runs on this data directory"
+                    )
 
     async def signal(
         self, workflow_id: str, name: str, payload: Any = None, *, tenant: str = "default"

@@ -341,3 +341,20 @@ async def test_a_crash_loop_parks_the_run_blocked() -> None:
         desc = await engine.describe("r")
         assert "crash loop" in desc.reason and "disk hiccuped" in desc.reason
         assert store.failed == 4  # the first try and three restarts
+
+
+async def test_waiting_callers_are_released_when_the_engine_stops() -> None:
+    engine = aion.Engine(MemoryStore(), workflows=ALL, clock=ManualClock(T0))
+    outcome: list[BaseException] = []
+
+    async def wait_for_result() -> None:
+        try:
+            await engine.handle("w").result()
+        except aion.AionError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg, engine:
+        await engine.start(waiter, workflow_id="w")
+        tg.start_soon(wait_for_result)
+        await engine.wait_idle()
+    assert len(outcome) == 1 and "engine stopped" in str(outcome[0])
