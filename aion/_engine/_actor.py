@@ -459,16 +459,12 @@ class Runtime:
 
     def _record_commands(self, actor: Actor, batch: _Batch, commands: list[c.Command]) -> None:
         assert actor.record is not None and actor.driver is not None
+        started: list[c.ScheduleStep] = []
         for command in commands:
             match command:
                 case c.ScheduleStep():
                     self._record(actor, batch, partial(c.to_event, command))
-                    # Fed to the driver too: it counts the step's attempts.
-                    self._feed(
-                        actor,
-                        batch,
-                        partial(_make, ev.StepStarted, step_seq=command.seq, attempt=1),
-                    )
+                    started.append(command)
                     batch.after.append(partial(self._dispatch, actor, command, 1))
                 case c.StartTimer():
                     self._record(actor, batch, partial(c.to_event, command))
@@ -493,6 +489,13 @@ class Runtime:
                     actor.record = _replace(actor.record, search_attributes=attrs)
                 case _:
                     self._record(actor, batch, partial(c.to_event, command))
+        # Every command of one activation is recorded before any attempt starts: replay matches
+        # an activation's commands back to back, so a StepStarted may not come between them.
+        # Fed to the driver too: it counts the step's attempts.
+        for command in started:
+            self._feed(
+                actor, batch, partial(_make, ev.StepStarted, step_seq=command.seq, attempt=1)
+            )
 
     def _timer_row(self, actor: Actor, timer_id: str, due: datetime) -> TimerRow:
         assert actor.record is not None

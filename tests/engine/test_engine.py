@@ -14,6 +14,7 @@ import pytest
 
 import aion
 import aion.errors
+import aion.testing
 from aion.store import LmdbStore, MemoryStore
 from aion.testing import ManualClock
 
@@ -358,3 +359,19 @@ async def test_waiting_callers_are_released_when_the_engine_stops() -> None:
         tg.start_soon(wait_for_result)
         await engine.wait_idle()
     assert len(outcome) == 1 and "engine stopped" in str(outcome[0])
+
+
+@aion.workflow
+async def fan_out(ctx: aion.Context, n: int) -> list[str]:
+    first = await ctx.gather(*(ctx.step(charge, f"f{i}", i) for i in range(n)))
+    await ctx.sleep(5)
+    return [*first, await ctx.step(charge, "last", n)]
+
+
+async def test_an_activation_with_several_steps_replays(engine: aion.Engine) -> None:
+    handle = await engine.start(fan_out, 3, workflow_id="fan")
+    assert await handle.result(timeout=5) == ["ch-f0-0", "ch-f1-1", "ch-f2-2", "ch-last-3"]
+    history = await engine.history("fan")
+    types = [h.type for h in history[1:7]]
+    assert types == ["step.scheduled"] * 3 + ["step.started"] * 3  # commands first
+    assert aion.testing.replay(fan_out, history).status == "completed"
