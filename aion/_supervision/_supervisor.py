@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 import anyio
@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from aion._clock import Clock, SystemClock
 
+from ._children import Child, Instance, describe, stop_children, wait_within
 from ._errors import (
     ChildNotFound,
     ChildStartError,
@@ -42,97 +43,6 @@ from ._spec import (
 __all__ = ["DynamicSupervisor", "Supervisor"]
 
 logger = logging.getLogger("aion.supervision")
-
-
-class _Child:
-    """A child slot: its spec and bookkeeping, surviving its restarts."""
-
-    __slots__ = (
-        "instance",
-        "last_error",
-        "recent",
-        "restart_at",
-        "restarts",
-        "seq",
-        "spec",
-        "state",
-        "static",
-    )
-
-    def __init__(self, spec: ChildSpec, seq: int, *, static: bool) -> None:
-        self.spec = spec
-        self.seq = seq  # start order; a restarted child keeps its place
-        self.static = static  # from the constructor (kept as STOPPED) or start_child (dropped)
-        self.state = ChildState.STOPPED
-        self.restarts = 0
-        self.last_error: BaseException | None = None
-        self.instance: _Instance | None = None
-        self.restart_at = 0.0
-        # Times of this child's restarts inside the intensity window, for its backoff. Created
-        # on its first restart: most children of a dynamic supervisor never restart.
-        self.recent: deque[float] | None = None
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
-
-
-class _Instance:
-    """One run of a child's start function, from spawn to exit."""
-
-    __slots__ = (
-        "_done",
-        "cancelled",
-        "child",
-        "ctx",
-        "error",
-        "exited",
-        "expected",
-        "handled",
-        "is_started",
-        "ready",
-        "scope",
-    )
-
-    def __init__(self, child: _Child) -> None:
-        self.child = child
-        self.ctx = ChildContext(child.id, child.restarts, self._on_started)
-        self.scope: anyio.CancelScope | None = None
-        self.is_started = False
-        self.cancelled = False
-        # The supervisor stopped it: its exit is a shutdown, which no strategy acts on.
-        self.expected = False
-        # Its exit was dealt with already (it failed to start).
-        self.handled = False
-        self.exited = False
-        self.error: Exception | None = None
-        # Set by ctx.started() or by the exit; dropped once the start is over. Events are made
-        # only while someone waits: ~0.9 KB each, per child, adds up over 10,000 actors.
-        self.ready: anyio.Event | None = anyio.Event()
-        self._done: anyio.Event | None = None
-
-    def _on_started(self) -> None:
-        self.is_started = True
-        if self.ready is not None:
-            self.ready.set()
-
-    def mark_exited(self) -> None:
-        self.exited = True
-        if self.ready is not None:
-            self.ready.set()
-        if self._done is not None:
-            self._done.set()
-
-    async def wait_exited(self) -> None:
-        if not self.exited:
-            if self._done is None:
-                self._done = anyio.Event()
-            await self._done.wait()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        if self.scope is not None:
-            self.scope.cancel()
 
 
 class _Call:
@@ -162,11 +72,7 @@ class _TerminateChild(_Call):
         self.child_id = child_id
 
 
-_Message = _Instance | _StartChild | _TerminateChild
-
-
-def _describe(error: BaseException | None) -> str:
-    return "a normal exit" if error is None else f"{type(error).__name__}: {error}"
+_Message = Instance | _StartChild | _TerminateChild
 
 
 class Supervisor:
@@ -182,7 +88,7 @@ class Supervisor:
 
     Run it at the root with ``await task_group.start(sup.run)`` (returns once every child has
     started; raises :class:`ChildStartError` if one fails), stop it with :meth:`shutdown`.
-    Nest it under another supervisor with ``parent_children=[sup.child_spec()]``.
+    Nest it under another supervisor with ``Supervisor([..., sup.child_spec()])``.
 
     Args:
         children: the static children, in start order; ids must be unique.
@@ -237,8 +143,8 @@ class Supervisor:
         self._rng = random.Random() if rng is None else rng
 
         # Per-run state, reset by run(); kept after it so report() can show how it ended.
-        self._children: dict[str, _Child] = {}  # insertion order is start order
-        self._pending: dict[str, _Child] = {}  # children waiting out their restart backoff
+        self._children: dict[str, Child] = {}  # insertion order is start order
+        self._pending: dict[str, Child] = {}  # children waiting out their restart backoff
         self._inbox: deque[_Message] = deque()
         self._wakeup: anyio.Event | None = None
         self._restart_times: deque[float] = deque()
@@ -399,9 +305,9 @@ class Supervisor:
         for spec in self._specs:
             self._add(spec, static=True)
 
-    def _add(self, spec: ChildSpec, *, static: bool) -> _Child:
+    def _add(self, spec: ChildSpec, *, static: bool) -> Child:
         self._seq += 1
-        child = self._children[spec.id] = _Child(spec, self._seq, static=static)
+        child = self._children[spec.id] = Child(spec, self._seq, static=static)
         return child
 
     def _wake(self) -> None:
@@ -439,7 +345,7 @@ class Supervisor:
                     " before it",
                     self._name,
                     child.id,
-                    _describe(error),
+                    describe(error),
                     index,
                     exc_info=error,
                     extra={"supervisor": self._name, "child_id": child.id},
@@ -458,7 +364,7 @@ class Supervisor:
 
     async def _loop(self) -> BaseException | None:
         while True:
-            if False:
+            if self._stop_requested:
                 await self._shut_down()
                 return None
             deadline = min((c.restart_at for c in self._pending.values()), default=None)
@@ -468,14 +374,14 @@ class Supervisor:
                 failure = await self._handle(self._inbox.popleft())
             else:
                 self._wakeup = anyio.Event()
-                await self._within(deadline, self._wakeup.wait)
+                await wait_within(self._clock, deadline, self._wakeup.wait)
                 self._wakeup = None
                 continue
             if failure is not None:
                 return failure
 
     async def _handle(self, message: _Message) -> BaseException | None:
-        if isinstance(message, _Instance):
+        if isinstance(message, Instance):
             return await self._on_exit(message)
         try:
             if isinstance(message, _StartChild):
@@ -501,7 +407,7 @@ class Supervisor:
                     "supervisor %r: dynamic child %r failed to start (%s)",
                     self._name,
                     spec.id,
-                    _describe(error),
+                    describe(error),
                     extra={"supervisor": self._name, "child_id": spec.id},
                 )
         call.reply.set()
@@ -521,7 +427,7 @@ class Supervisor:
             )
         call.reply.set()
 
-    async def _on_exit(self, inst: _Instance) -> BaseException | None:
+    async def _on_exit(self, inst: Instance) -> BaseException | None:
         child = inst.child
         if inst.expected or inst.handled or child.instance is not inst:
             return None  # a shutdown, a failed start, or a stale notice: nothing to decide
@@ -540,13 +446,13 @@ class Supervisor:
                 "supervisor %r: child %r crashed (%s)",
                 self._name,
                 child.id,
-                _describe(error),
+                describe(error),
                 exc_info=error,
                 extra={"supervisor": self._name, "child_id": child.id},
             )
         return await self._after_exit(child, error)
 
-    async def _after_exit(self, child: _Child, error: Exception | None) -> BaseException | None:
+    async def _after_exit(self, child: Child, error: Exception | None) -> BaseException | None:
         """Apply the restart type, intensity, strategy and backoff to a child that exited."""
         restart = child.spec.restart
         if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and error is None):
@@ -598,7 +504,7 @@ class Supervisor:
         )
         return None
 
-    def _group(self, child: _Child) -> list[_Child]:
+    def _group(self, child: Child) -> list[Child]:
         """The children that restart together with ``child``, in start order."""
         if self._strategy is Strategy.ONE_FOR_ONE:
             return [child]
@@ -620,7 +526,7 @@ class Supervisor:
                     "supervisor %r: child %r failed to restart (%s)",
                     self._name,
                     child.id,
-                    _describe(error),
+                    describe(error),
                     exc_info=error,
                     extra={"supervisor": self._name, "child_id": child.id},
                 )
@@ -630,14 +536,14 @@ class Supervisor:
         return None
 
     async def _escalate(
-        self, child: _Child, error: Exception | None, restarts: int
+        self, child: Child, error: Exception | None, restarts: int
     ) -> BaseException:
         logger.error(
             "supervisor %r: child %r exited (%s); %d restarts within %g s exceed the limit of"
             " %d: stopping all children and escalating",
             self._name,
             child.id,
-            _describe(error),
+            describe(error),
             restarts,
             self._max_seconds,
             self._max_restarts,
@@ -674,7 +580,7 @@ class Supervisor:
 
     # --- starting and stopping one child ------------------------------------------------------
 
-    async def _start(self, child: _Child) -> Exception | None:
+    async def _start(self, child: Child) -> Exception | None:
         """Spawn ``child`` and wait until it calls ``started()`` or exits.
 
         Returns the exception if it raised before ``started()`` (a failed start). A child that
@@ -682,7 +588,7 @@ class Supervisor:
         handled by the loop like any other.
         """
         assert self._tg is not None
-        inst = _Instance(child)
+        inst = Instance(child)
         child.instance = inst
         child.state = ChildState.STARTING
         self._tg.start_soon(self._run_instance, inst, name=f"{self._name}/{child.id}")
@@ -699,7 +605,7 @@ class Supervisor:
             child.state = ChildState.RUNNING
         return None
 
-    async def _run_instance(self, inst: _Instance) -> None:
+    async def _run_instance(self, inst: Instance) -> None:
         try:
             with anyio.CancelScope() as scope:
                 inst.scope = scope
@@ -715,147 +621,32 @@ class Supervisor:
             inst.mark_exited()
             self._post(inst)
 
-    def _retire(self, child: _Child) -> None:
+    def _retire(self, child: Child) -> None:
         if child.static and child.spec.restart is not Restart.TEMPORARY:
             child.state = ChildState.STOPPED
         else:
             self._remove(child)
 
-    def _remove(self, child: _Child) -> None:
+    def _remove(self, child: Child) -> None:
         if self._children.get(child.id) is child:
             del self._children[child.id]
         self._pending.pop(child.id, None)
         child.state = ChildState.STOPPED
 
-    async def _stop(self, children: Sequence[_Child], *, reason: str) -> None:
-        """Stop ``children`` (given in start order) within their shutdown policies."""
-        stuck: list[_Instance] = []
-        if self._concurrent_stop:
-            stuck += await self._terminate(children, reason)
-        else:
-            for child in reversed(children):
-                stuck += await self._terminate((child,), reason)
-        for inst in stuck:
-            # Structured concurrency: a task cannot be abandoned, only waited for. It has been
-            # reported, and the other children were stopped meanwhile.
-            await inst.wait_exited()
-            inst.child.state = ChildState.STOPPED
-            logger.warning(
-                "supervisor %r: unresponsive child %r has finally stopped",
-                self._name,
-                inst.child.id,
-                extra={"supervisor": self._name, "child_id": inst.child.id},
-            )
-
-    async def _terminate(self, children: Iterable[_Child], reason: str) -> list[_Instance]:
-        """Stop ``children`` together; return those still running ``kill_grace`` after cancel."""
-        running: list[_Instance] = []
+    async def _stop(self, children: Sequence[Child], *, reason: str) -> None:
         for child in children:
             self._pending.pop(child.id, None)
-            inst, child.instance = child.instance, None
-            child.state = ChildState.STOPPED
-            if inst is None:
-                continue
-            inst.expected = True
-            if inst.exited:
-                continue
-            child.state = ChildState.STOPPING
-            running.append(inst)
-            logger.debug(
-                "supervisor %r: stopping child %r (%s)",
-                self._name,
-                child.id,
-                reason,
-                extra={"supervisor": self._name, "child_id": child.id},
-            )
-            if child.spec.shutdown.timeout == 0:
-                inst.cancel()
-            else:
-                inst.ctx._request_shutdown()
-        if not running:
-            return []
-
-        # Graceful policies: every child gets until its own deadline, and the waits overlap,
-        # so stopping many children together takes the longest timeout, not the sum.
-        asked_at = self._clock.now()
-        timeouts = sorted(
-            {t for i in running if (t := i.child.spec.shutdown.timeout) is not None and t > 0}
+        await stop_children(
+            children,
+            supervisor=self._name,
+            clock=self._clock,
+            kill_grace=self._kill_grace,
+            concurrent=self._concurrent_stop,
+            reason=reason,
         )
-        for timeout in timeouts:
-            group = [i for i in running if i.child.spec.shutdown.timeout == timeout]
-            await self._wait_exited(group, asked_at + timeout)
-            for inst in group:
-                if not inst.exited:
-                    logger.warning(
-                        "supervisor %r: child %r did not stop within %g s of being asked;"
-                        " cancelling it",
-                        self._name,
-                        inst.child.id,
-                        timeout,
-                        extra={"supervisor": self._name, "child_id": inst.child.id},
-                    )
-                    inst.cancel()
-
-        stuck: list[_Instance] = []
-        cancelled = [i for i in running if i.cancelled and not i.exited]
-        if cancelled:
-            await self._wait_exited(cancelled, self._clock.now() + self._kill_grace)
-            for inst in cancelled:
-                if not inst.exited:
-                    inst.child.state = ChildState.UNRESPONSIVE
-                    stuck.append(inst)
-                    logger.error(
-                        "supervisor %r: child %r ignores cancellation: still running %g s after"
-                        " it was cancelled (a shielded scope, or a loop that swallows the"
-                        " cancellation). Stopping the other children; waiting on for it.",
-                        self._name,
-                        inst.child.id,
-                        self._kill_grace,
-                        extra={"supervisor": self._name, "child_id": inst.child.id},
-                    )
-        await self._wait_exited([i for i in running if i.child.spec.shutdown.timeout is None])
-
-        for inst in running:
-            if not inst.exited:
-                continue
-            inst.child.state = ChildState.STOPPED
-            if inst.error is not None:
-                inst.child.last_error = inst.error
-                logger.warning(
-                    "supervisor %r: child %r raised while stopping (%s)",
-                    self._name,
-                    inst.child.id,
-                    _describe(inst.error),
-                    exc_info=inst.error,
-                    extra={"supervisor": self._name, "child_id": inst.child.id},
-                )
-        return stuck
-
-    async def _wait_exited(self, insts: Sequence[_Instance], deadline: float | None = None) -> None:
-        async def all_exited() -> None:
-            for inst in insts:
-                await inst.wait_exited()
-
-        await self._within(deadline, all_exited)
-
-    async def _within(self, deadline: float | None, wait: Callable[[], Awaitable[None]]) -> None:
-        """Run ``wait`` until it returns or the clock reaches ``deadline`` (None: no limit)."""
-        if deadline is None:
-            await wait()
-            return
-        # The injected clock has no cancel scopes of its own: race a sleeper against the wait.
-        async with anyio.create_task_group() as tg:
-
-            async def alarm() -> None:
-                await self._clock.sleep_until(deadline)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(alarm, name=f"{self._name}/alarm")
-            await wait()
-            tg.cancel_scope.cancel()
 
 
-def _by_seq(child: _Child) -> int:
+def _by_seq(child: Child) -> int:
     return child.seq
 
 
