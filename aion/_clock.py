@@ -104,7 +104,12 @@ class ManualClock:
         self._counter += 1
         heapq.heappush(self._sleepers, (deadline, self._counter, event))
         self._notify()
-        await event.wait()
+        try:
+            await event.wait()
+        finally:
+            # A cancelled sleeper marks itself done, so auto-advance never jumps to a deadline
+            # nobody waits for any more (next_deadline skips set events).
+            event.set()
 
     async def sleep(self, seconds: float) -> None:
         await self.sleep_until(self._now + seconds)
