@@ -262,6 +262,7 @@ class ChildStarted(Event, frozen=True, tag="child.started"):
     child_workflow_id: str
     child_run_id: str
     workflow_type: str
+    input: bytes = b""  # the child's input, so recovery can start a child that never started
 
 
 class ChildCompleted(Event, frozen=True, tag="child.completed"):

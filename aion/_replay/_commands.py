@@ -174,6 +174,7 @@ def to_event(command: Command, seq: int, at: datetime, **extra: Any) -> ev.Event
                 child_workflow_id=command.workflow_id,
                 child_run_id=extra["child_run_id"],
                 workflow_type=command.workflow_type,
+                input=command.input,
             )
         case RecordPatch():
             return ev.PatchRecorded(seq=seq, at=at, patch_id=command.patch_id)
