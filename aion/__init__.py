@@ -8,6 +8,8 @@ from ._engine import StepInfo as StepInfo
 from ._engine import WorkflowDescription as WorkflowDescription
 from ._engine import WorkflowHandle as WorkflowHandle
 from ._engine import current_step as current_step
+from ._recovery import RecoveryReport as RecoveryReport
+from ._recovery import Repair as Repair
 from ._replay import Context as Context
 from ._replay import RetryPolicy as RetryPolicy
 from ._replay import WorkflowInfo as WorkflowInfo
@@ -38,6 +40,8 @@ __all__ = [
     "Engine",
     "HistoryEvent",
     "Page",
+    "RecoveryReport",
+    "Repair",
     "RetryPolicy",
     "StepError",
     "StepInfo",

@@ -187,6 +187,10 @@ class Runtime:
                     f"workflow {workflow_id!r} has finished ({record.status.value})"
                 )
             )
+            # A timer that fires for a closed run only leaves its row behind: delete it.
+            rows = [m.data["row"] for m in actor.mailbox if m.kind == "timer"]
+            if rows:
+                await store.commit(Write(timers_delete=rows))
             self._drop_mail(actor, error)
             self.actors.pop(actor.key, None)
             return False

@@ -20,6 +20,7 @@ from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
 from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, encode_payload
 from aion._loop import wait_all_tasks_blocked
+from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
 from aion._replay import _commands as c
 from aion._timerwheel import Timer, TimerWheel
@@ -121,6 +122,7 @@ class Engine:
         self._waiters: dict[tuple[str, str], anyio.Event] = {}
         self._rng = random.Random()
         self._reader = Reader(lambda: self.store, self.definition)
+        self.recovery = RecoveryReport()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -138,6 +140,14 @@ class Engine:
             self._owns_store = True
         else:
             self._store = self._path
+        try:
+            # Before any new work: repair what a crash left half done.
+            self.recovery = await sweep(
+                self.store, now=self.now(), apply=True, code_version=self.code_version
+            )
+        except BaseException:
+            await self._close_store()
+            raise
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -157,7 +167,8 @@ class Engine:
             run_auto = getattr(self.clock, "run_auto_advance", None)
             if run_auto is not None and getattr(self.clock, "auto_advance", False):
                 tg.start_soon(run_auto)
-            await self._recover()
+            for key in self.recovery.reactivate:  # lazily: the workers take them in turn
+                self.runtime.send(key, Message("wake"))
         except BaseException as exc:
             tg.cancel_scope.cancel()
             await tg.__aexit__(type(exc), exc, exc.__traceback__)
@@ -198,20 +209,6 @@ class Engine:
             with anyio.CancelScope(shield=True):
                 await self._store.aclose()
         self._store = None
-
-    async def _recover(self) -> None:
-        """Schedule every run that has work in flight for (lazy) reactivation."""
-        after: tuple[str, str] | None = None
-        while True:
-            rows = await self.store.scan_active(after=after, limit=1000)
-            for row in rows:
-                if row.status is Status.BLOCKED or any(
-                    w.startswith(("step:", "child:")) for w in row.waiting_on
-                ):
-                    self.runtime.send((row.tenant, row.workflow_id), Message("wake"))
-            if len(rows) < 1000:
-                return
-            after = (rows[-1].tenant, rows[-1].workflow_id)
 
     # --- services used by the runtime -------------------------------------------------------
 

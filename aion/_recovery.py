@@ -1,0 +1,391 @@
+"""The startup recovery sweep: find what a crash (or an older writer) left half done, repair it.
+
+The engine runs the sweep in ``Engine.__aenter__`` before it accepts new work; ``aion recover``
+runs it as a dry run (or with ``--apply``) without starting any workflow. Every repair is
+detected by a precise signature in the store and is idempotent: a second sweep finds nothing.
+
+Shapes repaired:
+
+- ``stranded-continue-as-new``: the latest run ended in ``WorkflowContinuedAsNew`` and no
+  successor ``WorkflowStarted`` follows. The successor is started from the recorded type and
+  input (its first activation happens when the engine wakes it).
+- ``child-never-started``: a parent recorded ``ChildStarted`` for a child whose history does not
+  exist. The child is started from the recorded type and input.
+- ``timer-row-of-closed-run``: a timer row of a run that has finished (or does not exist).
+- ``stale-timer-row``: a timer row of an earlier run of the workflow id.
+- ``fired-timer-row``: a timer row whose timer the history shows fired or cancelled, or a retry
+  row whose retry already started.
+
+Runs with work in flight (steps, children) and runs found ``BLOCKED`` are reported for
+reactivation; overdue timers are counted (the timer wheel fires them, in due order, at start);
+inbox commands waiting are counted (the engine's inbox loop applies them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aion import events as ev
+from aion.errors import AionError, SequenceConflict
+from aion.store import Append, EventStore, Status, TimerRow, WorkflowRecord, Write
+
+__all__ = ["RecoveryError", "RecoveryReport", "Repair", "sweep"]
+
+log = logging.getLogger("aion.recovery")
+
+_PAGE = 1000
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+class RecoveryError(AionError):
+    """The recovery sweep found something it could not repair; the engine does not start.
+
+    The message names the workflow and what failed. Fix the cause (often: register the workflow
+    type, or free disk space) and start again; nothing recorded was changed by the failed repair.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """One half-done shape found (and, unless a dry run, repaired)."""
+
+    kind: str
+    tenant: str
+    workflow_id: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What the startup sweep found and did.
+
+    Attributes:
+        runs_scanned: non-terminal runs looked at.
+        runs_reactivated: runs scheduled for reactivation (work in flight, or blocked).
+        runs_blocked: runs found ``BLOCKED`` (they are retried: a fixed deploy resumes them).
+        timers_overdue: timers that came due while no engine ran (they fire at start, late).
+        inbox_pending: commands left by other processes, not yet applied.
+        repairs: each half-done shape found.
+        applied: whether repairs were written (False for a dry run).
+        seconds: time the sweep took.
+    """
+
+    runs_scanned: int = 0
+    runs_reactivated: int = 0
+    runs_blocked: int = 0
+    timers_overdue: int = 0
+    inbox_pending: int = 0
+    repairs: tuple[Repair, ...] = ()
+    applied: bool = True
+    seconds: float = 0.0
+    reactivate: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def summary(self) -> str:
+        """One paragraph for logs and the command line."""
+        verb = "repaired" if self.applied else "to repair (dry run)"
+        kinds: dict[str, int] = {}
+        for repair in self.repairs:
+            kinds[repair.kind] = kinds.get(repair.kind, 0) + 1
+        how = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "nothing"
+        return (
+            f"recovery: {self.runs_scanned} open runs scanned, {self.runs_reactivated} "
+            f"reactivated, {self.runs_blocked} blocked, {self.timers_overdue} timers overdue, "
+            f"{self.inbox_pending} inbox commands pending; {verb}: {how} "
+            f"({self.seconds * 1000:.0f} ms)"
+        )
+
+
+async def sweep(
+    store: EventStore,
+    *,
+    now: datetime,
+    apply: bool = True,
+    code_version: str | None = None,
+    on_repair: Callable[[Repair], None] | None = None,
+) -> RecoveryReport:
+    """Walk the store, repair half-done shapes (unless ``apply`` is false), and report.
+
+    Raises:
+        RecoveryError: a repair failed and a re-read shows it is still needed.
+    """
+    started = time.perf_counter()
+    repairs: list[Repair] = []
+
+    def found(repair: Repair) -> None:
+        repairs.append(repair)
+        log.warning(
+            "recovery %s: %s %s/%s: %s",
+            "repairs" if apply else "found",
+            repair.kind,
+            repair.tenant,
+            repair.workflow_id,
+            repair.detail,
+        )
+        if on_repair is not None:
+            on_repair(repair)
+
+    scanned = blocked = 0
+    reactivate: list[tuple[str, str]] = []
+    after: tuple[str, str] | None = None
+    while True:
+        rows = await store.scan_active(after=after, limit=_PAGE)
+        for record in rows:
+            scanned += 1
+            key = (record.tenant, record.workflow_id)
+            if record.status is Status.BLOCKED:
+                blocked += 1
+            wake = await _check_run(store, record, apply, code_version, found)
+            if wake or record.status is Status.BLOCKED or _in_flight(record):
+                reactivate.append(key)
+        if len(rows) < _PAGE:
+            break
+        after = (rows[-1].tenant, rows[-1].workflow_id)
+    overdue = await _check_timers(store, now, apply, found)
+    inbox = len(await store.read_inbox(limit=100_000))
+    report = RecoveryReport(
+        runs_scanned=scanned,
+        runs_reactivated=len(reactivate),
+        runs_blocked=blocked,
+        timers_overdue=overdue,
+        inbox_pending=inbox,
+        repairs=tuple(repairs),
+        applied=apply,
+        seconds=time.perf_counter() - started,
+        reactivate=tuple(reactivate),
+    )
+    log.info("%s", report.summary())
+    return report
+
+
+def _in_flight(record: WorkflowRecord) -> bool:
+    """Work in flight: steps or children, or a run that waits on nothing (never activated,
+    e.g. a successor started by a repair)."""
+    if record.status is Status.RUNNING and not record.waiting_on:
+        return True
+    return any(w.startswith(("step:", "child:")) for w in record.waiting_on)
+
+
+async def _check_run(
+    store: EventStore,
+    record: WorkflowRecord,
+    apply: bool,
+    code_version: str | None,
+    found: Callable[[Repair], None],
+) -> bool:
+    """Repair a stranded continue-as-new or never-started children; True if the run needs waking."""
+    tenant, workflow_id = record.tenant, record.workflow_id
+    head = await store.head(workflow_id, tenant=tenant)
+    if head == 0:
+        return False
+    (last,) = await store.read_history(workflow_id, tenant=tenant, from_seq=head, to_seq=head)
+    wake = False
+    if isinstance(last, ev.WorkflowContinuedAsNew):
+        found(
+            Repair(
+                "stranded-continue-as-new",
+                tenant,
+                workflow_id,
+                f"run ended at event {head} with continue-as-new and no successor; "
+                f"starting run {last.new_run_id} of {last.workflow_type!r}",
+            )
+        )
+        if apply:
+            await _start_successor(store, record, last, head, code_version)
+        wake = True
+    children = [w.partition(":")[2] for w in record.waiting_on if w.startswith("child:")]
+    if children:
+        wake |= await _check_children(store, record, children, apply, code_version, found)
+    return wake
+
+
+async def _start_successor(
+    store: EventStore,
+    record: WorkflowRecord,
+    ended: ev.WorkflowContinuedAsNew,
+    head: int,
+    code_version: str | None,
+) -> None:
+    tenant, workflow_id = record.tenant, record.workflow_id
+    started = ev.WorkflowStarted(
+        seq=head + 1,
+        at=ended.at,
+        workflow_id=workflow_id,
+        run_id=ended.new_run_id,
+        workflow_type=ended.workflow_type,
+        input=ended.input,
+        tenant=tenant,
+        parent_workflow_id=record.parent_workflow_id,
+        parent_run_id=record.parent_run_id,
+        code_version=code_version,
+        continued_from_run_id=record.run_id if record.run_id != ended.new_run_id else None,
+    )
+    successor = WorkflowRecord(
+        tenant=tenant,
+        workflow_id=workflow_id,
+        run_id=ended.new_run_id,
+        workflow_type=ended.workflow_type,
+        status=Status.RUNNING,
+        created_at=record.created_at,
+        run_started_at=ended.at,
+        parent_workflow_id=record.parent_workflow_id,
+        parent_run_id=record.parent_run_id,
+    )
+    try:
+        await store.commit(
+            Write(appends=[Append(workflow_id, [started], head, tenant)], workflows=[successor])
+        )
+    except Exception as exc:
+        # Benign only if a re-read shows a successor is durable (a concurrent starter won).
+        if await _successor_durable(store, tenant, workflow_id, head):
+            log.info(
+                "recovery: a successor of %s/%s appeared meanwhile; nothing to do",
+                tenant,
+                workflow_id,
+            )
+            return
+        raise RecoveryError(
+            f"could not start the successor run of stranded continue-as-new workflow "
+            f"{workflow_id!r} (tenant {tenant!r}): {exc}"
+        ) from exc
+
+
+async def _successor_durable(store: EventStore, tenant: str, workflow_id: str, head: int) -> bool:
+    events = await store.read_history(workflow_id, tenant=tenant, from_seq=head + 1)
+    return any(isinstance(e, ev.WorkflowStarted) for e in events)
+
+
+async def _check_children(
+    store: EventStore,
+    record: WorkflowRecord,
+    children: list[str],
+    apply: bool,
+    code_version: str | None,
+    found: Callable[[Repair], None],
+) -> bool:
+    tenant = record.tenant
+    missing = [c for c in children if await store.get_workflow(c, tenant=tenant) is None]
+    if not missing:
+        return False
+    segment = await store.read_current_run(record.workflow_id, tenant=tenant)
+    recorded = {e.child_workflow_id: e for e in segment if isinstance(e, ev.ChildStarted)}
+    for child_id in missing:
+        event = recorded.get(child_id)
+        if event is None or not event.child_run_id:
+            continue  # the start failed on purpose (ChildFailed follows); nothing half done
+        found(
+            Repair(
+                "child-never-started",
+                tenant,
+                child_id,
+                f"parent {record.workflow_id!r} recorded child #{event.child_seq} "
+                f"({event.workflow_type!r}) but the child has no history; starting it",
+            )
+        )
+        if not apply:
+            continue
+        started = ev.WorkflowStarted(
+            seq=1,
+            at=event.at,
+            workflow_id=child_id,
+            run_id=event.child_run_id,
+            workflow_type=event.workflow_type,
+            input=event.input,
+            tenant=tenant,
+            parent_workflow_id=record.workflow_id,
+            parent_run_id=record.run_id,
+            code_version=code_version,
+        )
+        child = WorkflowRecord(
+            tenant=tenant,
+            workflow_id=child_id,
+            run_id=event.child_run_id,
+            workflow_type=event.workflow_type,
+            status=Status.RUNNING,
+            created_at=event.at,
+            run_started_at=event.at,
+            parent_workflow_id=record.workflow_id,
+            parent_run_id=record.run_id,
+        )
+        with contextlib.suppress(SequenceConflict):  # started meanwhile: what we wanted
+            await store.commit(
+                Write(appends=[Append(child_id, [started], 0, tenant)], workflows=[child])
+            )
+    return True
+
+
+async def _check_timers(
+    store: EventStore, now: datetime, apply: bool, found: Callable[[Repair], None]
+) -> int:
+    """Delete timer rows nothing waits on; return how many live timers are overdue."""
+    overdue = 0
+    last: TimerRow | None = None
+    cache: dict[tuple[str, str], tuple[WorkflowRecord | None, list[ev.Event]]] = {}
+    doomed: list[TimerRow] = []
+    while True:
+        rows = await store.due_timers(_FAR_FUTURE, limit=_PAGE, after=last)
+        for row in rows:
+            key = (row.tenant, row.workflow_id)
+            if key not in cache:
+                record = await store.get_workflow(row.workflow_id, tenant=row.tenant)
+                segment: list[ev.Event] = []
+                if record is not None and not record.status.is_terminal:
+                    segment = list(await store.read_current_run(row.workflow_id, tenant=row.tenant))
+                cache[key] = (record, segment)
+            record, segment = cache[key]
+            problem = _timer_problem(row, record, segment)
+            if problem is None:
+                overdue += row.due <= now
+                continue
+            kind, detail = problem
+            found(Repair(kind, row.tenant, row.workflow_id, detail))
+            doomed.append(row)
+        if len(rows) < _PAGE:
+            break
+        last = rows[-1]
+        if len(cache) > 10_000:
+            cache.clear()
+    if apply and doomed:
+        for i in range(0, len(doomed), _PAGE):
+            await store.commit(Write(timers_delete=doomed[i : i + _PAGE]))
+    return overdue
+
+
+def _timer_problem(
+    row: TimerRow, record: WorkflowRecord | None, segment: list[ev.Event]
+) -> tuple[str, str] | None:
+    if record is None or record.status.is_terminal:
+        state = "does not exist" if record is None else f"is {record.status.value}"
+        return "timer-row-of-closed-run", f"timer {row.timer_id} of a run that {state}"
+    if row.run_id and row.run_id != record.run_id:
+        return "stale-timer-row", f"timer {row.timer_id} of earlier run {row.run_id}"
+    kind, _, number = row.timer_id.partition(":")
+    if not number.isdigit():
+        return None
+    seq = int(number)
+    if kind == "timer":
+        scheduled = done = False
+        for e in segment:
+            if isinstance(e, ev.TimerScheduled) and e.timer_seq == seq:
+                scheduled = True
+            elif isinstance(e, ev.TimerFired | ev.TimerCancelled) and e.timer_seq == seq:
+                done = True
+        if done or not scheduled:
+            what = "fired or was cancelled" if done else "was never scheduled"
+            return "fired-timer-row", f"timer {row.timer_id} {what} but its row remained"
+    elif kind == "retry":
+        waiting = False
+        for e in segment:
+            if isinstance(e, ev.StepRetryScheduled) and e.step_seq == seq:
+                waiting = True
+            elif (isinstance(e, ev.StepStarted | ev.StepCompleted) and e.step_seq == seq) or (
+                isinstance(e, ev.StepFailed) and e.step_seq == seq and not e.will_retry
+            ):
+                waiting = False
+        if not waiting:
+            return "fired-timer-row", f"retry {row.timer_id} already ran but its row remained"
+    return None
