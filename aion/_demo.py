@@ -75,6 +75,7 @@ async def demo_order(ctx: aion.Context, order_id: str, amount: int) -> dict[str,
 async def _worker(data: Path) -> None:
     async with aion.Engine(data, workflows=[demo_order], inbox_interval=0.2) as engine:
         _say(f"  [worker {os.getpid()}] engine up on {data}")
+        _say(f"  [worker {os.getpid()}] {engine.recovery.summary()}")
         handle = await engine.start(demo_order, "o-1", 4200, workflow_id=WORKFLOW_ID)
         result = await handle.result()
         _say(f"  [worker {os.getpid()}] workflow completed: {result}")
@@ -177,7 +178,7 @@ def run_demo(data: Path, *, fresh: bool = False) -> int:
         _say(_indent(anyio.run(_snapshot, data)))
         _say("\n3. Starting a new worker: it recovers the run from its history...")
         worker = _spawn(data)
-        _follow(worker, "engine up", deadline)
+        _follow(worker, "recovery:", deadline)
         _say("   (reserve_stock and charge_card are recorded: they do not run again)")
         _say("\n4. Sending the 'ship' signal from outside, through the store's inbox...")
         anyio.run(_send_ship, data)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -23,6 +23,7 @@ from aion._codec import encode_payload
 from aion._demo import run_demo
 from aion._engine import Reader
 from aion._format import describe_text, history_table, jsonable, table, waiting, when
+from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
 from aion.errors import AionError, InvalidArgument, NondeterminismError, WorkflowClosed
 from aion.store import InboxCommand, LmdbStore, Status
@@ -89,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id")
     p.add_argument("--reason")
     p.add_argument("--tenant", default="default")
+
+    p = command("recover", "run the startup recovery sweep (a dry run unless --apply)", _recover)
+    p.add_argument("--apply", action="store_true", help="repair (takes the engine lock)")
+    p.add_argument("--json", action="store_true")
 
     p = command("replay", "replay every stored history against the current code", _replay)
     p.add_argument("--app", required=True, help="module that defines the workflows")
@@ -221,6 +226,30 @@ def _cancel(args: argparse.Namespace) -> int:
             "cancel", args.tenant, args.workflow_id, datetime.now(UTC), comment=args.reason
         ),
     )
+
+
+# --- recover ---
+
+
+def _recover(args: argparse.Namespace) -> int:
+    async def go() -> RecoveryReport:
+        role: Literal["engine", "client"] = "engine" if args.apply else "client"
+        store = LmdbStore(Path(args.data), role=role)
+        try:
+            return await sweep(store, now=datetime.now(UTC), apply=args.apply)
+        finally:
+            await store.aclose()
+
+    report = anyio.run(go)
+    if args.json:
+        print_json(report)
+        return 0
+    print(report.summary())
+    for repair in report.repairs:
+        print(f"  {repair.kind}: {repair.tenant}/{repair.workflow_id}: {repair.detail}")
+    if report.repairs and not report.applied:
+        print("run again with --apply to repair (stop the engine first), or just start the engine")
+    return 0
 
 
 # --- replay ---------------------------------------------------------------------------------------

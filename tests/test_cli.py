@@ -161,3 +161,28 @@ def test_demo_survives_its_sigkill(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert "already holds a finished demo run" in again.stdout
+
+
+def test_recover_is_a_dry_run_unless_applied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aion.store import LmdbStore
+    from tests.test_recovery import stranded
+
+    data = tmp_path / "data"
+
+    async def prepare() -> None:
+        store = LmdbStore(data)
+        try:
+            await stranded(store)  # type: ignore[arg-type]
+        finally:
+            await store.aclose()
+
+    anyio.run(prepare)
+    code, out, _ = run(capsys, "recover", "--data", str(data))
+    assert code == 0 and "to repair (dry run): 1 stranded-continue-as-new" in out
+    assert "stranded-continue-as-new: default/c" in out
+    code, out, _ = run(capsys, "recover", "--data", str(data), "--apply")
+    assert code == 0 and "repaired: 1 stranded-continue-as-new" in out
+    code, out, _ = run(capsys, "recover", "--data", str(data))
+    assert "to repair (dry run): nothing" in out
