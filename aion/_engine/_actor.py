@@ -258,10 +258,11 @@ class Runtime:
     async def _process(self, actor: Actor) -> None:
         if actor.driver is None and not await self._activate(actor):
             return
-        driver = actor.driver
-        assert driver is not None and actor.record is not None
+        assert actor.driver is not None and actor.record is not None
         batch = _Batch()
-        while actor.mailbox and driver.outcome is None:
+        # actor.driver, not a local: after continue-as-new the successor takes the rest of
+        # the mail (a signal sent with the one that ended the run is not "closed").
+        while actor.mailbox and _running(actor):
             message = actor.mailbox.popleft()
             if message.reply is not None:
                 batch.replies.append(message.reply)
@@ -273,7 +274,7 @@ class Runtime:
                 await self.commit_blocked(actor, batch, block.reason)
                 return
         for message in list(actor.mailbox):  # the run ended: later mail finds it closed
-            if driver.outcome is not None:
+            if not _running(actor):
                 actor.mailbox.remove(message)
                 if message.reply is not None:
                     message.reply.set(WorkflowClosed(f"workflow {actor.key[1]!r} has finished"))
@@ -342,7 +343,12 @@ class Runtime:
 
     def _on_timer(self, actor: Actor, batch: _Batch, row: TimerRow) -> None:
         driver = actor.driver
-        assert driver is not None
+        assert driver is not None and actor.record is not None
+        if row.run_id != actor.record.run_id:
+            # Of an earlier run (it continued as new): timer numbers start again at 1 in the
+            # successor, so this row must not fire the successor's timer.
+            batch.timers_delete.append(row)
+            return
         kind, _, rest = row.timer_id.partition(":")
         if kind == "timer":
             seq = int(rest)
@@ -371,6 +377,9 @@ class Runtime:
         assert driver is not None
         seq = data["seq"]
         attempt = data["attempt"]
+        assert actor.record is not None
+        if data.get("run_id", actor.record.run_id) != actor.record.run_id:
+            return  # a step of an earlier run (it continued as new) finished: not this run's
         step = next((s for s in driver.pending_steps() if s.command.seq == seq), None)
         if step is None or step.attempts != attempt:
             return  # a stale result (an attempt re-run after a crash already recorded)
@@ -464,12 +473,12 @@ class Runtime:
     def _record_commands(self, actor: Actor, batch: _Batch, commands: list[c.Command]) -> None:
         assert actor.record is not None and actor.driver is not None
         started: list[c.ScheduleStep] = []
+        ended = False
         for command in commands:
             match command:
                 case c.ScheduleStep():
                     self._record(actor, batch, partial(c.to_event, command))
                     started.append(command)
-                    batch.after.append(partial(self._dispatch, actor, command, 1))
                 case c.StartTimer():
                     self._record(actor, batch, partial(c.to_event, command))
                     row = self._timer_row(actor, f"timer:{command.seq}", command.due)
@@ -485,8 +494,10 @@ class Runtime:
                 case c.CompleteWorkflow() | c.FailWorkflow() | c.CancelWorkflow():
                     self._record(actor, batch, partial(c.to_event, command))
                     self._close(actor, batch, command)
+                    ended = True
                 case c.ContinueAsNew():
                     self._continue_as_new(actor, batch, command)
+                    ended = True
                 case c.UpsertSearchAttributes():
                     self._record(actor, batch, partial(c.to_event, command))
                     attrs = {**actor.record.search_attributes, **command.attributes}
@@ -496,10 +507,16 @@ class Runtime:
         # Every command of one activation is recorded before any attempt starts: replay matches
         # an activation's commands back to back, so a StepStarted may not come between them.
         # Fed to the driver too: it counts the step's attempts.
+        if ended:
+            # The run ended in this activation: its outcome stays its last event, and a step
+            # it scheduled without awaiting never starts. (After continue-as-new the actor
+            # already drives the successor, whose steps the nested call started.)
+            return
         for command in started:
             self._feed(
                 actor, batch, partial(_make, ev.StepStarted, step_seq=command.seq, attempt=1)
             )
+            batch.after.append(partial(self._dispatch, actor, command, 1))
 
     def _timer_row(self, actor: Actor, timer_id: str, due: datetime) -> TimerRow:
         assert actor.record is not None
@@ -579,18 +596,18 @@ class Runtime:
                 if definition is None
                 else f"workflow id {command.workflow_id!r} is already in use"
             )
-            self.send(
-                actor.key,
-                Message(
-                    "child",
-                    {
-                        "seq": command.seq,
-                        "error_type": "ChildStartFailed",
-                        "message": reason,
-                        "result": b"",
-                    },
-                ),
+            failed = Message(
+                "child",
+                {
+                    "seq": command.seq,
+                    "error_type": "ChildStartFailed",
+                    "message": reason,
+                    "result": b"",
+                },
             )
+            # Only once the ChildStarted is recorded: a start that loses its commit (an
+            # idempotent second start of the parent) must leave no mail behind.
+            batch.after.append(partial(self.send, actor.key, failed))
             return
         child = Actor(child_key)
         child.driver = self._new_driver(definition)
@@ -717,12 +734,8 @@ class Runtime:
             current = self.actors.get(key)
             if current is not None:
                 current.steps_in_flight = max(0, current.steps_in_flight - 1)
-            self.send(
-                key,
-                Message(
-                    "step", {"seq": command.seq, "attempt": attempt, "value": value, "error": error}
-                ),
-            )
+            data = {"seq": command.seq, "attempt": attempt, "value": value, "error": error}
+            self.send(key, Message("step", {**data, "run_id": run_id}))
 
         self.engine.executor.submit(
             StepJob(info, command.fn, command.args, command.kwargs, command.timeout, done)
@@ -788,6 +801,11 @@ class Runtime:
             actor = self.actors[key]
             if actor.idle:
                 del self.actors[key]
+
+
+def _running(actor: Actor) -> bool:
+    """Whether the actor's current run (after continue-as-new: the successor) is open."""
+    return actor.driver is not None and actor.driver.outcome is None
 
 
 def _make(cls: type[ev.Event], seq: int, at: datetime, **fields: Any) -> ev.Event:

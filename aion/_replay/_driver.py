@@ -198,6 +198,7 @@ class Driver:
         self._new: list[Command] = []
         self._fatal: NondeterminismError | None = None
         self._rng = random.Random(0)
+        self._continued = False
         self._compensations: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self.context = Context(self)
 
@@ -339,6 +340,7 @@ class Driver:
         )
         seed = hashlib.sha256(f"{event.workflow_id}\x00{event.run_id}".encode()).digest()
         self._rng = random.Random(int.from_bytes(seed[:8], "big"))
+        self._continued = event.continued_from_run_id is not None
         try:
             args = self.definition.decode_input(event.input)
             coro = self.definition.fn(self.context, *args)
@@ -578,7 +580,10 @@ class Driver:
                 list(args), limit=self.max_payload_bytes, what=f"input of child {type_name!r}"
             )
         seq = self._next("child")
-        child_id = workflow_id or f"{self.info.workflow_id}/child-{seq}"
+        # The default id is unique across the runs of a continue-as-new chain: children of
+        # earlier runs keep theirs (finished or still running).
+        run = f"/{self.info.run_id}" if self._continued else ""
+        child_id = workflow_id or f"{self.info.workflow_id}{run}/child-{seq}"
         future = DurableFuture()
         result_type = _return_type(definition.fn) if definition is not None else Any
         self._children[seq] = _Child(future, child_id, result_type)
