@@ -8,6 +8,7 @@ instant and exact.
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,9 +98,13 @@ class ManualClock:
         return from_timestamp(self._now)
 
     async def sleep_until(self, deadline: float) -> None:
+        if math.isnan(deadline):
+            raise ValueError("a deadline cannot be NaN")
         if deadline <= self._now:
             await anyio.lowlevel.checkpoint()
             return
+        if math.isinf(deadline):  # forever: no deadline for auto-advance to jump to
+            await anyio.sleep_forever()
         event = anyio.Event()
         self._counter += 1
         heapq.heappush(self._sleepers, (deadline, self._counter, event))
@@ -116,12 +121,14 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` and wake every sleeper now due, earliest first."""
-        if seconds < 0:
-            raise ValueError("a clock cannot go backwards")
+        if not seconds >= 0:  # also NaN
+            raise ValueError(f"a clock cannot go backwards or by {seconds!r}")
         self.set_time(self._now + seconds)
 
     def set_time(self, ts: float) -> None:
         """Move time forward to ``ts`` (seconds since the epoch)."""
+        if not math.isfinite(ts):
+            raise ValueError(f"a clock's time must be finite, not {ts!r}")
         if ts < self._now:
             raise ValueError(f"a clock cannot go backwards ({ts} < {self._now})")
         self._now = ts

@@ -371,7 +371,11 @@ def _put_approval(kv: KV, row: ApprovalRow) -> None:
 
 def head_of(kv: KV, wf_key: bytes) -> int:
     data = kv.get("heads", wf_key)
-    return 0 if data is None else k.read_be64(data)
+    if data is None:
+        return 0
+    if len(data) != 8:
+        raise CorruptRecord("heads", wf_key, f"a head is 8 bytes, this one is {len(data)}")
+    return k.read_be64(data)
 
 
 def read_history(

@@ -140,7 +140,9 @@ class MemoryStore(KVStore):
 
     async def _commit(self, prepared: Prepared) -> CommitResult:
         result = self.commit_prepared(prepared)
-        await anyio.lowlevel.checkpoint()
+        # Shielded: the write is recorded, so the caller must get the result, not Cancelled
+        # (as with LmdbStore, whose wait for the writer is shielded).
+        await anyio.lowlevel.cancel_shielded_checkpoint()
         return result
 
     def _new_inbox_id(self) -> str:

@@ -344,3 +344,18 @@ async def test_writer_failure_is_reported_not_hung(
         store._env.close()
         assert store._lock is not None
         store._lock.release()
+
+
+async def test_a_corrupt_head_row_fails_its_workflow_only(tmp_path: Path) -> None:
+    from aion.store import _keys
+
+    store = LmdbStore(tmp_path / "data")
+    try:
+        store._debug_put_raw("heads", _keys.workflow_key("default", "bad"), b"\x01\x02\x03")
+        with pytest.raises(CorruptRecord, match="heads"):
+            await store.append("bad", [signal(1)], 0)
+        with pytest.raises(CorruptRecord):
+            await store.head("bad")
+        assert await store.append("good", [started(workflow_id="good")], 0) == 1  # writer alive
+    finally:
+        await store.aclose()
