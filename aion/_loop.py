@@ -1,9 +1,9 @@
-"""The one place that knows which event loop runs: waking async waiters from other threads.
+"""Event-loop specifics: how other threads wake waiters, and idleness checks for tests.
 
 The store's writer thread finishes requests made by tasks on an event loop. Waking them must not
-block the writer (anyio's ``from_thread.run_sync`` would wait for the loop), so it posts a
-callback with the loop's own thread-safe, non-blocking primitive. aion runs on anyio's asyncio
-backend (docs/limits.md).
+block the writer (anyio's ``from_thread.run_sync`` would wait for the loop), so it posts one
+callback per batch with the loop's own thread-safe, non-blocking ``call_soon_threadsafe``. aion
+runs on anyio's asyncio backend (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -11,21 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-__all__ = ["Notifier", "current_notifier", "wait_all_tasks_blocked"]
+__all__ = ["Notifier", "wait_all_tasks_blocked"]
 
 #: Schedules a callback to run on the event loop it was taken from; callable from any thread.
 Notifier = Callable[[Callable[[], None]], object]
-
-
-def current_notifier() -> Notifier:
-    """A thread-safe, non-blocking way to run a callback on the current event loop."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError as exc:
-        raise RuntimeError(
-            "aion must be called from an asyncio event loop (anyio's asyncio backend)"
-        ) from exc
-    return loop.call_soon_threadsafe
 
 
 async def wait_all_tasks_blocked() -> None:

@@ -1,29 +1,31 @@
 """A hierarchical timing wheel: the in-memory half of aion's durable timers.
 
-The wheel knows nothing about workflows. It holds timers (a due time, a hashable key, a payload)
-that are due within a *horizon*, fires each one by awaiting a callback, and is driven by one task
+The wheel knows nothing about workflows. It holds timers (a due time, an ordered hashable key, a
+payload) due within a *horizon*, fires each one by awaiting a callback, and is driven by one task
 (:meth:`TimerWheel.run`) sleeping on an injected :class:`~aion._clock.Clock`. Timers due further
 out stay in a durable due-time index (the store) and are loaded by range scan as time advances.
 
 Shape (see docs/timers.md for the reasoning and the measured costs):
 
-- Time is cut into ticks of ``resolution`` seconds, counted from the epoch. Level ``l`` has 64
-  slots of ``64**l`` ticks each; a timer sits at the level of the highest base-64 digit in which
-  its tick differs from the wheel's current tick. Insert is an ``append`` to a slot list.
-- Cancel is lazy and O(1): it only drops the key from the index (``key -> entry``). An entry still
-  in a slot is live only while the index maps its key to that very entry, so cascades move entries
-  without touching the index, and dead entries are skipped when reached (or swept by compaction).
+- Time is cut into ticks of ``resolution`` seconds, counted from the epoch. Level ``l`` has 256
+  slots of ``256**l`` ticks each; a timer sits at the level of the highest base-256 digit in
+  which its tick differs from the wheel's current tick. Insert is an ``append`` to a slot list.
+- Cancel is lazy and O(1): it drops the key from the index (``key -> entry``) and marks the entry
+  cancelled, releasing its payload. Cascades move entries without touching the index; cancelled
+  entries are skipped when reached, or swept once they outnumber the live ones.
 - When time reaches a slot of level 1 and up, its entries cascade to lower levels; when it reaches
-  a level-0 slot (one tick), its entries move to a small heap ordered by ``(due, seq)``, which
-  gives exact due order inside a tick and deterministic ties (insertion order).
+  a level-0 slot (one tick), its entries move to a small heap ordered by ``(due, key)``: exact
+  due order inside a tick, and ties in key order, the order a scan of the index returns them,
+  whichever way (scan or schedule, before or after a restart) each timer came in.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Generic, NamedTuple, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from itertools import compress
+from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -31,9 +33,18 @@ from anyio.abc import TaskStatus
 
 from aion._clock import Clock
 
-__all__ = ["FireCallback", "Loader", "Peeker", "Timer", "TimerWheel"]
+__all__ = ["FireCallback", "Loader", "OrderedKey", "Peeker", "Timer", "TimerWheel"]
 
-K = TypeVar("K", bound=Hashable)
+
+class OrderedKey(Protocol):
+    """What a timer key must be: hashable (for cancel) and ordered (to break ties)."""
+
+    def __hash__(self) -> int: ...
+
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+K = TypeVar("K", bound=OrderedKey)
 P = TypeVar("P")
 
 
@@ -51,28 +62,39 @@ FireCallback: TypeAlias = Callable[[Timer[K, P]], Awaitable[None]]
 Loader: TypeAlias = Callable[[float, float], Awaitable[Iterable[tuple[float, K, P]]]]
 """``async load(after, until)``: every stored ``(due, key, payload)`` with ``after < due <= until``.
 
-``after`` is ``-inf`` on the first load of a run, so it also returns overdue timers.
+In due order (rows outside the range are ignored). ``after`` is ``-inf`` on the first load of a
+run, so it also returns overdue timers.
 """
 
 Peeker: TypeAlias = Callable[[float], Awaitable[float | None]]
 """``async peek(after)``: due time of the earliest stored timer with ``due > after``, or None."""
 
-_BITS = 6  # 64 slots per level: few levels (few cascades), short scans for the next slot
+_BITS = 8  # 256 slots per level: few levels, so few cascades per timer (each is Python work)
 _SLOTS = 1 << _BITS
 _MASK = _SLOTS - 1
 _MAX_DUE = 253402300799.0  # 9999-12-31T23:59:59Z: the wheel's levels are sized to reach it
 _COMPACT_EVERY = 1 << 16  # inserts between checks for too many dead (cancelled) entries
 _COMPACT_MIN_DEAD = 1 << 16
 _FIRES_PER_CHECKPOINT = 64  # let other tasks run during a long backlog of quick callbacks
+_SMALL_SLOT = 32  # up to this many timers in the next slot: sleep until the earliest one
+_ROWS_PER_FIRE = 256  # scanned rows applied between two looks for timers come due
 
-_Entry: TypeAlias = tuple[float, int, K, P]  # (due, seq, key, payload); seq orders ties
+# An entry is a list [due, key, seq, payload, tick]: lists compare like tuples, and cancel
+# overwrites the payload with _CANCELLED (so a cancelled entry is recognised without hashing its
+# key, and does not keep the payload alive). seq is unique: it settles the tie of a cancelled
+# entry and a new one for the same key and due time, so payloads (and ticks) are never compared.
+# The tick is kept so that a cascade need not recompute it.
+_Entry: TypeAlias = list[Any]
+_CANCELLED: Any = object()
 
 
 class TimerWheel(Generic[K, P]):
     """Timers due within a horizon, fired in due order by one driver task.
 
-    The wheel is generic: a key is any hashable value naming a timer, a payload is anything.
-    Use it from the event loop thread only.
+    The wheel is generic: a key names a timer and is hashable and ordered (keys of one wheel
+    must compare with each other: timers due at the same time fire in key order, so make the
+    key order the index's order); a payload is anything. Use the wheel from the event loop
+    thread only.
 
     With a ``load`` callback the wheel mirrors a durable due-time index: it holds only timers
     due up to :attr:`loaded_until` (about ``horizon`` seconds ahead of the clock) and loads the
@@ -85,13 +107,14 @@ class TimerWheel(Generic[K, P]):
 
     - Call :meth:`schedule` after the timer's row is committed, and :meth:`cancel` after its
       deletion is committed.
-    - ``load`` returns exactly the rows with ``after < due <= until``, and a timer's due time is
-      the same float in :meth:`schedule` and in ``load`` (round once, before both, to whatever
-      precision the store keeps), otherwise a timer can fall between two scans.
-    - ``fire`` deletes the row (with whatever it records) before it returns, or at least the
-      engine treats a second fire of a timer whose row is gone as a no-op: after a crash of the
-      driver the wheel reloads from the index, so firing is at least once, as with any durable
-      timer.
+    - ``load`` returns every row with ``after < due <= until``, in due order (as a range scan of
+      the index does); rows just outside the range are ignored. A timer's due time is the same
+      float in :meth:`schedule` and in ``load`` (round it once, before both, to the precision
+      the store keeps), otherwise a timer can fall between two scans.
+    - Firing is at least once, as with any durable timer: a restarted driver rescans the index,
+      so a timer whose row the engine has not yet deleted can fire again. The engine's
+      bookkeeping (record the fire and delete the row in one transaction) must treat a fire of
+      a timer whose row is gone as a no-op.
 
     Args:
         clock: the source of time; the driver sleeps with ``clock.sleep_until``.
@@ -102,7 +125,8 @@ class TimerWheel(Generic[K, P]):
             ``horizon / 2`` seconds, so a manual clock can jump 30 days in a few steps.
         horizon: with ``load``, how far ahead of the clock timers are held, in seconds. The
             next range is scanned when half of it is left, so a scan happens ``horizon / 2``
-            seconds before its first timer is due.
+            seconds before its first timer is due, and brings in about ``horizon / 2`` seconds'
+            worth of timers: at high timer rates a shorter horizon keeps each scan short.
         resolution: tick length in seconds, from 1e-6 to 60. It affects only speed, never the
             order or the exact time of firing; a power of two keeps tick arithmetic exact.
 
@@ -135,7 +159,7 @@ class TimerWheel(Generic[K, P]):
         self._res = float(resolution)
         self._inv = 1.0 / self._res
         levels = -(-int(_MAX_DUE * self._inv).bit_length() // _BITS)
-        self._levels: list[list[list[_Entry[K, P]]]] = [
+        self._levels: list[list[list[_Entry]]] = [
             [[] for _ in range(_SLOTS)] for _ in range(levels)
         ]
         # Level and slot for an insert, indexed by (tick ^ current tick).bit_length().
@@ -143,10 +167,10 @@ class TimerWheel(Generic[K, P]):
             ((max(b - 1, 0) // _BITS) * _BITS, self._levels[max(b - 1, 0) // _BITS])
             for b in range(levels * _BITS + 1)
         )
-        self._index: dict[K, _Entry[K, P]] = {}
-        self._ready: list[_Entry[K, P]] = []  # heap: entries of ticks before self._cur
+        self._index: dict[K, _Entry] = {}
+        self._ready: list[_Entry] = []  # heap: entries of ticks before self._cur
         self._cur = int(clock.now() * self._inv)  # ticks before it have moved to _ready
-        self._seq = 0  # entries ever made; also the tie-breaker
+        self._seq = 0  # entries ever made
         self._removed = 0  # entries dropped from the structure; _seq - _removed are stored
         self._compact_at = _COMPACT_EVERY
         # Loading state. Stored timers with due <= _loaded are held (or done). No stored timer
@@ -210,7 +234,7 @@ class TimerWheel(Generic[K, P]):
         except OverflowError:  # -inf
             raise ValueError(f"timer {key!r}: due time must be finite, got {due!r}") from None
         self._seq = seq = self._seq + 1
-        entry = (due, seq, key, payload)
+        entry = [due, key, seq, payload, t]
         # One hash of the key for the dedupe check and the insert.
         if self._index.setdefault(key, entry) is not entry:
             self._removed += 1
@@ -240,14 +264,18 @@ class TimerWheel(Generic[K, P]):
         """
         if self._loading:
             self._tombstones.add(key)
-        return self._index.pop(key, None) is not None
+        entry = self._index.pop(key, None)
+        if entry is None:
+            return False
+        entry[3] = _CANCELLED
+        return True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Drive the wheel: load, fire due timers in due order, sleep. Runs until cancelled.
 
         Reports started (for ``TaskGroup.start``) once the first scan has been applied, so the
         overdue timers are held and fire next, earliest first. Each fire awaits the callback
-        before the next one starts: timers fire in ``(due, insertion order)`` order, and a slow
+        before the next one starts: timers fire in ``(due, key)`` order, and a slow
         callback delays the ones after it.
 
         A callback that raises crashes the driver: the exception propagates out of ``run`` (with
@@ -279,7 +307,7 @@ class TimerWheel(Generic[K, P]):
         while True:
             now = clock.now()
             if self._load is not None and now >= self._next_stored - self._horizon / 2:
-                await self._refill(now + self._horizon)
+                await self._refill(now + self._horizon, fire_meanwhile=started)
                 continue
             if not started:
                 task_status.started()
@@ -307,8 +335,12 @@ class TimerWheel(Generic[K, P]):
         if self._sleep_scope is not None:
             self._sleep_scope.cancel()
 
-    async def _refill(self, until: float) -> None:
-        """Load the stored timers due in (loaded_until, until] and learn when to scan next."""
+    async def _refill(self, until: float, *, fire_meanwhile: bool) -> None:
+        """Load the stored timers due in (loaded_until, until] and learn when to scan next.
+
+        With ``fire_meanwhile``, timers already held that come due while a long scan result is
+        being applied fire between chunks of rows, so a scan does not hold them up.
+        """
         assert self._load is not None
         after = self._loaded
         self._loading = True
@@ -319,15 +351,24 @@ class TimerWheel(Generic[K, P]):
         try:
             rows = await self._load(after, until)
             tombstones = self._tombstones
-            for due, key, payload in rows:
-                if not after < due <= until:
+            last = -math.inf
+            for n, (due, key, payload) in enumerate(rows, 1):
+                if due < last:
                     raise ValueError(
-                        f"timer loader returned {key!r} due {due!r}, outside the requested "
-                        f"range ({after!r}, {until!r}]: return exactly after < due <= until"
+                        f"timer loader returned {key!r} due {due!r} after a timer due {last!r}: "
+                        "return the timers of the range in due order, as a scan of the index does"
                     )
-                # A key cancelled during the scan may be in a snapshot taken before its deletion.
-                if key not in tombstones:
+                last = due
+                # A row just outside the range (a loader that rounds the bounds to the store's
+                # precision returns some) belongs to the neighbouring scan, which has it. A key
+                # cancelled during the scan may be in a snapshot taken before its deletion.
+                if after < due <= until and key not in tombstones:
                     self.schedule(due, key, payload)
+                if fire_meanwhile and n % _ROWS_PER_FIRE == 0:
+                    now = self._clock.now()
+                    if last > now:  # the rows still to come are later still: order holds
+                        self._advance(now)
+                        await self._fire_due(now)
             self._tombstones.clear()
             self._loaded = until
             if self._peek is None:
@@ -383,13 +424,17 @@ class TimerWheel(Generic[K, P]):
             if start > now_tick:
                 break
             if level == 0:
+                # Drain every due slot of this level-0 rotation in one pass. Each slot is one
+                # tick, and everything already in the heap has an earlier tick, hence an
+                # earlier due time: sorted runs appended in tick order keep it a heap.
                 row = self._levels[0]
-                entries, row[index] = row[index], []
-                # Everything already in the heap has an earlier tick, hence an earlier due
-                # time, so a sorted run appended at the end keeps it a heap.
-                entries.sort()
-                self._ready.extend(entries)
-                self._move_to(start + 1)
+                ready = self._ready
+                last = min(_MASK, index + now_tick - start)
+                for i in compress(range(index, last + 1), row[index : last + 1]):  # non-empty
+                    entries, row[i] = row[i], []
+                    entries.sort()
+                    ready.extend(entries)
+                self._move_to(start - index + last + 1)
             else:
                 self._move_to(start)  # cascades the slot found
         if self._cur <= now_tick:
@@ -404,11 +449,13 @@ class TimerWheel(Generic[K, P]):
         cur = self._cur
         shift = 0
         for level, row in enumerate(self._levels):
-            digit = (cur >> shift) & _MASK
             # Slot `digit` of levels 1 and up is always empty (see _move_to).
-            for index in range(digit if level == 0 else digit + 1, _SLOTS):
-                if row[index]:
-                    return level, index, (((cur >> shift >> _BITS) << _BITS) | index) << shift
+            first = (cur >> shift) & _MASK if level == 0 else ((cur >> shift) & _MASK) + 1
+            # The first non-empty slot from `first` on, searched at C speed.
+            index = next(compress(range(first, _SLOTS), row[first:]), None)
+            if index is not None:
+                base = (cur >> shift >> _BITS) << _BITS
+                return level, index, (base | index) << shift
             shift += _BITS
         return None
 
@@ -416,19 +463,24 @@ class TimerWheel(Generic[K, P]):
         """Make ``tick`` the current tick. No timer in the wheel may be due before it.
 
         Keeps the invariant that at levels 1 and up the slot of the current digit is empty, by
-        cascading it: otherwise a level-1 timer could sit in the same 64-tick span as (and
+        cascading it: otherwise a level-1 timer could sit in the same 256-tick span as (and
         before) level-0 timers, and firing the lowest level first would break due order.
         """
+        changed = (self._cur ^ tick).bit_length()  # digits from here up are as they were
         self._cur = tick
         shift = _BITS
         by_bits = self._by_bits
-        inv = self._inv
         for row in self._levels[1:]:
+            if shift >= changed:
+                break  # this digit, and the ones above, did not change: slots still empty
             digit = (tick >> shift) & _MASK
             if row[digit]:
                 entries, row[digit] = row[digit], []
                 for entry in entries:
-                    t = int(entry[0] * inv)
+                    if entry[3] is _CANCELLED:
+                        self._removed += 1  # dropped on the way: no sweep needed for it
+                        continue
+                    t = entry[4]
                     # A timer differs from `tick` only below this level, so it lands lower.
                     lower_shift, lower_row = by_bits[(t ^ tick).bit_length()]
                     lower_row[(t >> lower_shift) & _MASK].append(entry)
@@ -442,13 +494,13 @@ class TimerWheel(Generic[K, P]):
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             self._removed += 1
-            due, _, key, payload = entry
-            if index.get(key) is not entry:
-                continue  # cancelled (and maybe scheduled again as a new entry)
+            due, key, _, payload, _ = entry
+            if payload is _CANCELLED:
+                continue
             try:
                 await self._fire(Timer(due, key, payload))
             except BaseException as exc:
-                if index.get(key) is entry:  # not cancelled meanwhile: still pending
+                if entry[3] is not _CANCELLED:  # not cancelled meanwhile: still pending
                     heapq.heappush(heap, entry)
                     self._removed -= 1
                 if isinstance(exc, Exception):
@@ -457,7 +509,7 @@ class TimerWheel(Generic[K, P]):
                         f"{due!r}; the timer is still pending and fires again on restart"
                     )
                 raise
-            if index.get(key) is entry:
+            if entry[3] is not _CANCELLED:
                 del index[key]
             fired += 1
             if fired % _FIRES_PER_CHECKPOINT == 0:
@@ -466,19 +518,27 @@ class TimerWheel(Generic[K, P]):
     def _next_target(self) -> float:
         """When the driver must wake next: the next due timer or slot, or the next scan."""
         heap = self._ready
-        index = self._index
-        while heap and index.get(heap[0][2]) is not heap[0]:
+        while heap and heap[0][3] is _CANCELLED:
             heapq.heappop(heap)  # cancelled: do not wake for it
             self._removed += 1
-        if heap:
-            target = heap[0][0]
-        elif (found := self._next_slot()) is not None:
-            start = found[2]
-            target = start * self._res
-            while int(target * self._inv) < start:  # never wake before the slot's tick
-                target = math.nextafter(target, math.inf)
-        else:
-            target = math.inf
+        target = heap[0][0] if heap else math.inf
+        while not heap and (found := self._next_slot()) is not None:
+            level, index, start = found
+            slot = self._levels[level][index]
+            if len(slot) > _SMALL_SLOT:
+                # Wake at the slot's first tick to cascade or drain it.
+                target = start * self._res
+                while int(target * self._inv) < start:  # not before the slot's tick
+                    target = math.nextafter(target, math.inf)
+                break
+            # A few timers (the usual case when the wheel is sparse): wake once, exactly when
+            # the earliest is due, rather than at each level it would cascade through.
+            live = [entry[0] for entry in slot if entry[3] is not _CANCELLED]
+            if live:
+                target = min(live)
+                break
+            self._levels[level][index] = []  # all cancelled: drop them, look further
+            self._removed += len(slot)
         if self._load is not None:
             target = min(target, self._next_stored - self._horizon / 2)
         return target
@@ -489,14 +549,13 @@ class TimerWheel(Generic[K, P]):
         live = len(self._index)
         if self._seq - self._removed - live <= max(live, _COMPACT_MIN_DEAD):
             return
-        index = self._index
         stored = 0
         for row in self._levels:
             for i, slot in enumerate(row):
                 if slot:
-                    row[i] = kept = [e for e in slot if index.get(e[2]) is e]
+                    row[i] = kept = [e for e in slot if e[3] is not _CANCELLED]
                     stored += len(kept)
-        self._ready[:] = [e for e in self._ready if index.get(e[2]) is e]
+        self._ready[:] = [e for e in self._ready if e[3] is not _CANCELLED]
         heapq.heapify(self._ready)
         stored += len(self._ready)
         self._removed = self._seq - stored

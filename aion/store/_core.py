@@ -276,9 +276,11 @@ def check(kv: KV, prepared: Prepared) -> None:
             raise SequenceConflict(append.workflow_id, append.expected_seq, head, append.tenant)
 
 
-def apply(kv: KV, prepared: Prepared) -> CommitResult:
-    """Check, then apply ``prepared`` to ``kv``. The caller makes it atomic."""
-    check(kv, prepared)
+def apply(kv: KV, prepared: Prepared, *, checked: bool = False) -> CommitResult:
+    """Check (unless the caller just did), then apply ``prepared`` to ``kv``. The caller
+    makes it atomic."""
+    if not checked:
+        check(kv, prepared)
     for append in prepared.appends:
         for key, value in append.rows:
             kv.put("events", key, value)

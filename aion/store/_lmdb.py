@@ -9,6 +9,7 @@ corrupt row) is dropped by aborting and replaying the batch without it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import itertools
@@ -27,7 +28,7 @@ import anyio
 import lmdb
 import msgspec
 
-from aion._loop import Notifier, current_notifier
+from aion._loop import Notifier
 from aion.errors import (
     AionError,
     DataDirectoryError,
@@ -151,7 +152,7 @@ class _Request:
     def __init__(self, prepared: Prepared, notify: Notifier | None) -> None:
         self.prepared = prepared
         self.notify = notify
-        self.event: anyio.Event | threading.Event | None = None
+        self.event: asyncio.Future[None] | threading.Event | None = None
         self.result: CommitResult | None = None
         self.error: BaseException | None = None
 
@@ -333,14 +334,21 @@ class LmdbStore(KVStore):
                     "engine to write histories"
                 )
             return await anyio.to_thread.run_sync(self.commit_prepared_sync, prepared)
-        request = _Request(prepared, current_notifier())
-        event = anyio.Event()
-        request.event = event
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        request = _Request(prepared, loop.call_soon_threadsafe)
+        request.event = future
         self._submit(request)
-        # Shielded: the write is in flight and will land or fail within one batch; the caller
-        # must learn which, or its idea of the history head goes stale.
-        with anyio.CancelScope(shield=True):
-            await event.wait()
+        try:
+            await future  # a bare future: the cheapest wait (this is the hot path)
+        except BaseException:
+            # Cancelled while the write is in flight. It will land or fail within one batch,
+            # and the caller must learn which, or its idea of the history head goes stale:
+            # wait for the outcome, shielded (cancellation is re-delivered at the next
+            # checkpoint by anyio's level-triggered cancel scopes).
+            with anyio.CancelScope(shield=True):
+                while request.result is None and request.error is None:
+                    await anyio.sleep(0.001)
         return _outcome(request)
 
     def commit_prepared_sync(self, prepared: Prepared) -> CommitResult:
@@ -454,7 +462,7 @@ class LmdbStore(KVStore):
                     outcomes.append((request, None, exc))
                     continue
                 try:
-                    result = _core.apply(kv, request.prepared)
+                    result = _core.apply(kv, request.prepared, checked=True)
                 except lmdb.MapFullError:
                     raise
                 except Exception as exc:
@@ -538,7 +546,7 @@ def _outcome(request: _Request) -> CommitResult:
 
 def _wake(batch: list[_Request]) -> None:
     """Wake every requester: one callback per event loop, not one per request."""
-    by_loop: dict[Notifier, list[anyio.Event]] = {}
+    by_loop: dict[Notifier, list[asyncio.Future[None]]] = {}
     for request in batch:
         event = request.event
         if isinstance(event, threading.Event):
@@ -550,10 +558,11 @@ def _wake(batch: list[_Request]) -> None:
             notify(_setter(events))
 
 
-def _setter(events: list[anyio.Event]) -> Callable[[], None]:
+def _setter(futures: list[asyncio.Future[None]]) -> Callable[[], None]:
     def set_all() -> None:
-        for event in events:
-            event.set()
+        for future in futures:
+            if not future.done():  # a cancelled waiter's future is done already
+                future.set_result(None)
 
     return set_all
 
