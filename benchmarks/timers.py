@@ -13,6 +13,8 @@ What it measures, each against a baseline measured in the same run:
 - **fire** cost per timer: all pending timers (and the cancelled ones still stored) fired by
   a driver on a manual clock stepped one second at a time, through an async callback. The
   baseline is a heapq driver loop (pop, skip cancelled, await the callback).
+- **whole scenario**: churn plus fire. The wheel pays for cancelled entries when it compacts,
+  the heap when they reach its top, so this is the like-for-like total.
 - **lateness** of firing (fire time minus due time, on the real clock): 10,000 timers per
   second for a few seconds (1 s with ``--quick``), median / p99 / max, for the wheel holding
   everything, for the wheel fed by a sorted-list index through ``load``/``peek`` with a 1 s

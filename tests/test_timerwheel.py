@@ -17,7 +17,6 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import TaskGroup
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,9 +49,6 @@ class FakeIndex:
 
     def delete(self, key: int) -> None:
         self.rows = [row for row in self.rows if row[1] != key]
-
-    def due_of(self, key: int) -> float | None:
-        return next((row[0] for row in self.rows if row[1] == key), None)
 
     async def load(self, after: float, until: float) -> Iterable[tuple[float, int, str]]:
         self.loads.append((after, until))
@@ -106,12 +102,12 @@ class Recorder:
 
 
 @asynccontextmanager
-async def driving(wheel: TimerWheel[int, str]) -> AsyncIterator[TaskGroup]:
-    """Run the wheel's driver in a task group for the duration of the block."""
+async def driving(wheel: TimerWheel[int, str]) -> AsyncIterator[None]:
+    """Run the wheel's driver for the duration of the block (until it is blocked, at first)."""
     async with anyio.create_task_group() as tg:
         await tg.start(wheel.run)
         await anyio.wait_all_tasks_blocked()
-        yield tg
+        yield
         tg.cancel_scope.cancel()
 
 
