@@ -9,9 +9,13 @@ runs on anyio's asyncio backend (docs/limits.md).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-__all__ = ["Notifier", "wait_all_tasks_blocked"]
+T = TypeVar("T")
+
+__all__ = ["Notifier", "WorkQueue", "wait_all_tasks_blocked"]
 
 #: Schedules a callback to run on the event loop it was taken from; callable from any thread.
 Notifier = Callable[[Callable[[], None]], object]
@@ -38,3 +42,54 @@ async def wait_all_tasks_blocked() -> None:
         spins += 1
         if spins > 50:
             await asyncio.sleep(0.001)
+
+
+class WorkQueue(Generic[T]):
+    """An unbounded FIFO feeding a pool of worker tasks on one event loop.
+
+    What anyio's memory object stream does for the pools, at a fraction of the cost: ``get``
+    does not yield to the loop when an item is ready (a stream's ``receive`` always does, and
+    builds an Event and a generic receiver object whenever it waits). To stay fair to other
+    tasks, a worker yields once every ``fair_every`` items it takes without waiting.
+    """
+
+    __slots__ = ("_items", "_streak", "_waiters", "fair_every")
+
+    def __init__(self, fair_every: int = 32) -> None:
+        self._items: deque[T] = deque()
+        self._waiters: deque[asyncio.Future[T]] = deque()
+        self._streak = 0
+        self.fair_every = fair_every
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: T) -> None:
+        """Hand ``item`` to a waiting worker, or queue it. Never blocks."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        self._items.append(item)
+
+    async def get(self) -> T:
+        if self._items:
+            self._streak += 1
+            if self._streak >= self.fair_every:
+                self._streak = 0
+                await asyncio.sleep(0)
+                if not self._items:
+                    return await self.get()
+            return self._items.popleft()
+        self._streak = 0
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._items.appendleft(waiter.result())  # handed over, then cancelled: keep it
+            else:
+                waiter.cancel()
+            raise

@@ -29,6 +29,7 @@ import msgspec
 from aion import events as ev
 from aion._clock import from_timestamp
 from aion._codec import encode_payload
+from aion._loop import WorkQueue
 from aion._replay import Driver, WorkflowDefinition
 from aion._replay import _commands as c
 from aion.errors import (
@@ -112,6 +113,7 @@ class _Batch:
     inbox_delete: list[str] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
+    at: datetime | None = None  # one timestamp for everything one round records
 
 
 class Runtime:
@@ -124,9 +126,7 @@ class Runtime:
         # Steps executing in this process: (tenant, workflow id, run id, step, attempt). A run
         # re-activated by replay must not dispatch them a second time.
         self.steps_running: set[tuple[str, str, str, int, int]] = set()
-        self._ready_send, self._ready_receive = anyio.create_memory_object_stream[Actor](
-            float("inf")
-        )
+        self._ready: WorkQueue[Actor] = WorkQueue()
 
     # --- mail ---------------------------------------------------------------------------------
 
@@ -150,11 +150,13 @@ class Runtime:
     def _schedule(self, actor: Actor) -> None:
         if not actor.queued:
             actor.queued = True
-            self._ready_send.send_nowait(actor)
+            self._ready.put_nowait(actor)
 
     async def worker(self) -> None:
         """An activation worker: processes actors with mail, one at a time."""
-        async for actor in self._ready_receive:
+        ready = self._ready
+        while True:
+            actor = await ready.get()
             actor.queued = False
             self.processing += 1
             try:
@@ -167,6 +169,11 @@ class Runtime:
                 self.processing -= 1
             if actor.mailbox:
                 self._schedule(actor)
+            elif actor.steps_in_flight == 0 and _finished(actor):
+                # A closed run keeps nothing in memory: later mail activates from the store
+                # and finds it closed.
+                if self.actors.get(actor.key) is actor:
+                    del self.actors[actor.key]
             else:
                 if actor.key in self.actors:
                     self.actors.move_to_end(actor.key)  # least recently used are evicted first
@@ -456,7 +463,10 @@ class Runtime:
     ) -> ev.Event:
         """Add an event to the batch with the next sequence number and the current time."""
         actor.head += 1
-        event = make(actor.head, self.engine.now())
+        at = batch.at
+        if at is None:
+            at = batch.at = self.engine.now()
+        event = make(actor.head, at)
         batch.events.append(event)
         return event
 
@@ -793,14 +803,23 @@ class Runtime:
 
     def _maybe_evict(self) -> None:
         limit = self.engine.max_resident_runs
-        if len(self.actors) <= limit:
+        excess = len(self.actors) - limit
+        if excess <= 0:
             return
-        for key in list(self.actors):
-            if len(self.actors) <= limit:
-                break
-            actor = self.actors[key]
+        # Oldest first; stop as soon as enough idle runs are found (no copy of the whole LRU).
+        idle: list[Key] = []
+        for key, actor in self.actors.items():
             if actor.idle:
-                del self.actors[key]
+                idle.append(key)
+                if len(idle) >= excess:
+                    break
+        for key in idle:
+            del self.actors[key]
+
+
+def _finished(actor: Actor) -> bool:
+    """The run closed and its close is recorded (a crash drops the driver instead)."""
+    return actor.driver is not None and actor.record is not None and actor.record.status.is_terminal
 
 
 def _running(actor: Actor) -> bool:

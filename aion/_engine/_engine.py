@@ -119,7 +119,7 @@ class Engine:
         self._owns_store = False
         self._tg: TaskGroup | None = None
         self._wheel: TimerWheel[TimerKey, TimerRow] | None = None
-        self._waiters: dict[tuple[str, str], anyio.Event] = {}
+        self._waiters: dict[tuple[str, str], _ResultWaiter] = {}
         self._rng = random.Random()
         self._reader = Reader(lambda: self.store, self.definition)
         self.recovery = RecoveryReport()
@@ -201,7 +201,7 @@ class Engine:
                 if message.reply is not None:
                     message.reply.set(stopped)
         for waiter in self._waiters.values():
-            waiter.set()
+            waiter.event.set()
         self._waiters.clear()
 
     async def _close_store(self) -> None:
@@ -267,7 +267,8 @@ class Engine:
         key = (record.tenant, record.workflow_id)
         waiter = self._waiters.pop(key, None)
         if waiter is not None:
-            waiter.set()
+            waiter.outcome = (record, command)  # waiters need not read the store back
+            waiter.event.set()
         if record.parent_workflow_id is not None:
             self._notify_parent(record, command)
 
@@ -405,22 +406,36 @@ class Engine:
 
     async def _result(self, workflow_id: str, tenant: str, timeout: float | None) -> Any:
         with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+            key = (tenant, workflow_id)
             while True:
-                key = (tenant, workflow_id)
                 waiter = self._waiters.get(key)
                 if waiter is None:
-                    waiter = self._waiters[key] = anyio.Event()
-                record = await self._record(workflow_id, tenant)
-                if record.status.is_terminal:
-                    if self._waiters.get(key) is waiter and not waiter.is_set():
-                        del self._waiters[key]
-                    return await self._outcome(record)
-                await waiter.wait()
+                    waiter = self._waiters[key] = _ResultWaiter()
+                if not self._running_here(key):
+                    record = await self._record(workflow_id, tenant)
+                    if record.status.is_terminal:
+                        if self._waiters.get(key) is waiter and not waiter.event.is_set():
+                            del self._waiters[key]
+                        return await self._outcome(record)
+                await waiter.event.wait()
+                if waiter.outcome is not None:
+                    return self._reader.outcome_of(*waiter.outcome)
                 if self._tg is None:
                     raise AionError(
                         f"the engine stopped before workflow {workflow_id!r} finished; the run "
                         "continues when an engine next runs on this data directory"
                     )
+
+    def _running_here(self, key: tuple[str, str]) -> bool:
+        """The run is resident and unfinished: it exists and ``finished`` will wake us."""
+        actor = self.runtime.actors.get(key)
+        return (
+            actor is not None
+            and actor.driver is not None
+            and actor.driver.outcome is None
+            and actor.record is not None
+            and not actor.record.status.is_terminal
+        )
 
     async def signal(
         self, workflow_id: str, name: str, payload: Any = None, *, tenant: str = "default"
@@ -552,6 +567,16 @@ class Engine:
         if definition.name not in self._registry:
             self._registry[definition.name] = definition
         return definition
+
+
+class _ResultWaiter:
+    """Shared by the ``result()`` calls waiting on one run; ``finished`` hands them the outcome."""
+
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.outcome: tuple[WorkflowRecord, c.Command] | None = None
 
 
 def _timer_key(row: TimerRow) -> TimerKey:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import math
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+
+from aion._loop import WorkQueue
 
 from ._types import StepInfo
 
@@ -59,7 +60,7 @@ class StepExecutor:
         threads: int,
         busy: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[StepJob](math.inf)
+        self._queue: WorkQueue[StepJob] = WorkQueue()
         self._workers = workers
         self._limiter = anyio.CapacityLimiter(threads)
         self._busy = busy or nullcontext
@@ -78,10 +79,12 @@ class StepExecutor:
     def submit(self, job: StepJob) -> None:
         """Queue a step; never blocks."""
         self._pending += 1
-        self._send.send_nowait(job)
+        self._queue.put_nowait(job)
 
     async def _worker(self) -> None:
-        async for job in self._receive:
+        queue = self._queue
+        while True:
+            job = await queue.get()
             try:
                 with self._busy():
                     value, error = await self._execute(job)

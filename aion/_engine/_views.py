@@ -6,7 +6,6 @@ engine (a client-role store).
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,9 @@ import msgspec
 from aion import events as ev
 from aion._codec import decode_payload
 from aion._replay import WorkflowDefinition
+from aion._replay._commands import CancelWorkflow, Command, CompleteWorkflow, FailWorkflow
 from aion._replay._definition import convert
+from aion._replay._driver import _return_type
 from aion.errors import AionError, WorkflowCancelled, WorkflowFailed, WorkflowNotFound
 from aion.store import EventStore, Page, Status, WorkflowRecord
 
@@ -46,9 +47,7 @@ class Reader:
         last = events[-1]
         match last:
             case ev.WorkflowCompleted():
-                definition = self.definition(record.workflow_type)
-                tp = _return_annotation(definition) if definition else Any
-                return convert(decode_payload(last.result), tp, what="workflow result")
+                return self._result_value(record, last.result)
             case ev.WorkflowFailed():
                 raise WorkflowFailed(record.workflow_id, last.error_type, last.message)
             case ev.WorkflowCancelled():
@@ -57,6 +56,25 @@ class Reader:
                     + (f": {last.reason}" if last.reason else "")
                 )
         raise AionError(f"workflow {record.workflow_id!r} has no outcome event")
+
+    def outcome_of(self, record: WorkflowRecord, command: Command) -> Any:
+        """The same as :meth:`outcome`, from the command the run closed with (no store read)."""
+        match command:
+            case CompleteWorkflow():
+                return self._result_value(record, command.result)
+            case FailWorkflow():
+                raise WorkflowFailed(record.workflow_id, command.error_type, command.message)
+            case CancelWorkflow():
+                raise WorkflowCancelled(
+                    f"workflow {record.workflow_id!r} was cancelled"
+                    + (f": {command.reason}" if command.reason else "")
+                )
+        raise AionError(f"workflow {record.workflow_id!r} closed with {command!r}")
+
+    def _result_value(self, record: WorkflowRecord, result: bytes) -> Any:
+        definition = self.definition(record.workflow_type)
+        tp = _return_annotation(definition) if definition else Any
+        return convert(decode_payload(result), tp, what="workflow result")
 
     async def record(self, workflow_id: str, tenant: str) -> WorkflowRecord:
         record = await self.store.get_workflow(workflow_id, tenant=tenant)
@@ -162,7 +180,4 @@ def history_event(event: ev.Event) -> HistoryEvent:
 
 
 def _return_annotation(definition: WorkflowDefinition) -> Any:
-    try:
-        return typing.get_type_hints(definition.fn).get("return", Any)
-    except Exception:
-        return Any
+    return _return_type(definition.fn)

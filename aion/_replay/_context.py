@@ -143,11 +143,11 @@ class Context:
 
     def random(self) -> random.Random:
         """A ``random.Random`` seeded from the run's identity: the same values on replay."""
-        return self._driver._rng
+        return self._driver.rng
 
     def uuid4(self) -> uuid.UUID:
         """A random-looking UUID that is the same on every replay."""
-        return uuid.UUID(int=self._driver._rng.getrandbits(128), version=4)
+        return uuid.UUID(int=self._driver.rng.getrandbits(128), version=4)
 
     def patched(self, change_id: str) -> bool:
         """``True`` for runs that reach this point with the new code, ``False`` on replay of a
