@@ -413,38 +413,21 @@ class Runtime:
         policy = step.command.retry
         retryable = policy.retryable(error)
         will_retry = retryable and attempt < policy.max_attempts and not driver.cancel_requested
-        error_type = type(error).__name__
-        message = str(error)
+        failed = partial(
+            _make,
+            ev.StepFailed,
+            step_seq=seq,
+            attempt=attempt,
+            error_type=type(error).__name__,
+            message=str(error),
+            retryable=retryable,
+            will_retry=will_retry,
+        )
         if not will_retry:
-            self._feed(
-                actor,
-                batch,
-                lambda s, at: ev.StepFailed(
-                    seq=s,
-                    at=at,
-                    step_seq=seq,
-                    attempt=attempt,
-                    error_type=error_type,
-                    message=message,
-                    retryable=retryable,
-                ),
-            )
+            self._feed(actor, batch, failed)  # the step failed for good: the code sees it
             return
         due = from_timestamp(self.engine.clock.now() + policy.interval(attempt))
-        self._record(
-            actor,
-            batch,
-            lambda s, at: ev.StepFailed(
-                seq=s,
-                at=at,
-                step_seq=seq,
-                attempt=attempt,
-                error_type=error_type,
-                message=message,
-                retryable=True,
-                will_retry=True,
-            ),
-        )
+        self._record(actor, batch, failed)
         self._feed(
             actor,
             batch,
