@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 
 from aion import events as ev
 from aion.errors import AionError, SequenceConflict
-from aion.store import Append, EventStore, Status, TimerRow, WorkflowRecord, Write
+from aion.store import Append, EventStore, Status, TimerRow, WorkflowRecord, Write, begin_run
 
 __all__ = ["RecoveryError", "RecoveryReport", "Repair", "sweep"]
 
@@ -211,29 +211,19 @@ async def _start_successor(
     code_version: str | None,
 ) -> None:
     tenant, workflow_id = record.tenant, record.workflow_id
-    started = ev.WorkflowStarted(
-        seq=head + 1,
-        at=ended.at,
+    started, successor = begin_run(
+        tenant=tenant,
         workflow_id=workflow_id,
         run_id=ended.new_run_id,
         workflow_type=ended.workflow_type,
         input=ended.input,
-        tenant=tenant,
+        at=ended.at,
+        seq=head + 1,
+        created_at=record.created_at,
         parent_workflow_id=record.parent_workflow_id,
         parent_run_id=record.parent_run_id,
         code_version=code_version,
         continued_from_run_id=record.run_id if record.run_id != ended.new_run_id else None,
-    )
-    successor = WorkflowRecord(
-        tenant=tenant,
-        workflow_id=workflow_id,
-        run_id=ended.new_run_id,
-        workflow_type=ended.workflow_type,
-        status=Status.RUNNING,
-        created_at=record.created_at,
-        run_started_at=ended.at,
-        parent_workflow_id=record.parent_workflow_id,
-        parent_run_id=record.parent_run_id,
     )
     try:
         await store.commit(
@@ -288,28 +278,16 @@ async def _check_children(
         )
         if not apply:
             continue
-        started = ev.WorkflowStarted(
-            seq=1,
-            at=event.at,
+        started, child = begin_run(
+            tenant=tenant,
             workflow_id=child_id,
             run_id=event.child_run_id,
             workflow_type=event.workflow_type,
             input=event.input,
-            tenant=tenant,
+            at=event.at,
             parent_workflow_id=record.workflow_id,
             parent_run_id=record.run_id,
             code_version=code_version,
-        )
-        child = WorkflowRecord(
-            tenant=tenant,
-            workflow_id=child_id,
-            run_id=event.child_run_id,
-            workflow_type=event.workflow_type,
-            status=Status.RUNNING,
-            created_at=event.at,
-            run_started_at=event.at,
-            parent_workflow_id=record.workflow_id,
-            parent_run_id=record.run_id,
         )
         with contextlib.suppress(SequenceConflict):  # started meanwhile: what we wanted
             await store.commit(

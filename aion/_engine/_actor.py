@@ -39,7 +39,7 @@ from aion.errors import (
     WorkflowClosed,
     WorkflowNotFound,
 )
-from aion.store import Append, Status, TimerRow, WorkflowRecord, Write
+from aion.store import Append, Status, TimerRow, WorkflowRecord, Write, begin_run
 
 from ._steps import StepJob
 from ._types import PENDING_KINDS, StepInfo
@@ -604,31 +604,18 @@ class Runtime:
             return
         child = Actor(child_key)
         child.driver = self._new_driver(definition)
-        now = self.engine.now()
-        child.record = WorkflowRecord(
+        started, child.record = begin_run(
             tenant=tenant,
-            workflow_id=command.workflow_id,
-            run_id=child_run_id,
-            workflow_type=command.workflow_type,
-            status=Status.RUNNING,
-            created_at=now,
-            run_started_at=now,
-            parent_workflow_id=actor.key[1],
-            parent_run_id=actor.record.run_id,
-        )
-        child_batch = _Batch()
-        started = ev.WorkflowStarted(
-            seq=1,
-            at=now,
             workflow_id=command.workflow_id,
             run_id=child_run_id,
             workflow_type=command.workflow_type,
             input=command.input,
-            tenant=tenant,
+            at=self.engine.now(),
             parent_workflow_id=actor.key[1],
             parent_run_id=actor.record.run_id,
             code_version=self.engine.code_version,
         )
+        child_batch = _Batch()
         child.head = 1
         child_batch.events.append(started)
         self._record_commands(child, child_batch, child.driver.apply(started))

@@ -40,6 +40,7 @@ from aion.store import (
     TimerRow,
     WorkflowRecord,
     Write,
+    begin_run,
 )
 
 from ._actor import Actor, Message, Reply, Runtime, _Batch
@@ -350,23 +351,13 @@ class Engine:
             # Registered but marked queued: no worker touches it until its start is recorded.
             actor = self.runtime.actors[key] = Actor(key, queued=True)
             actor.driver = self.runtime._new_driver(definition)
-            actor.record = WorkflowRecord(
+            started, actor.record = begin_run(
                 tenant=tenant,
-                workflow_id=workflow_id,
-                run_id=run_id,
-                workflow_type=definition.name,
-                status=Status.RUNNING,
-                created_at=now,
-                run_started_at=now,
-            )
-            started = ev.WorkflowStarted(
-                seq=1,
-                at=now,
                 workflow_id=workflow_id,
                 run_id=run_id,
                 workflow_type=definition.name,
                 input=encoded,
-                tenant=tenant,
+                at=now,
                 code_version=self.code_version,
             )
             batch = _Batch()

@@ -23,6 +23,7 @@ from ._records import WaitpointRow as WaitpointRow
 from ._records import WaitpointStatus as WaitpointStatus
 from ._records import WorkflowRecord as WorkflowRecord
 from ._records import Write as Write
+from ._records import begin_run as begin_run
 
 __all__ = [
     "Append",
@@ -42,4 +43,5 @@ __all__ = [
     "WaitpointStatus",
     "WorkflowRecord",
     "Write",
+    "begin_run",
 ]

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from aion.events import Event, SearchValue
+from aion.events import Event, SearchValue, WorkflowStarted
 
 __all__ = [
     "Append",
@@ -30,6 +30,7 @@ __all__ = [
     "WaitpointStatus",
     "WorkflowRecord",
     "Write",
+    "begin_run",
 ]
 
 T = TypeVar("T")
@@ -237,3 +238,50 @@ class Page(msgspec.Struct, Generic[T], frozen=True):
 
     items: list[T]
     next_cursor: str | None = None
+
+
+def begin_run(
+    *,
+    tenant: str,
+    workflow_id: str,
+    run_id: str,
+    workflow_type: str,
+    input: bytes,
+    at: datetime,
+    seq: int = 1,
+    created_at: datetime | None = None,
+    parent_workflow_id: str | None = None,
+    parent_run_id: str | None = None,
+    code_version: str | None = None,
+    continued_from_run_id: str | None = None,
+) -> tuple[WorkflowStarted, WorkflowRecord]:
+    """The first event of a run and the RUNNING projection row that goes with it.
+
+    Every place that starts a run (a start, a child, a repair) writes both in one ``Write``.
+    ``created_at`` is the workflow id's first start (default ``at``: a new workflow id).
+    """
+    started = WorkflowStarted(
+        seq=seq,
+        at=at,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        workflow_type=workflow_type,
+        input=input,
+        tenant=tenant,
+        parent_workflow_id=parent_workflow_id,
+        parent_run_id=parent_run_id,
+        code_version=code_version,
+        continued_from_run_id=continued_from_run_id,
+    )
+    record = WorkflowRecord(
+        tenant=tenant,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        workflow_type=workflow_type,
+        status=Status.RUNNING,
+        created_at=at if created_at is None else created_at,
+        run_started_at=at,
+        parent_workflow_id=parent_workflow_id,
+        parent_run_id=parent_run_id,
+    )
+    return started, record
