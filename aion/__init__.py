@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from ._engine import ApprovalPolicy as ApprovalPolicy
+from ._engine import ApprovalRule as ApprovalRule
 from ._engine import Engine as Engine
 from ._engine import HistoryEvent as HistoryEvent
+from ._engine import PendingApproval as PendingApproval
 from ._engine import StepInfo as StepInfo
+from ._engine import WaitpointInfo as WaitpointInfo
 from ._engine import WorkflowDescription as WorkflowDescription
 from ._engine import WorkflowHandle as WorkflowHandle
 from ._engine import current_step as current_step
 from ._recovery import RecoveryReport as RecoveryReport
 from ._recovery import Repair as Repair
+from ._replay import Approval as Approval
 from ._replay import Context as Context
 from ._replay import RetryPolicy as RetryPolicy
+from ._replay import Waitpoint as Waitpoint
 from ._replay import WorkflowInfo as WorkflowInfo
 from ._replay import workflow as workflow
+from ._tokens import KeyRing as KeyRing
 from .errors import AionError as AionError
 from .errors import AmbiguousApproval as AmbiguousApproval
 from .errors import ApprovalRejected as ApprovalRejected
@@ -36,15 +43,22 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AionError",
+    "Approval",
+    "ApprovalPolicy",
+    "ApprovalRule",
     "Context",
     "Engine",
     "HistoryEvent",
+    "KeyRing",
     "Page",
+    "PendingApproval",
     "RecoveryReport",
     "Repair",
     "RetryPolicy",
     "StepError",
     "StepInfo",
+    "Waitpoint",
+    "WaitpointInfo",
     "WorkflowDescription",
     "WorkflowHandle",
     "WorkflowInfo",

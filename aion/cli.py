@@ -1,8 +1,9 @@
 """The ``aion`` command: look at and steer the workflows in a data directory.
 
 Reads go straight to the store (as a client: no lock, so they work while an engine runs).
-Signals and cancellations are left in the store's inbox; a running engine applies them within a
-second, or the next engine to start does.
+Signals, cancellations, decisions on approvals, waitpoint completions and unblocks are left in
+the store's inbox; a running engine applies them within a second, or the next engine to start
+does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,8 +26,25 @@ from aion._engine import Reader
 from aion._format import describe_text, history_table, jsonable, table, waiting, when
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
-from aion.errors import AionError, InvalidArgument, NondeterminismError, WorkflowClosed
-from aion.store import InboxCommand, LmdbStore, Status
+from aion._tokens import peek_claims, rotate_file
+from aion.errors import (
+    AionError,
+    AmbiguousApproval,
+    InvalidArgument,
+    InvalidToken,
+    NondeterminismError,
+    NoPendingApproval,
+    WorkflowClosed,
+)
+from aion.store import (
+    ApprovalRow,
+    ApprovalStatus,
+    InboxCommand,
+    LmdbStore,
+    Status,
+    WaitpointRow,
+    WaitpointStatus,
+)
 from aion.testing import replay
 
 __all__ = ["main"]
@@ -90,6 +108,49 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id")
     p.add_argument("--reason")
     p.add_argument("--tenant", default="default")
+
+    p = command("unblock", "retry a BLOCKED run now (applied by the running engine)", _unblock)
+    p.add_argument("workflow_id")
+    p.add_argument("--tenant", default="default")
+
+    p = command("approvals", "list approvals waiting for a person, oldest first", _approvals)
+    _common(p)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor")
+
+    for name, run, text in (
+        ("approve", _approve, "approve a pending approval (applied by the running engine)"),
+        ("reject", _reject, "reject a pending approval (applied by the running engine)"),
+    ):
+        p = command(name, text, run)
+        p.add_argument("workflow_id")
+        p.add_argument("--user", required=True, help="who decides")
+        p.add_argument("--comment", required=name == "reject")
+        p.add_argument("--approval-id", help="which approval, when several are pending")
+        p.add_argument("--tenant", default="default")
+
+    p = command("waitpoints", "list a workflow's pending waitpoints (fingerprints)", _waitpoints)
+    p.add_argument("workflow_id")
+    _common(p)
+
+    p = command("complete", "complete a waitpoint with its token", _complete)
+    p.add_argument("token")
+    p.add_argument("payload", nargs="?", default="null", help="JSON payload (default: null)")
+
+    keys = sub.add_parser("keys", help="manage the waitpoint signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    p = keys_sub.add_parser(
+        "rotate",
+        help="make a new current key; the old one keeps verifying tokens for the grace period",
+    )
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"data directory ({DEFAULT_DATA})")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds the retired key keeps working (default: the ring's, 7 days)",
+    )
+    p.set_defaults(run=_rotate_keys, command="keys")
 
     p = command("recover", "run the startup recovery sweep (a dry run unless --apply)", _recover)
     p.add_argument("--apply", action="store_true", help="repair (takes the engine lock)")
@@ -226,6 +287,169 @@ def _cancel(args: argparse.Namespace) -> int:
             "cancel", args.tenant, args.workflow_id, datetime.now(UTC), comment=args.reason
         ),
     )
+
+
+def _unblock(args: argparse.Namespace) -> int:
+    async def check(reader: Reader, _: LmdbStore) -> None:
+        record = await reader.record(args.workflow_id, args.tenant)
+        if record.status is not Status.BLOCKED:
+            raise InvalidArgument(
+                f"workflow {args.workflow_id!r} is {record.status.value}, not blocked"
+            )
+
+    _read(args, check)
+    return _leave(args, InboxCommand("unblock", args.tenant, args.workflow_id, datetime.now(UTC)))
+
+
+# --- people and outside systems ------------------------------------------------------------------
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    page = _read(
+        args,
+        lambda _, store: store.pending_approvals(
+            tenant=args.tenant, limit=args.limit, cursor=args.cursor
+        ),
+    )
+    if args.json:
+        print_json({"items": page.items, "next_cursor": page.next_cursor})
+        return 0
+    rows = [
+        (
+            a.workflow_id,
+            a.approval_id,
+            a.action,
+            when(a.requested_at),
+            when(a.timeout_at),
+            a.digest[:19],
+        )
+        for a in page.items
+    ]
+    print(table(("WORKFLOW", "APPROVAL", "ACTION", "REQUESTED", "TIMES OUT", "DIGEST"), rows))
+    if page.next_cursor:
+        print(f"\nmore: aion approvals --cursor {page.next_cursor}")
+    return 0
+
+
+def _decide(args: argparse.Namespace, kind: str) -> int:
+    async def check(_: Reader, store: LmdbStore) -> str:
+        pending: list[ApprovalRow] = []
+        cursor = None
+        while True:
+            page = await store.list_approvals(
+                args.workflow_id, tenant=args.tenant, limit=100, cursor=cursor
+            )
+            pending += [a for a in page.items if a.status is ApprovalStatus.PENDING]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        if args.approval_id is not None:
+            if not any(a.approval_id == args.approval_id for a in pending):
+                raise NoPendingApproval(
+                    f"approval {args.approval_id!r} of workflow {args.workflow_id!r} is not "
+                    "pending (decided already, timed out, or unknown)"
+                )
+            return str(args.approval_id)
+        if not pending:
+            raise NoPendingApproval(f"workflow {args.workflow_id!r} has no pending approval")
+        if len(pending) > 1:
+            ids = ", ".join(f"{a.approval_id} ({a.action})" for a in pending)
+            raise AmbiguousApproval(
+                f"workflow {args.workflow_id!r} has {len(pending)} pending approvals: {ids}; "
+                "pick one with --approval-id"
+            )
+        return pending[0].approval_id
+
+    approval_id = _read(args, check)
+    return _leave(
+        args,
+        InboxCommand(
+            kind,
+            args.tenant,
+            args.workflow_id,
+            datetime.now(UTC),
+            user=args.user,
+            comment=args.comment,
+            target_id=approval_id,
+        ),
+    )
+
+
+def _approve(args: argparse.Namespace) -> int:
+    return _decide(args, "approve")
+
+
+def _reject(args: argparse.Namespace) -> int:
+    return _decide(args, "reject")
+
+
+def _waitpoints(args: argparse.Namespace) -> int:
+    async def go(reader: Reader, store: LmdbStore) -> list[WaitpointRow]:
+        await reader.record(args.workflow_id, args.tenant)
+        rows: list[WaitpointRow] = []
+        cursor = None
+        while True:
+            page = await store.list_waitpoints(
+                args.workflow_id, tenant=args.tenant, limit=100, cursor=cursor
+            )
+            rows += [w for w in page.items if w.status is WaitpointStatus.PENDING]
+            cursor = page.next_cursor
+            if cursor is None:
+                return rows
+
+    rows = _read(args, go)
+    if args.json:
+        print_json(rows)
+        return 0
+    print(
+        table(
+            ("WAITPOINT", "NAME", "CREATED", "EXPIRES", "TOKEN FINGERPRINT", "LAST BAD TOKEN"),
+            [
+                (
+                    w.waitpoint_id,
+                    w.name,
+                    when(w.created_at),
+                    when(w.expires_at),
+                    w.fingerprint,
+                    when(w.last_failed_validation_at),
+                )
+                for w in rows
+            ],
+        )
+    )
+    return 0
+
+
+def _complete(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"the payload is not valid JSON: {exc}") from exc
+    claims = peek_claims(args.token)
+    if claims is None:
+        raise InvalidToken("the token is malformed (it names no waitpoint); nothing was queued")
+    args.workflow_id, args.tenant = claims.workflow_id, claims.tenant
+    return _leave(
+        args,
+        InboxCommand(
+            "complete_waitpoint",
+            claims.tenant,
+            claims.workflow_id,
+            datetime.now(UTC),
+            payload=encode_payload(payload),
+            token=args.token,
+        ),
+    )
+
+
+def _rotate_keys(args: argparse.Namespace) -> int:
+    grace = None if args.grace is None else timedelta(seconds=args.grace)
+    key = rotate_file(Path(args.data), now=datetime.now(UTC), grace=grace)
+    print(
+        f"new current waitpoint key {key.kid}; tokens signed with the previous key keep working "
+        "for the grace period. Restart running engines to sign with the new key."
+    )
+    return 0
 
 
 # --- recover ---

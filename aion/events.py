@@ -225,6 +225,7 @@ class ApprovalRequested(Event, frozen=True, tag="approval.requested"):
     details: bytes
     digest: str
     timeout_at: datetime | None = None
+    step_seq: int = 0  # > 0: the engine's approval policy holds step ``step_seq`` for it
 
 
 class ApprovalDecided(Event, frozen=True, tag="approval.decided"):
@@ -234,6 +235,7 @@ class ApprovalDecided(Event, frozen=True, tag="approval.decided"):
     approved: bool
     user: str
     comment: str | None = None
+    digest: str = ""  # the digest of what was decided (the request's ``digest``)
 
 
 class WaitpointCreated(Event, frozen=True, tag="waitpoint.created"):
@@ -243,6 +245,8 @@ class WaitpointCreated(Event, frozen=True, tag="waitpoint.created"):
     waitpoint_id: str
     name: str
     expires_at: datetime | None = None
+    kid: str = ""  # the key that signed its token, so replay hands out the same token
+    created_at: datetime | None = None  # the signed creation time (the workflow's time)
 
 
 class WaitpointCompleted(Event, frozen=True, tag="waitpoint.completed"):

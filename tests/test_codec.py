@@ -72,9 +72,16 @@ def sample_events() -> list[ev.Event]:
             details=b"\x80",
             digest="sha256:ab",
             timeout_at=T + timedelta(hours=1),
+            step_seq=3,
         ),
         ev.ApprovalDecided(
-            seq=19, at=T, approval_id="ap-1", approved=False, user="ann", comment="no"
+            seq=19,
+            at=T,
+            approval_id="ap-1",
+            approved=False,
+            user="ann",
+            comment="no",
+            digest="sha256:ab",
         ),
         ev.WaitpointCreated(
             seq=20,
@@ -83,6 +90,8 @@ def sample_events() -> list[ev.Event]:
             waitpoint_id="wp-1",
             name="callback",
             expires_at=T + timedelta(days=1),
+            kid="k1",
+            created_at=T,
         ),
         ev.WaitpointCompleted(seq=21, at=T, waitpoint_id="wp-1", payload=b"\xc0"),
         ev.ChildStarted(

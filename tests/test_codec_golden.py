@@ -52,9 +52,9 @@ GOLDEN_EVENTS = {
     "TimerFired": "94ab74696d65722e66697265640fd7ffd438cbe069a7bdbf01",
     "TimerCancelled": "94af74696d65722e63616e63656c6c656410d7ffd438cbe069a7bdbf02",
     "SignalReceived": "96af7369676e616c2e726563656976656411d7ffd438cbe069a7bdbfa473686970c40481a16b01a27331",
-    "ApprovalRequested": "99b2617070726f76616c2e72657175657374656412d7ffd438cbe069a7bdbf01a461702d31b17061796d656e74732e7472616e73666572c40180a97368613235363a6162d7ffd438cbe069a7cbcf",
-    "ApprovalDecided": "97b0617070726f76616c2e6465636964656413d7ffd438cbe069a7bdbfa461702d31c2a3616e6ea26e6f",
-    "WaitpointCreated": "97b177616974706f696e742e6372656174656414d7ffd438cbe069a7bdbf01a477702d31a863616c6c6261636bd7ffd438cbe069a90f3f",
+    "ApprovalRequested": "9ab2617070726f76616c2e72657175657374656412d7ffd438cbe069a7bdbf01a461702d31b17061796d656e74732e7472616e73666572c40180a97368613235363a6162d7ffd438cbe069a7cbcf03",
+    "ApprovalDecided": "98b0617070726f76616c2e6465636964656413d7ffd438cbe069a7bdbfa461702d31c2a3616e6ea26e6fa97368613235363a6162",
+    "WaitpointCreated": "99b177616974706f696e742e6372656174656414d7ffd438cbe069a7bdbf01a477702d31a863616c6c6261636bd7ffd438cbe069a90f3fa26b31d7ffd438cbe069a7bdbf",
     "WaitpointCompleted": "95b377616974706f696e742e636f6d706c6574656415d7ffd438cbe069a7bdbfa477702d31c401c0",
     "ChildStarted": "98ad6368696c642e7374617274656416d7ffd438cbe069a7bdbf01a163a26372a473686970c400",
     "ChildCompleted": "95af6368696c642e636f6d706c6574656417d7ffd438cbe069a7bdbf01c40101",
@@ -158,6 +158,29 @@ def test_old_records_without_trailing_fields_decode_with_defaults() -> None:
     short_record = ENCODER.encode(["t", "wf", "r", "order", "running", T, T])
     record = msgspec.msgpack.decode(short_record, type=WorkflowRecord)
     assert record.waiting_on == () and record.closed_at is None and record.reason == ""
+
+
+#: Encodings written before fields were appended (rule 2): they decode with the defaults.
+OLDER_EVENTS = {
+    "ApprovalRequested": "99b2617070726f76616c2e72657175657374656412d7ffd438cbe069a7bdbf01a461702d31b17061796d656e74732e7472616e73666572c40180a97368613235363a6162d7ffd438cbe069a7cbcf",
+    "ApprovalDecided": "97b0617070726f76616c2e6465636964656413d7ffd438cbe069a7bdbfa461702d31c2a3616e6ea26e6f",
+    "WaitpointCreated": "97b177616974706f696e742e6372656174656414d7ffd438cbe069a7bdbf01a477702d31a863616c6c6261636bd7ffd438cbe069a90f3f",
+}
+
+
+#: The fields appended to them since (with their defaults).
+APPENDED = {
+    "ApprovalRequested": {"step_seq": 0},
+    "ApprovalDecided": {"digest": ""},
+    "WaitpointCreated": {"kid": "", "created_at": None},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLDER_EVENTS))
+def test_events_written_before_appended_fields_still_decode(name: str) -> None:
+    decoded = decode_event(bytes.fromhex(OLDER_EVENTS[name]))
+    current = next(e for e in sample_events() if type(e).__name__ == name)
+    assert decoded == msgspec.structs.replace(current, **APPENDED[name])
 
 
 def test_unknown_tag_is_rejected_not_misread() -> None:

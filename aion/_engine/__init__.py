@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from ._engine import Engine as Engine
 from ._engine import events_of as events_of
+from ._policy import ApprovalPolicy as ApprovalPolicy
+from ._policy import ApprovalRule as ApprovalRule
 from ._steps import current_step as current_step
 from ._types import HistoryEvent as HistoryEvent
+from ._types import PendingApproval as PendingApproval
 from ._types import StepInfo as StepInfo
+from ._types import WaitpointInfo as WaitpointInfo
 from ._types import WorkflowDescription as WorkflowDescription
 from ._types import WorkflowHandle as WorkflowHandle
 from ._views import Reader as Reader
 from ._views import history_event as history_event
 
 __all__ = [
+    "ApprovalPolicy",
+    "ApprovalRule",
     "Engine",
     "HistoryEvent",
+    "PendingApproval",
+    "WaitpointInfo",
     "Reader",
     "StepInfo",
     "WorkflowDescription",

@@ -30,16 +30,36 @@ from aion import events as ev
 from aion._clock import from_timestamp
 from aion._codec import encode_payload
 from aion._loop import WorkQueue
-from aion._replay import Driver, WorkflowDefinition
+from aion._replay import (
+    ApprovalState,
+    Driver,
+    WaitpointState,
+    WorkflowDefinition,
+    approval_digest,
+)
 from aion._replay import _commands as c
 from aion.errors import (
     AionError,
+    AmbiguousApproval,
     NondeterminismError,
+    NoPendingApproval,
     PayloadError,
+    WaitpointClosed,
     WorkflowClosed,
     WorkflowNotFound,
 )
-from aion.store import Append, Status, TimerRow, WorkflowRecord, Write, begin_run
+from aion.store import (
+    Append,
+    ApprovalRow,
+    ApprovalStatus,
+    Status,
+    TimerRow,
+    WaitpointRow,
+    WaitpointStatus,
+    WorkflowRecord,
+    Write,
+    begin_run,
+)
 
 from ._steps import StepJob
 from ._types import PENDING_KINDS, StepInfo
@@ -76,7 +96,8 @@ class Reply:
 
 @dataclass(slots=True)
 class Message:
-    """Something that happened to a run. ``kind``: step, timer, signal, cancel, child, wake."""
+    """Something that happened to a run. ``kind``: step, timer, signal, cancel, child, wake,
+    decide (an approval), complete (a waitpoint), waitpoint_failed (a rejected token)."""
 
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +131,8 @@ class _Batch:
     records: list[WorkflowRecord] = field(default_factory=list)
     timers_add: list[TimerRow] = field(default_factory=list)
     timers_delete: list[TimerRow] = field(default_factory=list)
+    approvals: list[ApprovalRow] = field(default_factory=list)
+    waitpoints: list[WaitpointRow] = field(default_factory=list)
     inbox_delete: list[str] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
@@ -218,6 +241,7 @@ class Runtime:
         except NondeterminismError as exc:
             await self._block(actor, str(exc), "")
             return False
+        driver.take_closed()  # their rows were updated when they happened
         actor.driver = driver
         actor.blocked = False
         batch = _Batch()
@@ -238,6 +262,7 @@ class Runtime:
             definition,
             max_payload_bytes=self.engine.max_payload_bytes,
             resolve=self.engine.definition,
+            sign=self.engine.sign_waitpoint,
         )
 
     def _resume_in_flight(self, actor: Actor, batch: _Batch, driver: Driver) -> None:
@@ -318,6 +343,16 @@ class Runtime:
                     batch.after.append(partial(self.engine.cancel_child, actor.key[0], child_id))
             case "timer":
                 self._on_timer(actor, batch, data["row"])
+            case "decide":
+                self._on_decision(actor, batch, message)
+            case "complete":
+                self._on_completion(actor, batch, message)
+            case "waitpoint_failed":
+                state = driver.waitpoint_state(data["waitpoint_id"])
+                if state is not None:
+                    batch.waitpoints.append(
+                        self._waitpoint_row(actor, state, last_failed_validation_at=data["at"])
+                    )
             case "step":
                 self._on_step_result(actor, batch, data)
             case "child":
@@ -439,6 +474,193 @@ class Runtime:
         batch.timers_add.append(row)
         batch.after.append(lambda: self.engine.hold_timer(row))
 
+    # --- people and outside systems ------------------------------------------------------------
+
+    def _on_decision(self, actor: Actor, batch: _Batch, message: Message) -> None:
+        """Record a person's decision on a pending approval (or say why it cannot be)."""
+        driver = actor.driver
+        assert driver is not None and actor.record is not None
+        data = message.data
+        workflow_id = actor.key[1]
+        pending = driver.pending_approvals()
+        wanted: str | None = data.get("approval_id")
+        error: AionError | None = None
+        state: ApprovalState | None = None
+        if wanted is None:
+            if not pending:
+                error = NoPendingApproval(
+                    f"workflow {workflow_id!r} has no pending approval to decide"
+                )
+            elif len(pending) > 1:
+                ids = ", ".join(f"{a.approval_id} ({a.action})" for a in pending)
+                error = AmbiguousApproval(
+                    f"workflow {workflow_id!r} has {len(pending)} pending approvals: {ids}; "
+                    "pass approval_id= to pick one"
+                )
+            else:
+                state = pending[0]
+        else:
+            state = next((a for a in pending if a.approval_id == wanted), None)
+            if state is None:
+                error = NoPendingApproval(
+                    f"approval {wanted!r} of workflow {workflow_id!r} is not pending: it was "
+                    "decided already, timed out, or never requested by this run"
+                )
+        if state is not None and data.get("digest") and data["digest"] != state.digest:
+            error = NoPendingApproval(
+                f"approval {state.approval_id!r} of workflow {workflow_id!r} is for something "
+                f"else than what was decided (digest {data['digest']!r}, pending "
+                f"{state.digest!r}); nothing was recorded"
+            )
+        if error is not None or state is None:
+            self._refuse(actor, message, error or NoPendingApproval("no pending approval"))
+            return
+        approved: bool = data["approved"]
+        decided = state
+        self._feed(
+            actor,
+            batch,
+            lambda s, at: ev.ApprovalDecided(
+                seq=s,
+                at=at,
+                approval_id=decided.approval_id,
+                approved=approved,
+                user=data["user"],
+                comment=data.get("comment"),
+                digest=decided.digest,
+            ),
+        )
+        batch.approvals.append(
+            self._approval_row(
+                actor,
+                state,
+                ApprovalStatus.APPROVED if approved else ApprovalStatus.REJECTED,
+                decided_by=data["user"],
+                comment=data.get("comment"),
+                decided_at=batch.at,
+            )
+        )
+        if state.step_seq and approved:
+            step = next(
+                (p for p in driver.pending_steps() if p.command.seq == state.step_seq), None
+            )
+            if step is not None:  # the held step starts now: its first attempt
+                self._start_attempt(actor, batch, step.command, 1)
+
+    def _on_completion(self, actor: Actor, batch: _Batch, message: Message) -> None:
+        """Record an outside system's completion of a waitpoint (tokens are one-shot)."""
+        driver = actor.driver
+        assert driver is not None
+        data = message.data
+        state = driver.waitpoint_state(data["waitpoint_id"])
+        if state is None or not state.pending:
+            how = "expired" if state is not None and state.expired else "was completed already"
+            if state is None:
+                how = "belongs to an earlier run of this workflow"
+            self._refuse(
+                actor,
+                message,
+                WaitpointClosed(f"waitpoint {data['waitpoint_id']!r} {how}; nothing was recorded"),
+            )
+            return
+        completed = state
+        self._feed(
+            actor,
+            batch,
+            lambda s, at: ev.WaitpointCompleted(
+                seq=s, at=at, waitpoint_id=completed.waitpoint_id, payload=data["payload"]
+            ),
+        )
+        batch.waitpoints.append(self._waitpoint_row(actor, state, completed_at=batch.at))
+
+    def _refuse(self, actor: Actor, message: Message, error: AionError) -> None:
+        if message.reply is not None:
+            message.reply.set(error)  # the later "recorded" acknowledgement is then a no-op
+        else:
+            log.warning("command for %s/%s not applied: %s", *actor.key, error)
+
+    def _hold_for_approval(self, actor: Actor, batch: _Batch, command: c.ScheduleStep) -> None:
+        """The approval policy holds this step: request approval instead of starting it."""
+        driver = actor.driver
+        assert driver is not None and actor.record is not None
+        approval_id = f"{actor.record.run_id[:8]}-s{command.seq}"
+        digest = approval_digest(command.name, command.encoded_args)
+        self._feed(
+            actor,
+            batch,
+            lambda s, at: ev.ApprovalRequested(
+                seq=s,
+                at=at,
+                approval_seq=0,
+                approval_id=approval_id,
+                action=command.name,
+                details=command.encoded_args,
+                digest=digest,
+                step_seq=command.seq,
+            ),
+        )
+        state = next(a for a in driver.pending_approvals() if a.approval_id == approval_id)
+        batch.approvals.append(self._approval_row(actor, state, ApprovalStatus.PENDING))
+
+    def _approval_row(
+        self, actor: Actor, state: ApprovalState, status: ApprovalStatus, **changes: Any
+    ) -> ApprovalRow:
+        assert actor.record is not None
+        return ApprovalRow(
+            tenant=actor.key[0],
+            workflow_id=actor.key[1],
+            approval_id=state.approval_id,
+            run_id=actor.record.run_id,
+            action=state.action,
+            digest=state.digest,
+            requested_at=state.requested_at or self.engine.now(),
+            status=status,
+            details=state.details,
+            timeout_at=state.timeout_at,
+            **changes,
+        )
+
+    def _waitpoint_row(self, actor: Actor, state: WaitpointState, **changes: Any) -> WaitpointRow:
+        assert actor.record is not None
+        status = WaitpointStatus.PENDING
+        if state.completed:
+            status = WaitpointStatus.COMPLETED
+        elif state.expired:
+            status = WaitpointStatus.EXPIRED
+        return WaitpointRow(
+            tenant=actor.key[0],
+            workflow_id=actor.key[1],
+            waitpoint_id=state.waitpoint_id,
+            run_id=actor.record.run_id,
+            name=state.name,
+            created_at=state.created_at,
+            status=changes.pop("status", status),
+            expires_at=state.expires_at,
+            fingerprint=state.fingerprint,
+            **changes,
+        )
+
+    def _close_waits(self, actor: Actor, batch: _Batch) -> None:
+        """The run ends: its pending approvals and waitpoints close with it."""
+        driver = actor.driver
+        assert driver is not None
+        for approval in driver.pending_approvals():
+            batch.approvals.append(self._approval_row(actor, approval, ApprovalStatus.CLOSED))
+        for waitpoint in driver.pending_waitpoints():
+            batch.waitpoints.append(
+                self._waitpoint_row(actor, waitpoint, status=WaitpointStatus.CLOSED)
+            )
+
+    def _closed_waits(self, actor: Actor, batch: _Batch) -> None:
+        """Approvals that timed out or were withdrawn, waitpoints that expired: their rows."""
+        assert actor.driver is not None
+        for state in actor.driver.take_closed():
+            if isinstance(state, ApprovalState):
+                status = ApprovalStatus(state.closed_as or "closed")
+                batch.approvals.append(self._approval_row(actor, state, status))
+            else:
+                batch.waitpoints.append(self._waitpoint_row(actor, state))
+
     # --- recording ------------------------------------------------------------------------------
 
     def _record(
@@ -461,6 +683,7 @@ class Runtime:
             commands = actor.driver.apply(event)
         except NondeterminismError as exc:
             raise _Block(str(exc)) from exc
+        self._closed_waits(actor, batch)
         self._record_commands(actor, batch, commands)
 
     def _record_commands(self, actor: Actor, batch: _Batch, commands: list[c.Command]) -> None:
@@ -484,6 +707,16 @@ class Runtime:
                     batch.after.append(partial(self.engine.release_timer, row))
                 case c.StartChild():
                     self._start_child(actor, batch, command)
+                case c.RequestApproval():
+                    event = self._record(actor, batch, partial(c.to_event, command))
+                    state: ApprovalState = command.wait
+                    state.requested_at = event.at
+                    batch.approvals.append(self._approval_row(actor, state, ApprovalStatus.PENDING))
+                case c.CreateWaitpoint():
+                    self._record(actor, batch, partial(c.to_event, command))
+                    wp = actor.driver.waitpoint_state(command.waitpoint_id)
+                    assert wp is not None
+                    batch.waitpoints.append(self._waitpoint_row(actor, wp))
                 case c.CompleteWorkflow() | c.FailWorkflow() | c.CancelWorkflow():
                     self._record(actor, batch, partial(c.to_event, command))
                     self._close(actor, batch, command)
@@ -505,11 +738,22 @@ class Runtime:
             # it scheduled without awaiting never starts. (After continue-as-new the actor
             # already drives the successor, whose steps the nested call started.)
             return
+        policy = self.engine.approval_policy
         for command in started:
-            self._feed(
-                actor, batch, partial(_make, ev.StepStarted, step_seq=command.seq, attempt=1)
-            )
-            batch.after.append(partial(self._dispatch, actor, command, 1))
+            if policy is not None and policy.requires(
+                command.name, actor.key[0], actor.record.workflow_type
+            ):
+                self._hold_for_approval(actor, batch, command)
+            else:
+                self._start_attempt(actor, batch, command, 1)
+
+    def _start_attempt(
+        self, actor: Actor, batch: _Batch, command: c.ScheduleStep, attempt: int
+    ) -> None:
+        self._feed(
+            actor, batch, partial(_make, ev.StepStarted, step_seq=command.seq, attempt=attempt)
+        )
+        batch.after.append(partial(self._dispatch, actor, command, attempt))
 
     def _timer_row(self, actor: Actor, timer_id: str, due: datetime) -> TimerRow:
         assert actor.record is not None
@@ -523,6 +767,7 @@ class Runtime:
             c.CancelWorkflow: Status.CANCELLED,
         }[type(command)]
         self._drop_all_timers(actor, batch)
+        self._close_waits(actor, batch)
         actor.record = _replace(
             actor.record, status=status, closed_at=self.engine.now(), waiting_on=()
         )
@@ -547,6 +792,7 @@ class Runtime:
         new_run_id = uuid.uuid4().hex
         self._record(actor, batch, lambda s, at: c.to_event(command, s, at, new_run_id=new_run_id))
         self._drop_all_timers(actor, batch)
+        self._close_waits(actor, batch)
         old = actor.record
         definition = self.engine.definition(command.workflow_type)
         assert definition is not None
@@ -623,6 +869,8 @@ class Runtime:
         batch.appends.append(Append(command.workflow_id, child_batch.events, 0, tenant))
         batch.records.append(child.record)
         batch.timers_add += child_batch.timers_add
+        batch.approvals += child_batch.approvals
+        batch.waitpoints += child_batch.waitpoints
 
         def register() -> None:
             self.actors.setdefault(child_key, child)
@@ -650,7 +898,13 @@ class Runtime:
     # --- commit and side effects ------------------------------------------------------------------
 
     async def _commit(self, actor: Actor, batch: _Batch) -> None:
-        if not batch.events and not batch.timers_delete and not batch.inbox_delete:
+        if not (
+            batch.events
+            or batch.timers_delete
+            or batch.inbox_delete
+            or batch.waitpoints
+            or batch.approvals
+        ):
             for action in batch.after:  # nothing to record, but things to re-arm
                 action()
             for reply in batch.replies:
@@ -668,6 +922,8 @@ class Runtime:
             workflows=[actor.record, *batch.records],
             timers_add=batch.timers_add,
             timers_delete=batch.timers_delete,
+            approvals=batch.approvals,
+            waitpoints=batch.waitpoints,
             inbox_delete=batch.inbox_delete,
         )
         try:

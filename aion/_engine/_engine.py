@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
@@ -14,38 +15,53 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 
 from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
-from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, encode_payload
+from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, decode_payload, encode_payload
 from aion._loop import wait_all_tasks_blocked
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
 from aion._replay import _commands as c
 from aion._timerwheel import Timer, TimerWheel
+from aion._tokens import KeyRing, load_or_create, peek_claims
 from aion.errors import (
     AionError,
+    DataDirectoryError,
     InvalidArgument,
+    InvalidToken,
     NondeterminismError,
     SequenceConflict,
+    WaitpointClosed,
     WorkflowClosed,
 )
 from aion.store import (
+    ApprovalRow,
     EventStore,
     InboxCommand,
     LmdbStore,
     Page,
     Status,
     TimerRow,
+    WaitpointRow,
+    WaitpointStatus,
     WorkflowRecord,
     Write,
     begin_run,
 )
 
 from ._actor import Actor, Message, Reply, Runtime, _Batch
+from ._policy import ApprovalPolicy, ApprovalRule
 from ._steps import StepExecutor
-from ._types import HistoryEvent, WorkflowDescription, WorkflowHandle
+from ._types import (
+    HistoryEvent,
+    PendingApproval,
+    WaitpointInfo,
+    WorkflowDescription,
+    WorkflowHandle,
+)
 from ._views import Reader
 
 __all__ = ["Engine"]
@@ -53,6 +69,10 @@ __all__ = ["Engine"]
 log = logging.getLogger("aion.engine")
 
 TimerKey = tuple[str, str, str]
+
+#: Key rings of stores without a data directory (in-memory stores), shared by the engines that
+#: run on one store in turn, for as long as the store lives.
+_EPHEMERAL_KEYS: weakref.WeakKeyDictionary[Any, KeyRing] = weakref.WeakKeyDictionary()
 
 
 class Engine:
@@ -72,6 +92,13 @@ class Engine:
         activation_workers: runs processed concurrently (their commits share fsyncs).
         inbox_interval: how often commands left by other processes are picked up (seconds).
         code_version: recorded in every run started by this engine.
+        approval_policy: steps that wait for a person's approval before they run (an
+            :class:`ApprovalPolicy`, or a list of rules / step-name globs).
+        waitpoint_key: the key ring (or one secret of at least 32 bytes) that signs waitpoint
+            tokens. Default: ``waitpoint-keys.json`` in the data directory, created (mode 0600)
+            on first use; an in-memory random key for a store instance without a directory.
+        require_waitpoint_key: refuse to start unless ``waitpoint_key`` is given or the key
+            file exists (for deployments that distribute keys themselves).
     """
 
     def __init__(
@@ -91,6 +118,9 @@ class Engine:
         max_restarts: int = 5,
         restart_window: float = 60.0,
         code_version: str | None = None,
+        approval_policy: ApprovalPolicy | Iterable[ApprovalRule | str] | None = None,
+        waitpoint_key: KeyRing | bytes | None = None,
+        require_waitpoint_key: bool = False,
     ) -> None:
         self._path = path
         self._durable = durable
@@ -100,6 +130,16 @@ class Engine:
         self.max_restarts = max_restarts
         self.restart_window = restart_window
         self.code_version = code_version
+        if approval_policy is not None and not isinstance(approval_policy, ApprovalPolicy):
+            approval_policy = ApprovalPolicy(approval_policy)
+        self.approval_policy: ApprovalPolicy | None = (
+            approval_policy if approval_policy is not None and approval_policy.rules else None
+        )
+        if isinstance(waitpoint_key, bytes):
+            waitpoint_key = KeyRing.from_secret(waitpoint_key)
+        self._given_keys = waitpoint_key
+        self._require_key = require_waitpoint_key
+        self._keys: KeyRing | None = None
         self._activation_workers = activation_workers
         self._inbox_interval = inbox_interval
         self._timer_horizon = timer_horizon
@@ -142,6 +182,7 @@ class Engine:
         else:
             self._store = self._path
         try:
+            self._keys = await anyio.to_thread.run_sync(self._load_keys)
             # Before any new work: repair what a crash left half done.
             self.recovery = await sweep(
                 self.store, now=self.now(), apply=True, code_version=self.code_version
@@ -211,7 +252,47 @@ class Engine:
                 await self._store.aclose()
         self._store = None
 
+    def _load_keys(self) -> KeyRing:
+        if self._given_keys is not None:
+            return self._given_keys
+        directory = self._data_dir()
+        if directory is None:
+            if self._require_key:
+                raise DataDirectoryError(
+                    "the engine requires a provided waitpoint key (require_waitpoint_key=True) "
+                    "and its store has no data directory: pass waitpoint_key=..."
+                )
+            ring = _EPHEMERAL_KEYS.get(self._path)  # as long as this in-memory store lives
+            if ring is None:
+                ring = _EPHEMERAL_KEYS[self._path] = KeyRing.generate(self.now())
+            return ring
+        return load_or_create(directory, now=self.now(), require_existing=self._require_key)
+
+    def _data_dir(self) -> str | os.PathLike[str] | None:
+        if isinstance(self._path, str | os.PathLike):
+            return self._path
+        path = getattr(self._path, "path", None)
+        return path if isinstance(path, str | os.PathLike) else None
+
     # --- services used by the runtime -------------------------------------------------------
+
+    def sign_waitpoint(
+        self,
+        tenant: str,
+        workflow_id: str,
+        waitpoint_id: str,
+        created_at: datetime,
+        expires_at: datetime | None,
+        kid: str | None,
+    ) -> tuple[str, str]:
+        """Sign a waitpoint's token; ``kid``: the key that signed it first (on replay)."""
+        keys = self._keys
+        if keys is None:
+            return kid or "", ""
+        if kid is not None and kid not in {k.kid for k in keys.keys}:
+            return kid, ""  # its key was pruned: the token can no longer be handed out
+        token = keys.sign(tenant, workflow_id, waitpoint_id, created_at, expires_at, kid=kid)
+        return kid or keys.current.kid, token
 
     def definition(self, workflow_type: str) -> WorkflowDefinition | None:
         return self._registry.get(workflow_type)
@@ -498,6 +579,176 @@ class Engine:
             status=status, workflow_type=workflow_type, tenant=tenant, limit=limit, cursor=cursor
         )
 
+    # --- people and outside systems ---------------------------------------------------------
+
+    async def approve(
+        self,
+        workflow_id: str,
+        *,
+        user: str,
+        comment: str | None = None,
+        approval_id: str | None = None,
+        digest: str | None = None,
+        tenant: str = "default",
+    ) -> None:
+        """Approve the run's pending approval; returns once the decision is recorded.
+
+        Args:
+            approval_id: which approval (needed when several are pending).
+            digest: if given, the decision applies only if the pending approval is for exactly
+                this (``PendingApproval.digest``): what you approve is what you saw.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+            WorkflowClosed: the workflow has finished.
+            NoPendingApproval: nothing (or not that approval, or not with that digest) is pending;
+                e.g. it was decided already: of two concurrent decisions exactly one wins.
+            AmbiguousApproval: several approvals are pending and no ``approval_id`` was given.
+        """
+        await self._decide(workflow_id, tenant, True, user, comment, approval_id, digest)
+
+    async def reject(
+        self,
+        workflow_id: str,
+        *,
+        user: str,
+        comment: str | None = None,
+        approval_id: str | None = None,
+        digest: str | None = None,
+        tenant: str = "default",
+    ) -> None:
+        """Reject the run's pending approval: the workflow's ``await`` raises
+        ``aion.ApprovalRejected`` naming ``user`` and ``comment``. Same errors as
+        :meth:`approve`."""
+        await self._decide(workflow_id, tenant, False, user, comment, approval_id, digest)
+
+    async def _decide(
+        self,
+        workflow_id: str,
+        tenant: str,
+        approved: bool,
+        user: str,
+        comment: str | None,
+        approval_id: str | None,
+        digest: str | None,
+    ) -> None:
+        if not isinstance(user, str) or not user.strip():
+            raise InvalidArgument("a decision names the person who made it: user='...'")
+        if comment is not None and not isinstance(comment, str):
+            raise InvalidArgument(f"a comment is text, not {type(comment).__name__}")
+        data = {
+            "approved": approved,
+            "user": user,
+            "comment": comment,
+            "approval_id": approval_id,
+            "digest": digest,
+        }
+        await self._deliver(workflow_id, tenant, Message("decide", data))
+
+    async def pending_approvals(
+        self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
+    ) -> Page[PendingApproval]:
+        """Approvals waiting for a person across the tenant's runs, oldest first (keyset
+        pagination: pass ``next_cursor`` back)."""
+        page = await self.store.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
+        return Page([_pending_approval(row) for row in page.items], page.next_cursor)
+
+    async def complete_waitpoint(self, token: str, payload: Any = None) -> None:
+        """Complete the waitpoint ``token`` names with ``payload``; returns once recorded.
+
+        Raises:
+            InvalidToken: the token is forged, malformed, truncated, re-signed, signed with an
+                unknown or retired key, or expired. Nothing is recorded in the history; the time
+                of the failed attempt is kept on the waitpoint (``pending_waitpoints``).
+            WaitpointClosed: the waitpoint was completed already (tokens are one-shot), or its
+                run has finished.
+            PayloadError: the payload cannot be encoded or is too large.
+        """
+        claims = self._verify_token(token)
+        tenant, workflow_id = claims.tenant, claims.workflow_id
+        row = await self.store.get_waitpoint(workflow_id, claims.waitpoint_id, tenant=tenant)
+        if row is None or row.created_at != claims.created_at:
+            raise InvalidToken("the token names no waitpoint of this engine's store")
+        if row.status is not WaitpointStatus.PENDING:
+            raise WaitpointClosed(
+                f"waitpoint {row.name!r} of workflow {workflow_id!r} is {row.status.value}: "
+                "a token completes its waitpoint once"
+            )
+        encoded = encode_payload(
+            payload, limit=self.max_payload_bytes, what=f"completion of waitpoint {row.name!r}"
+        )
+        data = {"waitpoint_id": claims.waitpoint_id, "payload": encoded}
+        try:
+            await self._deliver(workflow_id, tenant, Message("complete", data))
+        except WorkflowClosed as exc:
+            raise WaitpointClosed(f"{exc}; its waitpoints are closed") from exc
+
+    def _verify_token(self, token: str) -> Any:
+        keys = self._keys
+        if keys is None:
+            raise AionError("the engine is not running: use it as `async with Engine(...)`")
+        if not isinstance(token, str):
+            raise InvalidToken(f"a waitpoint token is text, not {type(token).__name__}")
+        try:
+            return keys.verify(token, now=self.now())
+        except InvalidToken:
+            self._note_failed_validation(token)
+            raise
+
+    def _note_failed_validation(self, token: str) -> None:
+        """Keep the time of a failed validation on the waitpoint the token claims to be for."""
+        claims = peek_claims(token)
+        if claims is None or self._tg is None:
+            return
+        key = (claims.tenant, claims.workflow_id)
+        at = self.now()
+
+        async def note() -> None:
+            row = await self.store.get_waitpoint(
+                claims.workflow_id, claims.waitpoint_id, tenant=claims.tenant
+            )
+            if row is None:
+                return
+            if row.status is WaitpointStatus.PENDING and key in self.runtime.actors:
+                self.runtime.send(
+                    key,
+                    Message("waitpoint_failed", {"waitpoint_id": row.waitpoint_id, "at": at}),
+                )
+            else:
+                await self.store.commit(
+                    Write(waitpoints=[msgspec.structs.replace(row, last_failed_validation_at=at)])
+                )
+
+        self._tg.start_soon(note)
+
+    async def pending_waitpoints(
+        self,
+        workflow_id: str,
+        *,
+        tenant: str = "default",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WaitpointInfo]:
+        """The workflow's pending waitpoints by id (keyset pagination). Items show a fingerprint
+        of the token, never the token.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+        """
+        await self._record(workflow_id, tenant)
+        if limit < 1:
+            raise InvalidArgument(f"limit must be at least 1, not {limit}")
+        items: list[WaitpointInfo] = []
+        while True:
+            # Asking for no more rows than are still wanted keeps the store's cursor exact.
+            page = await self.store.list_waitpoints(
+                workflow_id, tenant=tenant, limit=limit - len(items), cursor=cursor
+            )
+            items += [_waitpoint_info(r) for r in page.items if r.status is WaitpointStatus.PENDING]
+            if page.next_cursor is None or len(items) >= limit:
+                return Page(items, page.next_cursor)
+            cursor = page.next_cursor
+
     async def _record(self, workflow_id: str, tenant: str) -> WorkflowRecord:
         return await self._reader.record(workflow_id, tenant)
 
@@ -520,30 +771,61 @@ class Engine:
             await anyio.sleep(self._inbox_interval)
 
     async def _apply_inbox(self, command: InboxCommand) -> None:
-        key = (command.tenant, command.workflow_id)
-        record = await self.store.get_workflow(command.workflow_id, tenant=command.tenant)
-        if record is None or record.status.is_terminal or command.kind not in ("signal", "cancel"):
-            if command.kind not in ("signal", "cancel"):
-                log.warning(
-                    "inbox command %s of kind %r is not understood; dropped",
-                    command.command_id,
-                    command.kind,
-                )
+        """Hand a command left by another process to its run; the write that applies it
+        deletes it. One that cannot apply is logged and deleted."""
+        kind = command.kind
+        tenant, workflow_id = command.tenant, command.workflow_id
+        data: dict[str, Any]
+        problem: str | None = None
+        if kind == "complete_waitpoint":
+            try:
+                claims = self._verify_token(command.token)
+                tenant, workflow_id = claims.tenant, claims.workflow_id
+            except InvalidToken as exc:
+                problem = str(exc)
             else:
-                log.info(
-                    "inbox command %s for %s: the workflow is %s; dropped",
-                    command.command_id,
-                    key,
-                    "missing" if record is None else "closed",
-                )
+                data = {"waitpoint_id": claims.waitpoint_id, "payload": command.payload}
+        elif kind == "signal":
+            data = {"name": command.name, "payload": command.payload}
+        elif kind == "cancel":
+            data = {"reason": command.comment}
+        elif kind in ("approve", "reject"):
+            kind = "decide"
+            data = {
+                "approved": command.kind == "approve",
+                "user": command.user,
+                "comment": command.comment,
+                "approval_id": command.target_id or None,
+                "digest": None,
+            }
+        elif kind == "unblock":
+            kind, data = "wake", {}
+        else:
+            problem = f"kind {kind!r} is not understood"
+        record = None
+        if problem is None:
+            record = await self.store.get_workflow(workflow_id, tenant=tenant)
+            if record is None:
+                problem = "the workflow does not exist"
+            elif record.status.is_terminal:
+                problem = f"the workflow has finished ({record.status.value})"
+        if problem is not None:
+            log.warning(
+                "inbox command %s (%s for %s/%s) dropped: %s",
+                command.command_id,
+                command.kind,
+                tenant,
+                workflow_id,
+                problem,
+            )
             await self.store.commit(Write(inbox_delete=[command.command_id]))
             return
-        data: dict[str, Any] = (
-            {"name": command.name, "payload": command.payload}
-            if command.kind == "signal"
-            else {"reason": command.comment}
-        )
-        self.runtime.send(key, Message(command.kind, data, inbox_id=command.command_id))
+        if command.kind == "unblock":
+            await self.store.commit(Write(inbox_delete=[command.command_id]))
+            self.runtime.send((tenant, workflow_id), Message("wake"))
+            return
+        message = Message(kind, data, inbox_id=command.command_id)
+        self.runtime.send((tenant, workflow_id), message)
 
     def _resolve(self, workflow: Any) -> WorkflowDefinition:
         if isinstance(workflow, str):
@@ -596,3 +878,38 @@ def event_of(item: HistoryEvent | ev.Event) -> ev.Event:
 
 def events_of(history: Sequence[HistoryEvent | ev.Event]) -> list[ev.Event]:
     return [event_of(h) for h in history]
+
+
+def _pending_approval(row: ApprovalRow) -> PendingApproval:
+    try:
+        details = decode_payload(row.details, what=f"details of approval {row.approval_id!r}")
+    except AionError:
+        details = row.details
+    return PendingApproval(
+        workflow_id=row.workflow_id,
+        approval_id=row.approval_id,
+        action=row.action,
+        details=details,
+        digest=row.digest,
+        requested_at=row.requested_at,
+        timeout_at=row.timeout_at,
+        run_id=row.run_id,
+        tenant=row.tenant,
+        step="-s" in row.approval_id,
+    )
+
+
+def _waitpoint_info(row: WaitpointRow) -> WaitpointInfo:
+    return WaitpointInfo(
+        workflow_id=row.workflow_id,
+        waitpoint_id=row.waitpoint_id,
+        name=row.name,
+        status=row.status.value,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        fingerprint=row.fingerprint,
+        run_id=row.run_id,
+        tenant=row.tenant,
+        completed_at=row.completed_at,
+        last_failed_validation_at=row.last_failed_validation_at,
+    )

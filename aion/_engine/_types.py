@@ -10,7 +10,15 @@ import msgspec
 
 from aion.store import Status
 
-__all__ = ["PENDING_KINDS", "HistoryEvent", "StepInfo", "WorkflowDescription", "WorkflowHandle"]
+__all__ = [
+    "PENDING_KINDS",
+    "HistoryEvent",
+    "PendingApproval",
+    "StepInfo",
+    "WaitpointInfo",
+    "WorkflowDescription",
+    "WorkflowHandle",
+]
 
 #: The kinds of things a run waits on: plural (describe's ``pending`` keys) -> singular (the
 #: prefix stored in the projection's ``waiting_on`` entries, e.g. ``"signal:ship"``).
@@ -64,6 +72,44 @@ class WorkflowDescription(msgspec.Struct, frozen=True):
     created_at: datetime | None = None
     parent_workflow_id: str | None = None
     search_attributes: dict[str, Any] = {}
+
+
+class PendingApproval(msgspec.Struct, frozen=True):
+    """An approval that waits for a person (``engine.pending_approvals()``).
+
+    ``action`` is what ``ctx.approval`` asked for, or the name of a step the approval policy
+    holds (then ``step`` is True and ``details`` are the step's arguments). ``digest`` binds a
+    decision to exactly this request: pass it to ``engine.approve(..., digest=...)`` to make
+    sure what you approve is what you saw.
+    """
+
+    workflow_id: str
+    approval_id: str
+    action: str
+    details: Any
+    digest: str
+    requested_at: datetime
+    timeout_at: datetime | None
+    run_id: str
+    tenant: str
+    step: bool = False
+
+
+class WaitpointInfo(msgspec.Struct, frozen=True):
+    """A waitpoint of a workflow (``engine.pending_waitpoints()``): never its token, only a
+    fingerprint of it (the first 16 hex digits of its SHA-256)."""
+
+    workflow_id: str
+    waitpoint_id: str
+    name: str
+    status: str
+    created_at: datetime
+    expires_at: datetime | None
+    fingerprint: str
+    run_id: str
+    tenant: str
+    completed_at: datetime | None = None
+    last_failed_validation_at: datetime | None = None
 
 
 class StepInfo(msgspec.Struct, frozen=True):

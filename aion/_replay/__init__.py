@@ -11,15 +11,25 @@ from ._definition import workflow as workflow
 from ._driver import Driver as Driver
 from ._driver import DurableFuture as DurableFuture
 from ._driver import WorkflowInfo as WorkflowInfo
+from ._waits import Approval as Approval
+from ._waits import ApprovalState as ApprovalState
+from ._waits import Waitpoint as Waitpoint
+from ._waits import WaitpointState as WaitpointState
+from ._waits import approval_digest as approval_digest
 
 __all__ = [
+    "Approval",
+    "ApprovalState",
     "Command",
     "Context",
     "Driver",
     "DurableFuture",
     "RetryPolicy",
+    "Waitpoint",
+    "WaitpointState",
     "WorkflowDefinition",
     "WorkflowInfo",
+    "approval_digest",
     "definition_of",
     "workflow",
 ]

@@ -22,8 +22,10 @@ __all__ = [
     "Command",
     "CompleteWorkflow",
     "ContinueAsNew",
+    "CreateWaitpoint",
     "FailWorkflow",
     "RecordPatch",
+    "RequestApproval",
     "ScheduleStep",
     "StartChild",
     "StartTimer",
@@ -76,6 +78,28 @@ class StartChild(Command):
 
 
 @dataclass(slots=True)
+class RequestApproval(Command):
+    seq: int
+    approval_id: str
+    action: str
+    details: bytes
+    digest: str
+    timeout_at: datetime | None
+    wait: Any = None  # the driver's record of it; the engine stamps the request time on it
+
+
+@dataclass(slots=True)
+class CreateWaitpoint(Command):
+    seq: int
+    waitpoint_id: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    kid: str
+    fingerprint: str
+
+
+@dataclass(slots=True)
 class RecordPatch(Command):
     patch_id: str
 
@@ -113,6 +137,8 @@ _COMMAND_EVENTS: tuple[type[ev.Event], ...] = (
     ev.TimerScheduled,
     ev.TimerCancelled,
     ev.ChildStarted,
+    ev.ApprovalRequested,
+    ev.WaitpointCreated,
     ev.PatchRecorded,
     ev.SearchAttributesUpserted,
     ev.WorkflowCompleted,
@@ -123,7 +149,13 @@ _COMMAND_EVENTS: tuple[type[ev.Event], ...] = (
 
 
 def is_command_event(event: ev.Event) -> bool:
-    """True for events recorded because workflow code issued a command."""
+    """True for events recorded because workflow code issued a command.
+
+    An ``ApprovalRequested`` for a step held by the engine's approval policy is the engine's,
+    not the code's: policies may change between deploys without breaking replay.
+    """
+    if isinstance(event, ev.ApprovalRequested):
+        return event.step_seq == 0
     return isinstance(event, _COMMAND_EVENTS)
 
 
@@ -138,6 +170,15 @@ def matches(command: Command, event: ev.Event) -> bool:
             return command.seq == event.timer_seq
         case StartChild(), ev.ChildStarted():
             return command.seq == event.child_seq and command.workflow_type == event.workflow_type
+        case RequestApproval(), ev.ApprovalRequested():
+            # Bound to what is approved: other details are another approval.
+            return (
+                command.seq == event.approval_seq
+                and command.action == event.action
+                and command.digest == event.digest
+            )
+        case CreateWaitpoint(), ev.WaitpointCreated():
+            return command.seq == event.waitpoint_seq and command.name == event.name
         case RecordPatch(), ev.PatchRecorded():
             return command.patch_id == event.patch_id
         case UpsertSearchAttributes(), ev.SearchAttributesUpserted():
@@ -175,6 +216,28 @@ def to_event(command: Command, seq: int, at: datetime, **extra: Any) -> ev.Event
                 child_run_id=extra["child_run_id"],
                 workflow_type=command.workflow_type,
                 input=command.input,
+            )
+        case RequestApproval():
+            return ev.ApprovalRequested(
+                seq=seq,
+                at=at,
+                approval_seq=command.seq,
+                approval_id=command.approval_id,
+                action=command.action,
+                details=command.details,
+                digest=command.digest,
+                timeout_at=command.timeout_at,
+            )
+        case CreateWaitpoint():
+            return ev.WaitpointCreated(
+                seq=seq,
+                at=at,
+                waitpoint_seq=command.seq,
+                waitpoint_id=command.waitpoint_id,
+                name=command.name,
+                expires_at=command.expires_at,
+                kid=command.kid,
+                created_at=command.created_at,
             )
         case RecordPatch():
             return ev.PatchRecorded(seq=seq, at=at, patch_id=command.patch_id)
@@ -216,6 +279,10 @@ def describe_command(command: Command | None) -> str:
             return f"cancel of timer #{command.seq}"
         case StartChild():
             return f"child workflow {command.workflow_type!r} (#{command.seq})"
+        case RequestApproval():
+            return f"approval {command.action!r} (#{command.seq}, digest {command.digest[:19]})"
+        case CreateWaitpoint():
+            return f"waitpoint {command.name!r} (#{command.seq})"
         case RecordPatch():
             return f"patch {command.patch_id!r}"
         case UpsertSearchAttributes():
@@ -244,6 +311,10 @@ def describe_event(event: ev.Event | None) -> str:
             return f"cancel of timer #{event.timer_seq}"
         case ev.ChildStarted():
             return f"child workflow {event.workflow_type!r} (#{event.child_seq})"
+        case ev.ApprovalRequested():
+            return f"approval {event.action!r} (#{event.approval_seq}, digest {event.digest[:19]})"
+        case ev.WaitpointCreated():
+            return f"waitpoint {event.name!r} (#{event.waitpoint_seq})"
         case ev.PatchRecorded():
             return f"patch {event.patch_id!r}"
         case ev.WorkflowCompleted():

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from ._definition import RetryPolicy
     from ._driver import Driver, DurableFuture, WorkflowInfo
+    from ._waits import Waitpoint
 
 __all__ = ["Context"]
 
@@ -116,6 +117,44 @@ class Context:
         """
         seconds = None if timeout is None else _seconds(timeout)
         return self._driver.wait_signal(name, seconds)
+
+    def approval(
+        self,
+        action: str,
+        *,
+        details: Any = None,
+        timeout: float | timedelta | None = None,
+    ) -> DurableFuture:
+        """Park until a person approves or rejects ``action`` (``engine.approve``/``reject``).
+
+        The approval gets a stable id and is bound to a digest of ``action`` and ``details``:
+        a decision applies to exactly this request.
+
+        Returns:
+            (when awaited) ``aion.Approval(user, comment, decided_at)``.
+
+        Raises:
+            PayloadError: ``details`` cannot be encoded or are too large (at the call).
+            ApprovalRejected: (when awaited) a person rejected it; the message names them and
+                their comment.
+            WaitTimedOut: (when awaited) nobody decided within ``timeout``.
+        """
+        seconds = None if timeout is None else _seconds(timeout)
+        return self._driver.request_approval(action, details, seconds)
+
+    async def waitpoint(self, name: str, *, timeout: float | timedelta | None = None) -> Waitpoint:
+        """Create a durable waitpoint that an outside system completes with its token.
+
+        Hand ``wp.token`` out from a step (e.g. as a callback URL parameter); the outside system
+        calls ``engine.complete_waitpoint(token, payload)``. ``await wp.wait()`` returns the
+        payload; a completion that arrives before ``wait()`` is kept. The token expires with
+        the waitpoint (after ``timeout``).
+
+        Raises:
+            WaitTimedOut: (from ``wp.wait()``) the waitpoint expired before it was completed.
+        """
+        seconds = None if timeout is None else _seconds(timeout)
+        return self._driver.create_waitpoint(name, seconds)
 
     def child(self, workflow: Any, *args: Any, workflow_id: str | None = None) -> DurableFuture:
         """Start a child workflow and (when awaited) return its result.

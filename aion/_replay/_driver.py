@@ -26,7 +26,9 @@ from typing import Any
 
 from aion import events as ev
 from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from aion._tokens import fingerprint as token_fingerprint
 from aion.errors import (
+    ApprovalRejected,
     Cancelled,
     InvalidArgument,
     NondeterminismError,
@@ -43,8 +45,10 @@ from ._commands import (
     Command,
     CompleteWorkflow,
     ContinueAsNew,
+    CreateWaitpoint,
     FailWorkflow,
     RecordPatch,
+    RequestApproval,
     ScheduleStep,
     StartChild,
     StartTimer,
@@ -56,6 +60,11 @@ from ._commands import (
 )
 from ._context import Context
 from ._definition import DEFAULT_RETRY, RetryPolicy, WorkflowDefinition, convert, definition_of
+from ._waits import Approval, ApprovalState, Waitpoint, WaitpointState, approval_digest
+
+#: Signs a waitpoint token: (tenant, workflow id, waitpoint id, created at, expires at, key id
+#: or None for the current key) -> (key id, token). An empty token if the key is gone.
+Signer = Callable[[str, str, str, datetime, datetime | None, str | None], tuple[str, str]]
 
 __all__ = ["Driver", "PendingStep", "WorkflowInfo"]
 
@@ -130,6 +139,7 @@ class PendingStep:
     result_type: Any
     attempts: int = 0
     retry_due: datetime | None = None
+    held: str | None = None  # the approval the engine's policy holds it for, until decided
 
     @property
     def name(self) -> str:
@@ -166,6 +176,7 @@ class Driver:
         definition: the workflow to run.
         max_payload_bytes: limit for encoded arguments, results and payloads.
         resolve: turns a workflow type name into a definition (for typed child results).
+        sign: signs waitpoint tokens (without it, ``ctx.waitpoint`` hands out empty tokens).
     """
 
     def __init__(
@@ -174,10 +185,12 @@ class Driver:
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         resolve: Callable[[str], WorkflowDefinition | None] | None = None,
+        sign: Signer | None = None,
     ) -> None:
         self.definition = definition
         self.max_payload_bytes = max_payload_bytes
         self._resolve = resolve
+        self._sign = sign
         self.info: WorkflowInfo | None = None
         self.time: datetime | None = None
         self.outcome: Command | None = None
@@ -186,13 +199,18 @@ class Driver:
         self._ready: deque[tuple[_Task, BaseException | None]] = deque()
         self._tasks: list[_Task] = []
         self._main: _Task | None = None
-        self._counters = {"step": 0, "timer": 0, "child": 0}
+        self._counters = {"step": 0, "timer": 0, "child": 0, "approval": 0, "waitpoint": 0}
         self._steps: dict[int, PendingStep] = {}
         self._timers: dict[int, _TimerFuture] = {}
         self._children: dict[int, _Child] = {}
         self._signals: dict[str, deque[bytes]] = {}
         self._signal_waiters: dict[str, deque[_SignalWait]] = {}
         self._patches: dict[str, bool] = {}
+        self._approvals: dict[str, ApprovalState] = {}  # pending, by approval id
+        self._waitpoints: dict[str, WaitpointState] = {}  # every waitpoint of the run
+        # Approvals and waitpoints that closed without an event of their own (timed out,
+        # expired, withdrawn by cancellation): the engine updates their rows.
+        self._closed: list[ApprovalState | WaitpointState] = []
         self._history: Sequence[ev.Event] = ()
         self._pos = 0
         self._new: list[Command] = []
@@ -251,7 +269,27 @@ class Driver:
             "timers": [f"#{seq} due {t.due:%Y-%m-%d %H:%M:%S}" for seq, t in self._timers.items()],
             "signals": [name for name, ws in self._signal_waiters.items() if ws],
             "children": [c.workflow_id for c in self._children.values()],
+            "approvals": [f"{a.action} ({a.approval_id})" for a in self._approvals.values()],
+            "waitpoints": [w.name for w in self._waitpoints.values() if w.pending],
         }
+
+    def pending_approvals(self) -> list[ApprovalState]:
+        """Approvals waiting for a decision, in request order."""
+        return list(self._approvals.values())
+
+    def waitpoint_state(self, waitpoint_id: str) -> WaitpointState | None:
+        return self._waitpoints.get(waitpoint_id)
+
+    def pending_waitpoints(self) -> list[WaitpointState]:
+        """Waitpoints neither completed nor expired, in creation order."""
+        return [w for w in self._waitpoints.values() if w.pending]
+
+    def take_closed(self) -> list[ApprovalState | WaitpointState]:
+        """Approvals (timed out, withdrawn: see ``closed_as``) and waitpoints (expired) that
+        closed without an event of their own since the last call; the engine updates their
+        rows."""
+        closed, self._closed = self._closed, []
+        return closed
 
     def pending_steps(self) -> list[PendingStep]:
         """Steps scheduled and not yet resolved, by step number."""
@@ -318,6 +356,12 @@ class Driver:
                 else:
                     error = WorkflowFailed(child.workflow_id, event.error_type, event.message)
                 _fail(child.future, error)
+            case ev.ApprovalRequested():
+                self._hold_step(event)
+            case ev.ApprovalDecided():
+                self._decide(event)
+            case ev.WaitpointCompleted():
+                self._complete_waitpoint(event)
             case ev.WorkflowCancelRequested():
                 self._cancel(event.reason)
             case _:
@@ -454,7 +498,9 @@ class Driver:
 
     # --- commands ---------------------------------------------------------------------------
 
-    def _issue(self, command: Command) -> None:
+    def _issue(self, command: Command) -> ev.Event | None:
+        """Issue ``command``: replaying, match it and return the recorded event; live, queue it
+        for the engine and return None."""
         if self._pos < len(self._history):
             event = self._history[self._pos]
             if not is_command_event(event) or not matches(command, event):
@@ -462,10 +508,11 @@ class Driver:
             self._pos += 1
             if isinstance(command, (CompleteWorkflow, FailWorkflow, CancelWorkflow, ContinueAsNew)):
                 self.outcome = command
-            return
+            return event
         self._new.append(command)
         if isinstance(command, (CompleteWorkflow, FailWorkflow, CancelWorkflow, ContinueAsNew)):
             self.outcome = command
+        return None
 
     def _diverge(
         self, event: ev.Event | None, command: Command | None, *, detail: str | None = None
@@ -600,6 +647,163 @@ class Driver:
         self._issue(StartChild(seq, type_name, child_id, encoded))
         return future
 
+    # --- people and outside systems -----------------------------------------------------------
+
+    def request_approval(self, action: str, details: Any, timeout: float | None) -> DurableFuture:
+        assert self.info is not None and self.time is not None
+        if not isinstance(action, str) or not action:
+            raise InvalidArgument(f"an approval's action is a non-empty string, not {action!r}")
+        if timeout is not None and timeout <= 0:
+            raise InvalidArgument(f"an approval's timeout must be positive, not {timeout!r}")
+        encoded = encode_payload(
+            details, limit=self.max_payload_bytes, what=f"details of approval {action!r}"
+        )
+        seq = self._next("approval")
+        future = DurableFuture()
+        state = ApprovalState(
+            approval_id=f"{self.info.run_id[:8]}-a{seq}",
+            seq=seq,
+            action=action,
+            details=encoded,
+            digest=approval_digest(action, encoded),
+            timeout_at=None if timeout is None else self.time + timedelta(seconds=timeout),
+            future=future,
+        )
+        self._approvals[state.approval_id] = state
+        command = RequestApproval(
+            seq, state.approval_id, action, encoded, state.digest, state.timeout_at, state
+        )
+        recorded = self._issue(command)
+        if recorded is not None:
+            state.requested_at = recorded.at
+        if timeout is not None:
+            timer = state.timer = self.start_timer(timeout, f"approval:{action}")
+
+            def on_timeout(_: DurableFuture) -> None:
+                if self._approvals.pop(state.approval_id, None) is not None:
+                    state.closed_as = "timed_out"
+                    self._closed.append(state)
+                    _fail(
+                        future,
+                        WaitTimedOut(f"approval {action!r} was not decided within {timeout}s"),
+                    )
+
+            timer.callbacks.append(on_timeout)
+        return future
+
+    def _hold_step(self, event: ev.ApprovalRequested) -> None:
+        """The engine's approval policy holds a scheduled step until a person decides."""
+        step = self._steps.get(event.step_seq)
+        if event.step_seq == 0 or step is None:
+            self._diverge(
+                event,
+                None,
+                detail=f"history holds step #{event.step_seq} for approval, which the code has "
+                "not scheduled at this point",
+            )
+        step.held = event.approval_id
+        self._approvals[event.approval_id] = ApprovalState(
+            approval_id=event.approval_id,
+            seq=0,
+            action=event.action,
+            details=event.details,
+            digest=event.digest,
+            timeout_at=event.timeout_at,
+            step_seq=event.step_seq,
+            requested_at=event.at,
+        )
+
+    def _decide(self, event: ev.ApprovalDecided) -> None:
+        state = self._approvals.pop(event.approval_id, None)
+        if state is None or (event.digest and event.digest != state.digest):
+            self._diverge(
+                event,
+                None,
+                detail=f"history has a decision on approval {event.approval_id!r}, which the "
+                "code has not requested (with these details) at this point",
+            )
+        rejected = ApprovalRejected(
+            f"{state.action!r} was rejected by {event.user}"
+            + (f": {event.comment}" if event.comment else " (no comment)")
+        )
+        if state.step_seq:
+            step = self._steps.get(state.step_seq)
+            if step is None:
+                return
+            step.held = None
+            if not event.approved:
+                del self._steps[state.step_seq]
+                _fail(step.future, rejected)
+            return
+        assert state.future is not None
+        if state.timer is not None:
+            self.cancel_timer(state.timer)
+        if event.approved:
+            _resolve(state.future, Approval(event.user, event.comment, event.at))
+        else:
+            _fail(state.future, rejected)
+
+    def create_waitpoint(self, name: str, timeout: float | None) -> Waitpoint:
+        assert self.info is not None and self.time is not None
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"a waitpoint's name is a non-empty string, not {name!r}")
+        if timeout is not None and timeout <= 0:
+            raise InvalidArgument(f"a waitpoint's timeout must be positive, not {timeout!r}")
+        seq = self._next("waitpoint")
+        waitpoint_id = f"{self.info.run_id[:8]}-w{seq}"
+        created = self.time
+        expires = None if timeout is None else created + timedelta(seconds=timeout)
+        command = CreateWaitpoint(seq, waitpoint_id, name, created, expires, "", "")
+        recorded = self._issue(command)
+        # Replaying, the token is signed again with the key that signed it first: the same text.
+        kid = recorded.kid if isinstance(recorded, ev.WaitpointCreated) else None
+        token = ""
+        if self._sign is not None:
+            kid, token = self._sign(
+                self.info.tenant, self.info.workflow_id, waitpoint_id, created, expires, kid
+            )
+        command.kid = kid or ""
+        command.fingerprint = token_fingerprint(token) if token else ""
+        state = WaitpointState(
+            waitpoint_id=waitpoint_id,
+            seq=seq,
+            name=name,
+            created_at=created,
+            expires_at=expires,
+            kid=command.kid,
+            token=token,
+            fingerprint=command.fingerprint,
+            future=DurableFuture(),
+        )
+        self._waitpoints[waitpoint_id] = state
+        if timeout is not None:
+            timer = state.timer = self.start_timer(timeout, f"waitpoint:{name}")
+
+            def on_timeout(_: DurableFuture) -> None:
+                if state.pending:
+                    state.expired = True
+                    self._closed.append(state)
+                    _fail(
+                        state.future, WaitTimedOut(f"waitpoint {name!r} expired after {timeout}s")
+                    )
+
+            timer.callbacks.append(on_timeout)
+        return Waitpoint(state)
+
+    def _complete_waitpoint(self, event: ev.WaitpointCompleted) -> None:
+        state = self._waitpoints.get(event.waitpoint_id)
+        if state is None or not state.pending:
+            self._diverge(
+                event,
+                None,
+                detail=f"history completes waitpoint {event.waitpoint_id!r}, which the code has "
+                "not created (or which had closed) at this point",
+            )
+        state.completed = True
+        if state.timer is not None:
+            self.cancel_timer(state.timer)
+        _resolve(state.future, self._decode(event.payload, Any, f"waitpoint {state.name!r}"))
+
     def patched(self, patch_id: str) -> bool:
         if patch_id in self._patches:
             return self._patches[patch_id]
@@ -672,7 +876,22 @@ class Driver:
                 self._signal_waiters[waiting.name].remove(waiting)
                 if waiting.timer is not None:
                     self.cancel_timer(waiting.timer)
+            else:
+                self._withdraw_approval(waiting)
             self._ready.append((task, Cancelled(reason or "workflow cancelled")))
+
+    def _withdraw_approval(self, waiting: DurableFuture) -> None:
+        """Cancellation interrupts a wait for a decision: the approval is no longer pending."""
+        for state in list(self._approvals.values()):
+            step = self._steps.get(state.step_seq) if state.step_seq else None
+            if state.future is waiting or (step is not None and step.future is waiting):
+                del self._approvals[state.approval_id]
+                state.closed_as = "closed"
+                self._closed.append(state)
+                if state.timer is not None:
+                    self.cancel_timer(state.timer)
+                if step is not None:
+                    del self._steps[state.step_seq]  # a held step never runs after a cancel
 
 
 def _resolve(future: DurableFuture, value: Any) -> None:
