@@ -31,6 +31,8 @@ def describe_text(desc: WorkflowDescription) -> str:
     ]
     if desc.reason:
         lines.append(("reason", desc.reason))
+    if desc.detail:
+        lines.append(("detail", desc.detail.rstrip().replace("\n", "\n" + " " * 12)))
     if desc.status is Status.COMPLETED:
         lines.append(("result", json.dumps(jsonable(desc.result))))
     if desc.error:

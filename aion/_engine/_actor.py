@@ -15,6 +15,7 @@ restarts by replay, with backoff, and is parked BLOCKED past its restart intensi
 from __future__ import annotations
 
 import logging
+import traceback
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -41,9 +42,12 @@ from aion._replay import _commands as c
 from aion.errors import (
     AionError,
     AmbiguousApproval,
+    InvalidArgument,
     NondeterminismError,
     NoPendingApproval,
     PayloadError,
+    SequenceConflict,
+    StoreFull,
     WaitpointClosed,
     WorkflowClosed,
     WorkflowNotFound,
@@ -72,6 +76,9 @@ __all__ = ["Actor", "Message", "Reply"]
 log = logging.getLogger("aion.engine")
 
 Key = tuple[str, str]  # (tenant, workflow id)
+
+#: Commit errors that guarantee nothing was written (no lost-acknowledgement check needed).
+_NOTHING_WRITTEN = (SequenceConflict, StoreFull, PayloadError, InvalidArgument)
 
 
 class Reply:
@@ -170,6 +177,15 @@ class Runtime:
         actor.mailbox.append(message)
         self._schedule(actor)
 
+    def reschedule(self) -> None:
+        """After the activation workers restarted: every run with mail gets processed."""
+        self.processing = 0
+        self._ready = WorkQueue()
+        for actor in self.actors.values():
+            actor.queued = False
+            if actor.mailbox:
+                self._schedule(actor)
+
     def _schedule(self, actor: Actor) -> None:
         if not actor.queued:
             actor.queued = True
@@ -251,6 +267,7 @@ class Runtime:
                 batch,
                 lambda seq, at: ev.WorkflowUnblocked(seq=seq, at=at, reason="replayed"),
             )
+            actor.record = _replace(record, status=Status.RUNNING, reason="")
         # Commands the code issued past the recorded history (e.g. after a code fix).
         self._record_commands(actor, batch, driver.take_commands())
         self._resume_in_flight(actor, batch, driver)
@@ -892,7 +909,7 @@ class Runtime:
         finally:
             actor.driver = None
             actor.blocked = True
-            self._drop_mail(actor, None)
+            self._drop_mail(actor, _blocked(actor, reason))
             self.actors.pop(actor.key, None)
 
     # --- commit and side effects ------------------------------------------------------------------
@@ -929,13 +946,37 @@ class Runtime:
         try:
             await self.engine.store.commit(write)
         except BaseException as exc:
-            for reply in batch.replies:
-                reply.set(exc if isinstance(exc, Exception) else None)
-            raise
+            if not (isinstance(exc, Exception) and appends and await self._landed(appends[0], exc)):
+                for reply in batch.replies:
+                    reply.set(exc if isinstance(exc, Exception) else None)
+                raise
         for action in batch.after:
             action()
         for reply in batch.replies:
             reply.set()
+
+    async def _landed(self, append: Append, error: Exception) -> bool:
+        """Lost acknowledgement: the commit reported ``error`` but may have happened. Re-read
+        the history's tail: if our events are there, the write is done (it was atomic)."""
+        if isinstance(error, _NOTHING_WRITTEN):
+            return False
+        try:
+            tail = await self.engine.store.read_history(
+                append.workflow_id, tenant=append.tenant, from_seq=append.expected_seq + 1
+            )
+        except Exception:
+            return False
+        ours = list(append.events)
+        if tail[: len(ours)] != ours:
+            return False
+        log.warning(
+            "the commit for %s/%s reported %s: %s, but its events are recorded; continuing",
+            append.tenant,
+            append.workflow_id,
+            type(error).__name__,
+            error,
+        )
+        return True
 
     def _with_waiting(self, actor: Actor) -> WorkflowRecord:
         assert actor.record is not None and actor.driver is not None
@@ -991,8 +1032,15 @@ class Runtime:
         window = self.engine.restart_window
         actor.restarts = [t for t in actor.restarts if t > now - window] + [now]
         if len(actor.restarts) > self.engine.max_restarts:
+            trace = "".join(traceback.format_exception(exc)[-30:])
             try:
-                await self._block(actor, f"crash loop: {type(exc).__name__}: {exc}", "")
+                await self._block(
+                    actor,
+                    f"crash loop: {type(exc).__name__}: {exc}",
+                    "the engine failed on this run repeatedly; fix the cause, then "
+                    f"`aion unblock {actor.key[1]}` (or restart the engine). Last traceback:\n"
+                    + trace,
+                )
             except Exception:
                 log.exception("could not park run %s as BLOCKED", actor.key)
             return
@@ -1016,7 +1064,7 @@ class Runtime:
                 workflows=[_replace(record, status=Status.BLOCKED, reason=reason)],
             )
         )
-        self._drop_mail(actor, None)
+        self._drop_mail(actor, _blocked(actor, reason))
         actor.driver = None
         actor.blocked = True
         self.actors.pop(actor.key, None)
@@ -1041,6 +1089,14 @@ class Runtime:
                     break
         for key in idle:
             del self.actors[key]
+
+
+def _blocked(actor: Actor, reason: str) -> AionError:
+    """What a request that reaches a run parked BLOCKED gets: it was not recorded."""
+    return AionError(
+        f"workflow {actor.key[1]!r} is BLOCKED ({reason}); this was not recorded. Fix the "
+        f"cause, then `aion unblock {actor.key[1]}` or restart the engine, and send it again."
+    )
 
 
 def _finished(actor: Actor) -> bool:

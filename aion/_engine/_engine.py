@@ -8,7 +8,7 @@ import os
 import random
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from types import TracebackType
@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import msgspec
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
@@ -25,6 +25,14 @@ from aion._loop import wait_all_tasks_blocked
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
 from aion._replay import _commands as c
+from aion._supervision import (
+    Backoff,
+    ChildContext,
+    ChildSpec,
+    ChildStartError,
+    Strategy,
+    Supervisor,
+)
 from aion._timerwheel import Timer, TimerWheel
 from aion._tokens import KeyRing, load_or_create, peek_claims
 from aion.errors import (
@@ -34,6 +42,7 @@ from aion.errors import (
     InvalidToken,
     NondeterminismError,
     SequenceConflict,
+    StoreError,
     WaitpointClosed,
     WorkflowClosed,
 )
@@ -99,6 +108,9 @@ class Engine:
             on first use; an in-memory random key for a store instance without a directory.
         require_waitpoint_key: refuse to start unless ``waitpoint_key`` is given or the key
             file exists (for deployments that distribute keys themselves).
+        service_restarts / service_window: the root supervisor's restart intensity: a service
+            (store writer, timer wheel, step executor, run actors, inbox) that fails more than
+            ``service_restarts`` times within ``service_window`` seconds stops the engine.
     """
 
     def __init__(
@@ -121,6 +133,8 @@ class Engine:
         approval_policy: ApprovalPolicy | Iterable[ApprovalRule | str] | None = None,
         waitpoint_key: KeyRing | bytes | None = None,
         require_waitpoint_key: bool = False,
+        service_restarts: int = 3,
+        service_window: float = 5.0,
     ) -> None:
         self._path = path
         self._durable = durable
@@ -159,6 +173,12 @@ class Engine:
         self._store: EventStore | None = None
         self._owns_store = False
         self._tg: TaskGroup | None = None
+        self._root: Supervisor | None = None
+        self._failure: AionError | None = None
+        self._stopped = anyio.Event()
+        self._service_restarts = service_restarts
+        self._service_window = service_window
+        self._store_check_interval = 0.25
         self._wheel: TimerWheel[TimerKey, TimerRow] | None = None
         self._waiters: dict[tuple[str, str], _ResultWaiter] = {}
         self._rng = random.Random()
@@ -190,31 +210,25 @@ class Engine:
         except BaseException:
             await self._close_store()
             raise
+        self._failure = None
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         try:
-            self._wheel = TimerWheel(
-                self.clock,
-                self._on_timer,
-                load=self._load_timers,
-                peek=self._peek_timer,
-                horizon=self._timer_horizon,
-            )
-            await tg.start(self._wheel.run)
-            for _ in range(self._activation_workers):
-                tg.start_soon(self.runtime.worker)
-            await self.executor.run(tg)
-            tg.start_soon(self._inbox_loop)
             run_auto = getattr(self.clock, "run_auto_advance", None)
             if run_auto is not None and getattr(self.clock, "auto_advance", False):
                 tg.start_soon(run_auto)
+            self._root = self._supervision_tree()
+            await tg.start(self._supervise, self._root)
             for key in self.recovery.reactivate:  # lazily: the workers take them in turn
                 self.runtime.send(key, Message("wake"))
         except BaseException as exc:
             tg.cancel_scope.cancel()
             await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            self._tg = None
             await self._close_store()
+            if isinstance(exc, ChildStartError):
+                raise AionError(f"the engine could not start: {exc}") from exc
             raise
         return self
 
@@ -223,18 +237,158 @@ class Engine:
     ) -> bool | None:
         tg = self._tg
         self._tg = None
+        swallowed = False
         try:
             if tg is not None:
+                if self._root is not None and self._failure is None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                        await self._root.shutdown()  # services stop in reverse start order
                 tg.cancel_scope.cancel()
-                await tg.__aexit__(t, e, tb)
+                # True when the body was cancelled because the engine stopped on its own.
+                try:
+                    swallowed = bool(await tg.__aexit__(t, e, tb))
+                except BaseExceptionGroup as group:
+                    if e is None or _leaves(group) != [e]:
+                        raise
+                    # The body's own exception: it propagates as it is, not in a group.
         finally:
-            self._release_waiters()
+            self._release_waiters(self._failure)
             await self._close_store()
+        if self._failure is not None and (t is None or swallowed):
+            raise self._failure
         return None
 
-    def _release_waiters(self) -> None:
+    # --- the supervision tree ---------------------------------------------------------------
+
+    def _supervision_tree(self) -> Supervisor:
+        """The engine's services under one root supervisor (ARCHITECTURE.md, invariant 10).
+
+        A service that fails is restarted (one for one); past the root's restart intensity the
+        engine stops and the embedding service sees an :class:`AionError` naming the cause
+        (from calls, from waiting ``result()`` calls, from :meth:`wait_stopped` and from leaving
+        ``async with``). Run actors are not tasks: their faults restart the actor by replay.
+        """
+        return Supervisor(
+            [
+                ChildSpec("store-writer", self._watch_store),
+                ChildSpec("timer-wheel", self._run_wheel),
+                ChildSpec("step-executor", self._run_executor),
+                ChildSpec("run-actors", self._run_actors),
+                ChildSpec("inbox", self._run_inbox),
+            ],
+            name="aion-engine",
+            strategy=Strategy.ONE_FOR_ONE,
+            max_restarts=self._service_restarts,
+            max_seconds=self._service_window,
+            backoff=Backoff(initial=0.05, maximum=1.0),
+            clock=self.clock,
+        )
+
+    async def _supervise(
+        self, root: Supervisor, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+
+        def on_started() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+
+        try:
+            await root.run(task_status=_Started(on_started))
+        except AionError as exc:
+            if not started:
+                raise  # __aenter__ reports it
+            self._stop(exc)
+
+    def _stop(self, cause: AionError) -> None:
+        """The root gave up: stop the engine and make the cause visible to every caller.
+
+        The body of ``async with Engine(...)`` is cancelled, and leaving it raises the failure:
+        a service built on the engine does not carry on, or hang, on a dead engine.
+        """
+        log.critical("the engine stopped: %s", cause)
+        self._failure = AionError(
+            f"the engine stopped because a service failed: {cause} Recorded history is intact; "
+            "fix the cause and start the engine again."
+        )
+        self._failure.__cause__ = cause
+        self._stopped.set()
+        self._release_waiters(self._failure)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the engine stops on its own because a service failed for good.
+
+        For services that have nothing else to wait on:
+        ``async with Engine(...) as engine: await engine.wait_stopped()``: the body is then
+        cancelled and leaving ``async with`` raises the failure (an :class:`AionError` naming
+        the cause).
+        """
+        await self._stopped.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    @property
+    def failure(self) -> AionError | None:
+        """Why the engine stopped on its own, or None while it runs (or after a clean stop)."""
+        return self._failure
+
+    async def _watch_store(self, ctx: ChildContext) -> None:
+        """The store writer runs on its own thread; this service notices if it dies."""
+        failed: Callable[[], BaseException | None] | None
+        failed = getattr(self.store, "writer_failure", None)
+        if failed is None:
+            ctx.started()  # a store without a writer thread of its own
+            await anyio.sleep_forever()
+            return
+        started = False
+        while True:
+            failure = failed()
+            if failure is not None:
+                raise StoreError(f"the store writer failed: {failure!r}") from failure
+            if not started:
+                ctx.started()
+                started = True
+            await anyio.sleep(self._store_check_interval)
+
+    async def _run_wheel(self, ctx: ChildContext) -> None:
+        # A fresh wheel on every (re)start: it reloads what is due from the store's index.
+        self._wheel = TimerWheel(
+            self.clock,
+            self._on_timer,
+            load=self._load_timers,
+            peek=self._peek_timer,
+            horizon=self._timer_horizon,
+        )
+        with _one_error():
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._wheel.run)
+                ctx.started()
+
+    async def _run_executor(self, ctx: ChildContext) -> None:
+        with _one_error():
+            async with anyio.create_task_group() as tg:
+                await self.executor.run(tg)  # steps that were running when it failed run again
+                ctx.started()
+
+    async def _run_actors(self, ctx: ChildContext) -> None:
+        with _one_error():
+            async with anyio.create_task_group() as tg:
+                for _ in range(self._activation_workers):
+                    tg.start_soon(self.runtime.worker)
+                if ctx.restarts:
+                    self.runtime.reschedule()  # mail that waited while the workers were down
+                ctx.started()
+
+    async def _run_inbox(self, ctx: ChildContext) -> None:
+        ctx.started()
+        await self._inbox_loop()
+
+    def _release_waiters(self, failure: AionError | None = None) -> None:
         """Nobody waits forever on a stopped engine: results and replies fail with a reason."""
-        stopped = AionError(
+        stopped = failure or AionError(
             "the engine stopped before this completed; what was recorded is kept and the "
             "next engine on this data directory continues it"
         )
@@ -492,6 +646,8 @@ class Engine:
                 await waiter.event.wait()
                 if waiter.outcome is not None:
                     return self._reader.outcome_of(*waiter.outcome)
+                if self._failure is not None:
+                    raise self._failure
                 if self._tg is None:
                     raise AionError(
                         f"the engine stopped before workflow {workflow_id!r} finished; the run "
@@ -578,6 +734,31 @@ class Engine:
         return await self._reader.list(
             status=status, workflow_type=workflow_type, tenant=tenant, limit=limit, cursor=cursor
         )
+
+    async def unblock(self, workflow_id: str, *, tenant: str = "default") -> WorkflowDescription:
+        """Retry a ``BLOCKED`` run now: replay it and go on (after the cause was fixed).
+
+        Returns the run's description afterwards: ``RUNNING`` (or finished) if it went on,
+        ``BLOCKED`` again, with the new reason, if the cause is still there.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+            InvalidArgument: the run is not blocked.
+        """
+        record = await self._record(workflow_id, tenant)
+        if record.status is not Status.BLOCKED:
+            raise InvalidArgument(
+                f"workflow {workflow_id!r} is {record.status.value}, not blocked; nothing to do"
+            )
+        key = (tenant, workflow_id)
+        actor = self.runtime.actors.get(key)
+        if actor is not None:
+            actor.restarts.clear()  # an operator's retry starts a fresh restart budget
+        reply = Reply()
+        self.runtime.send(key, Message("wake", reply=reply))
+        with contextlib.suppress(AionError):  # blocked again: the description says why
+            await reply.wait()  # set once the replay's outcome is recorded
+        return await self.describe(workflow_id, tenant=tenant)
 
     # --- people and outside systems ---------------------------------------------------------
 
@@ -913,3 +1094,39 @@ def _waitpoint_info(row: WaitpointRow) -> WaitpointInfo:
         completed_at=row.completed_at,
         last_failed_validation_at=row.last_failed_validation_at,
     )
+
+
+class _Started:
+    """A task status that tells ``_supervise`` (not only ``TaskGroup.start``) about the start."""
+
+    def __init__(self, on_started: Callable[[], None]) -> None:
+        self._on_started = on_started
+
+    def started(self, value: object = None) -> None:
+        self._on_started()
+
+
+@contextlib.contextmanager
+def _one_error() -> Iterator[None]:
+    """A service's task group failed: report its first error, not the group (the supervisor
+    and the embedding service see what went wrong)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        if isinstance(first, Exception):
+            raise first from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in a group, cancellations left out."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out += _leaves(exc)
+        elif not isinstance(exc, anyio.get_cancelled_exc_class()):
+            out.append(exc)
+    return out

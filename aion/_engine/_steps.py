@@ -40,7 +40,7 @@ def current_step() -> StepInfo:
     return info
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class StepJob:
     info: StepInfo
     fn: Callable[..., Any]
@@ -65,9 +65,15 @@ class StepExecutor:
         self._limiter = anyio.CapacityLimiter(threads)
         self._busy = busy or nullcontext
         self._pending = 0
+        self._running: set[StepJob] = set()  # identity: a job is one dispatch of an attempt
 
     async def run(self, tg: TaskGroup) -> None:
-        """Start the worker tasks in ``tg``."""
+        """Start the worker tasks in ``tg``. Steps that were executing when earlier workers
+        stopped (the service failed and is restarted) are queued again: at-least-once."""
+        for job in self._running:
+            self._pending -= 1
+            self.submit(job)
+        self._running.clear()
         for _ in range(self._workers):
             tg.start_soon(self._worker)
 
@@ -85,12 +91,12 @@ class StepExecutor:
         queue = self._queue
         while True:
             job = await queue.get()
-            try:
-                with self._busy():
-                    value, error = await self._execute(job)
-                job.done(job, value, error)
-            finally:
-                self._pending -= 1
+            self._running.add(job)
+            with self._busy():
+                value, error = await self._execute(job)
+            self._running.discard(job)
+            self._pending -= 1
+            job.done(job, value, error)
 
     async def _execute(self, job: StepJob) -> tuple[Any, BaseException | None]:
         token = _CURRENT.set(job.info)

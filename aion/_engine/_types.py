@@ -54,7 +54,8 @@ class WorkflowDescription(msgspec.Struct, frozen=True):
     """What ``engine.describe()`` (and each item of ``engine.list()``) reports about a workflow.
 
     ``pending`` maps kinds (``timers``, ``signals``, ``steps``, ``children``, ``approvals``,
-    ``waitpoints``) to what the run waits on. ``reason`` says why a run is ``BLOCKED``.
+    ``waitpoints``) to what the run waits on. ``reason`` says why a run is ``BLOCKED``;
+    ``detail`` adds what to do, or the last traceback of an engine crash loop.
     """
 
     workflow_id: str
@@ -72,6 +73,7 @@ class WorkflowDescription(msgspec.Struct, frozen=True):
     created_at: datetime | None = None
     parent_workflow_id: str | None = None
     search_attributes: dict[str, Any] = {}
+    detail: str = ""
 
 
 class PendingApproval(msgspec.Struct, frozen=True):

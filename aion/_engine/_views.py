@@ -102,6 +102,13 @@ class Reader:
                 result = await self.outcome(record)
             except (WorkflowFailed, WorkflowCancelled) as exc:
                 error = str(exc)
+        detail = ""
+        if record.status is Status.BLOCKED:
+            last = await self.store.read_history(
+                record.workflow_id, tenant=record.tenant, from_seq=max(head, 1)
+            )
+            if last and isinstance(last[-1], ev.WorkflowBlocked):
+                detail = last[-1].detail or ""
         pending: dict[str, list[str]] = {}
         for item in record.waiting_on:
             kind, _, name = item.partition(":")
@@ -122,6 +129,7 @@ class Reader:
             created_at=record.created_at,
             parent_workflow_id=record.parent_workflow_id,
             search_attributes=dict(record.search_attributes),
+            detail=detail,
         )
 
     async def history(
