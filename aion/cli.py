@@ -548,9 +548,9 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.data), fresh=args.fresh)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def print_json(value: Any) -> None:
     print(json.dumps(jsonable(value), indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -301,6 +301,11 @@ class Runtime:
             batch.after.append(partial(self.engine.hold_timer, row))
         for seq, child_id in driver.pending_children():
             batch.after.append(partial(self.engine.check_child, actor.key, seq, child_id))
+            if driver.cancel_requested:
+                # Passing a cancellation on to children happens in memory after the commit: a
+                # crash in between loses it, so a replay passes it on again (children that
+                # have it already, or have finished, ignore it).
+                batch.after.append(partial(self.engine.cancel_child, actor.key[0], child_id))
 
     # --- processing -----------------------------------------------------------------------------
 
@@ -326,7 +331,7 @@ class Runtime:
             if not _running(actor):
                 actor.mailbox.remove(message)
                 if message.reply is not None:
-                    message.reply.set(WorkflowClosed(f"workflow {actor.key[1]!r} has finished"))
+                    message.reply.set(_closed_error(actor, message))
                 if message.inbox_id is not None:
                     batch.inbox_delete.append(message.inbox_id)
         await self._commit(actor, batch)
@@ -1089,6 +1094,22 @@ class Runtime:
                     break
         for key in idle:
             del self.actors[key]
+
+
+def _closed_error(actor: Actor, message: Message) -> AionError:
+    """What mail that reaches a run after it ended gets (e.g. the loser of a decision race)."""
+    workflow_id = actor.key[1]
+    if message.kind == "decide":
+        return NoPendingApproval(
+            f"workflow {workflow_id!r} has finished: its approvals are closed (decided "
+            "already, or ended with the run); nothing was recorded"
+        )
+    if message.kind == "complete":
+        return WaitpointClosed(
+            f"workflow {workflow_id!r} has finished: its waitpoints are closed; nothing was "
+            "recorded"
+        )
+    return WorkflowClosed(f"workflow {workflow_id!r} has finished")
 
 
 def _blocked(actor: Actor, reason: str) -> AionError:
