@@ -22,11 +22,11 @@ import msgspec
 
 from aion._codec import encode_payload
 from aion._demo import run_demo
-from aion._engine import Reader
+from aion._engine import Reader, pending_approval, refuse_completion, waitpoint_info
 from aion._format import describe_text, history_table, jsonable, table, waiting, when
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
-from aion._tokens import peek_claims, rotate_file
+from aion._tokens import KEY_FILE_NAME, load_or_create, peek_claims, rotate_file
 from aion.errors import (
     AionError,
     AmbiguousApproval,
@@ -312,7 +312,8 @@ def _approvals(args: argparse.Namespace) -> int:
         ),
     )
     if args.json:
-        print_json({"items": page.items, "next_cursor": page.next_cursor})
+        items = [pending_approval(a) for a in page.items]
+        print_json({"items": items, "next_cursor": page.next_cursor})
         return 0
     rows = [
         (
@@ -332,7 +333,13 @@ def _approvals(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, kind: str) -> int:
-    async def check(_: Reader, store: LmdbStore) -> str:
+    async def check(reader: Reader, store: LmdbStore) -> str:
+        record = await reader.record(args.workflow_id, args.tenant)  # WorkflowNotFound
+        if record.status.is_terminal:
+            raise WorkflowClosed(
+                f"workflow {args.workflow_id!r} has finished ({record.status.value}); its "
+                "approvals are closed"
+            )
         pending: list[ApprovalRow] = []
         cursor = None
         while True:
@@ -399,7 +406,7 @@ def _waitpoints(args: argparse.Namespace) -> int:
 
     rows = _read(args, go)
     if args.json:
-        print_json(rows)
+        print_json([waitpoint_info(w) for w in rows])
         return 0
     print(
         table(
@@ -429,6 +436,24 @@ def _complete(args: argparse.Namespace) -> int:
     if claims is None:
         raise InvalidToken("the token is malformed (it names no waitpoint); nothing was queued")
     args.workflow_id, args.tenant = claims.workflow_id, claims.tenant
+    # Check what can be checked here, so a refusal is not reported as queued. The engine
+    # checks again when it applies the completion.
+    keys = Path(args.data) / KEY_FILE_NAME
+    if keys.exists():
+        load_or_create(Path(args.data), now=datetime.now(UTC), require_existing=True).verify(
+            args.token, now=datetime.now(UTC)
+        )
+
+    async def check(_: Reader, store: LmdbStore) -> None:
+        row = await store.get_waitpoint(
+            claims.workflow_id, claims.waitpoint_id, tenant=claims.tenant
+        )
+        if row is None or row.created_at != claims.created_at:
+            raise InvalidToken("the token names no waitpoint in this data directory")
+        if row.status is not WaitpointStatus.PENDING:
+            raise refuse_completion(row)
+
+    _read(args, check)
     return _leave(
         args,
         InboxCommand(

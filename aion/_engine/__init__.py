@@ -15,6 +15,9 @@ from ._types import WorkflowDescription as WorkflowDescription
 from ._types import WorkflowHandle as WorkflowHandle
 from ._views import Reader as Reader
 from ._views import history_event as history_event
+from ._views import pending_approval as pending_approval
+from ._views import refuse_completion as refuse_completion
+from ._views import waitpoint_info as waitpoint_info
 
 __all__ = [
     "ApprovalPolicy",
@@ -30,4 +33,7 @@ __all__ = [
     "current_step",
     "events_of",
     "history_event",
+    "pending_approval",
+    "refuse_completion",
+    "waitpoint_info",
 ]

@@ -104,7 +104,7 @@ class Reply:
 @dataclass(slots=True)
 class Message:
     """Something that happened to a run. ``kind``: step, timer, signal, cancel, child, wake,
-    decide (an approval), complete (a waitpoint), waitpoint_failed (a rejected token)."""
+    decide (an approval), complete (a waitpoint)."""
 
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -369,12 +369,6 @@ class Runtime:
                 self._on_decision(actor, batch, message)
             case "complete":
                 self._on_completion(actor, batch, message)
-            case "waitpoint_failed":
-                state = driver.waitpoint_state(data["waitpoint_id"])
-                if state is not None:
-                    batch.waitpoints.append(
-                        self._waitpoint_row(actor, state, last_failed_validation_at=data["at"])
-                    )
             case "step":
                 self._on_step_result(actor, batch, data)
             case "child":
@@ -404,6 +398,10 @@ class Runtime:
                             message=data["message"],
                         ),
                     )
+            case _:
+                log.error("message of unknown kind %r for %s/%s dropped", message.kind, *actor.key)
+                if message.reply is not None:
+                    message.reply.set(AionError(f"unknown message kind {message.kind!r}"))
 
     def _on_timer(self, actor: Actor, batch: _Batch, row: TimerRow) -> None:
         driver = actor.driver

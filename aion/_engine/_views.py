@@ -17,14 +17,41 @@ from aion._replay import WorkflowDefinition
 from aion._replay._commands import CancelWorkflow, Command, CompleteWorkflow, FailWorkflow
 from aion._replay._definition import convert
 from aion._replay._driver import _return_type
-from aion.errors import AionError, WorkflowCancelled, WorkflowFailed, WorkflowNotFound
-from aion.store import EventStore, Page, Status, WorkflowRecord
+from aion.errors import (
+    AionError,
+    InvalidToken,
+    WaitpointClosed,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
+from aion.store import (
+    ApprovalRow,
+    EventStore,
+    Page,
+    Status,
+    WaitpointRow,
+    WaitpointStatus,
+    WorkflowRecord,
+)
 
-from ._types import PENDING_KINDS, HistoryEvent, WorkflowDescription
+from ._types import (
+    PENDING_KINDS,
+    HistoryEvent,
+    PendingApproval,
+    WaitpointInfo,
+    WorkflowDescription,
+)
 
 _PLURAL = {singular: plural for plural, singular in PENDING_KINDS.items()}
 
-__all__ = ["Reader", "history_event"]
+__all__ = [
+    "Reader",
+    "history_event",
+    "pending_approval",
+    "refuse_completion",
+    "waitpoint_info",
+]
 
 
 class Reader:
@@ -189,3 +216,52 @@ def history_event(event: ev.Event) -> HistoryEvent:
 
 def _return_annotation(definition: WorkflowDefinition) -> Any:
     return _return_type(definition.fn)
+
+
+def pending_approval(row: ApprovalRow) -> PendingApproval:
+    """The public view of a pending approval row (details decoded)."""
+    try:
+        details = decode_payload(row.details, what=f"details of approval {row.approval_id!r}")
+    except AionError:
+        details = row.details
+    return PendingApproval(
+        workflow_id=row.workflow_id,
+        approval_id=row.approval_id,
+        action=row.action,
+        details=details,
+        digest=row.digest,
+        requested_at=row.requested_at,
+        timeout_at=row.timeout_at,
+        run_id=row.run_id,
+        tenant=row.tenant,
+        step="-s" in row.approval_id,
+    )
+
+
+def waitpoint_info(row: WaitpointRow) -> WaitpointInfo:
+    """The public view of a waitpoint row: a fingerprint of its token, never the token."""
+    return WaitpointInfo(
+        workflow_id=row.workflow_id,
+        waitpoint_id=row.waitpoint_id,
+        name=row.name,
+        status=row.status.value,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        fingerprint=row.fingerprint,
+        run_id=row.run_id,
+        tenant=row.tenant,
+        completed_at=row.completed_at,
+        last_failed_validation_at=row.last_failed_validation_at,
+    )
+
+
+def refuse_completion(row: WaitpointRow) -> AionError:
+    """Why a waitpoint that is no longer pending cannot be completed."""
+    what = f"waitpoint {row.name!r} of workflow {row.workflow_id!r}"
+    if row.status is WaitpointStatus.EXPIRED:
+        return InvalidToken(f"{what} expired at {row.expires_at}; its token no longer works")
+    if row.status is WaitpointStatus.COMPLETED:
+        return WaitpointClosed(
+            f"{what} was completed already: a token completes its waitpoint once"
+        )
+    return WaitpointClosed(f"{what} is closed: its run has finished")

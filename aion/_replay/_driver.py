@@ -82,6 +82,9 @@ class WorkflowInfo:
     parent_run_id: str | None = None
 
 
+_MARKERS = (ev.WorkflowBlocked, ev.WorkflowUnblocked)
+
+
 class _Diverged(BaseException):
     """Unwinds workflow code after a divergence; ``except Exception`` cannot swallow it."""
 
@@ -501,6 +504,7 @@ class Driver:
     def _issue(self, command: Command) -> ev.Event | None:
         """Issue ``command``: replaying, match it and return the recorded event; live, queue it
         for the engine and return None."""
+        self._skip_markers()
         if self._pos < len(self._history):
             event = self._history[self._pos]
             if not is_command_event(event) or not matches(command, event):
@@ -513,6 +517,14 @@ class Driver:
         if isinstance(command, (CompleteWorkflow, FailWorkflow, CancelWorkflow, ContinueAsNew)):
             self.outcome = command
         return None
+
+    def _skip_markers(self) -> None:
+        """Pass over the engine's markers (parked BLOCKED, unblocked): the code issued nothing
+        there. A run parked while its code was at a point (say, awaiting something that is not
+        an aion operation) resumes there after the fix, and its next command comes after them."""
+        history = self._history
+        while self._pos < len(history) and isinstance(history[self._pos], _MARKERS):
+            self._pos += 1
 
     def _diverge(
         self, event: ev.Event | None, command: Command | None, *, detail: str | None = None
@@ -807,6 +819,7 @@ class Driver:
     def patched(self, patch_id: str) -> bool:
         if patch_id in self._patches:
             return self._patches[patch_id]
+        self._skip_markers()
         if self.replaying:
             event = self._history[self._pos]
             result = isinstance(event, ev.PatchRecorded) and event.patch_id == patch_id
@@ -876,22 +889,20 @@ class Driver:
                 self._signal_waiters[waiting.name].remove(waiting)
                 if waiting.timer is not None:
                     self.cancel_timer(waiting.timer)
-            else:
-                self._withdraw_approval(waiting)
             self._ready.append((task, Cancelled(reason or "workflow cancelled")))
+        self._withdraw_approvals()
 
-    def _withdraw_approval(self, waiting: DurableFuture) -> None:
-        """Cancellation interrupts a wait for a decision: the approval is no longer pending."""
+    def _withdraw_approvals(self) -> None:
+        """Cancellation interrupts every wait for a decision (directly or inside a gather):
+        pending approvals close, and a step held for approval never runs."""
         for state in list(self._approvals.values()):
-            step = self._steps.get(state.step_seq) if state.step_seq else None
-            if state.future is waiting or (step is not None and step.future is waiting):
-                del self._approvals[state.approval_id]
-                state.closed_as = "closed"
-                self._closed.append(state)
-                if state.timer is not None:
-                    self.cancel_timer(state.timer)
-                if step is not None:
-                    del self._steps[state.step_seq]  # a held step never runs after a cancel
+            del self._approvals[state.approval_id]
+            state.closed_as = "closed"
+            self._closed.append(state)
+            if state.timer is not None:
+                self.cancel_timer(state.timer)
+            if state.step_seq:
+                self._steps.pop(state.step_seq, None)
 
 
 def _resolve(future: DurableFuture, value: Any) -> None:
