@@ -36,3 +36,20 @@ def test_testing_guide_example_passes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4 passed" in proc.stdout
+
+
+def test_human_in_the_loop_example_runs(tmp_path: Path) -> None:
+    path = ROOT / "docs" / "human-in-the-loop.md"
+    code = python_blocks(path)[-1]  # the worked example closes the page
+    (printed,) = re.findall(r"It prints:\n\n```\n(.*?)```", path.read_text(), re.S)
+    script = tmp_path / "expense.py"
+    script.write_text(code)
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert out == printed
+    assert out.splitlines()[-2] == (
+        "expense-42: {'status': 'paid', 'approved_by': 'grace', "
+        "'payout': {'payout_id': 'po-1', 'amount': 420}}"
+    )

@@ -143,6 +143,9 @@ class _Batch:
     inbox_delete: list[str] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
+    # Requests refused because of what this round decides (e.g. the loser of a race): told
+    # only once that is recorded; if the commit fails they get its error instead.
+    refused: list[tuple[Reply, AionError]] = field(default_factory=list)
     at: datetime | None = None  # one timestamp for everything one round records
 
 
@@ -331,7 +334,7 @@ class Runtime:
             if not _running(actor):
                 actor.mailbox.remove(message)
                 if message.reply is not None:
-                    message.reply.set(_closed_error(actor, message))
+                    _refuse_later(batch, message.reply, _closed_error(actor, message))
                 if message.inbox_id is not None:
                     batch.inbox_delete.append(message.inbox_id)
         await self._commit(actor, batch)
@@ -526,14 +529,24 @@ class Runtime:
                     f"approval {wanted!r} of workflow {workflow_id!r} is not pending: it was "
                     "decided already, timed out, or never requested by this run"
                 )
-        if state is not None and data.get("digest") and data["digest"] != state.digest:
+        if (
+            state is not None
+            and state.timeout_at is not None
+            and self.engine.now() >= state.timeout_at
+        ):
+            # Its timeout is past: the timer (perhaps not processed yet) records the timeout.
+            error = NoPendingApproval(
+                f"approval {state.approval_id!r} of workflow {workflow_id!r} timed out at "
+                f"{state.timeout_at.isoformat()}; nothing was recorded"
+            )
+        elif state is not None and data.get("digest") and data["digest"] != state.digest:
             error = NoPendingApproval(
                 f"approval {state.approval_id!r} of workflow {workflow_id!r} is for something "
                 f"else than what was decided (digest {data['digest']!r}, pending "
                 f"{state.digest!r}); nothing was recorded"
             )
         if error is not None or state is None:
-            self._refuse(actor, message, error or NoPendingApproval("no pending approval"))
+            self._refuse(actor, batch, message, error or NoPendingApproval("no pending approval"))
             return
         approved: bool = data["approved"]
         decided = state
@@ -579,6 +592,7 @@ class Runtime:
                 how = "belongs to an earlier run of this workflow"
             self._refuse(
                 actor,
+                batch,
                 message,
                 WaitpointClosed(f"waitpoint {data['waitpoint_id']!r} {how}; nothing was recorded"),
             )
@@ -593,9 +607,9 @@ class Runtime:
         )
         batch.waitpoints.append(self._waitpoint_row(actor, state, completed_at=batch.at))
 
-    def _refuse(self, actor: Actor, message: Message, error: AionError) -> None:
+    def _refuse(self, actor: Actor, batch: _Batch, message: Message, error: AionError) -> None:
         if message.reply is not None:
-            message.reply.set(error)  # the later "recorded" acknowledgement is then a no-op
+            _refuse_later(batch, message.reply, error)
         else:
             log.warning("command for %s/%s not applied: %s", *actor.key, error)
 
@@ -927,8 +941,7 @@ class Runtime:
         ):
             for action in batch.after:  # nothing to record, but things to re-arm
                 action()
-            for reply in batch.replies:
-                reply.set()
+            _answer(batch)
             return
         assert actor.record is not None
         expected = actor.head - len(batch.events)
@@ -955,8 +968,7 @@ class Runtime:
                 raise
         for action in batch.after:
             action()
-        for reply in batch.replies:
-            reply.set()
+        _answer(batch)
 
     async def _landed(self, append: Append, error: Exception) -> bool:
         """Lost acknowledgement: the commit reported ``error`` but may have happened. Re-read
@@ -1092,6 +1104,19 @@ class Runtime:
                     break
         for key in idle:
             del self.actors[key]
+
+
+def _refuse_later(batch: _Batch, reply: Reply, error: AionError) -> None:
+    batch.replies.append(reply)
+    batch.refused.append((reply, error))
+
+
+def _answer(batch: _Batch) -> None:
+    """The round is recorded: refusals get their error, everything else its acknowledgement."""
+    for reply, error in batch.refused:
+        reply.set(error)
+    for reply in batch.replies:
+        reply.set()
 
 
 def _closed_error(actor: Actor, message: Message) -> AionError:
