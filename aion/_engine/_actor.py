@@ -123,6 +123,7 @@ class Actor:
     steps_in_flight: int = 0
     restarts: list[float] = field(default_factory=list)
     blocked: bool = False
+    busy: bool = False  # a worker is processing it
 
     @property
     def idle(self) -> bool:
@@ -185,12 +186,12 @@ class Runtime:
         self.processing = 0
         self._ready = WorkQueue()
         for actor in self.actors.values():
-            actor.queued = False
+            actor.queued = actor.busy = False
             if actor.mailbox:
                 self._schedule(actor)
 
     def _schedule(self, actor: Actor) -> None:
-        if not actor.queued:
+        if not actor.queued and not actor.busy:
             actor.queued = True
             self._ready.put_nowait(actor)
 
@@ -200,16 +201,22 @@ class Runtime:
         while True:
             actor = await ready.get()
             actor.queued = False
+            actor.busy = True  # mail that arrives now waits for this round: one worker per run
             self.processing += 1
+            crashed = False
             try:
                 with self.engine._busy():
                     try:
                         await self._process(actor)
                     except Exception as exc:
+                        crashed = True
                         await self._crashed(actor, exc)
             finally:
+                actor.busy = False
                 self.processing -= 1
-            if actor.mailbox:
+            if crashed:
+                pass  # a restart is scheduled after a backoff (or the run was parked)
+            elif actor.mailbox:
                 self._schedule(actor)
             elif actor.steps_in_flight == 0 and _finished(actor):
                 # A closed run keeps nothing in memory: later mail activates from the store
@@ -1037,7 +1044,7 @@ class Runtime:
 
     async def _crashed(self, actor: Actor, exc: Exception) -> None:
         if isinstance(exc, _Block):
-            await self._block(actor, exc.reason, "")
+            await self._park(actor, exc, exc.reason, "")
             return
         log.warning(
             "run %s crashed in the engine; restarting it by replay", actor.key, exc_info=exc
@@ -1048,19 +1055,28 @@ class Runtime:
         actor.restarts = [t for t in actor.restarts if t > now - window] + [now]
         if len(actor.restarts) > self.engine.max_restarts:
             trace = "".join(traceback.format_exception(exc)[-30:])
-            try:
-                await self._block(
-                    actor,
-                    f"crash loop: {type(exc).__name__}: {exc}",
-                    "the engine failed on this run repeatedly; fix the cause, then "
-                    f"`aion unblock {actor.key[1]}` (or restart the engine). Last traceback:\n"
-                    + trace,
-                )
-            except Exception:
-                log.exception("could not park run %s as BLOCKED", actor.key)
+            await self._park(
+                actor,
+                exc,
+                f"crash loop: {type(exc).__name__}: {exc}",
+                "the engine failed on this run repeatedly; fix the cause, then "
+                f"`aion unblock {actor.key[1]}` (or restart the engine). Last traceback:\n" + trace,
+            )
             return
         if actor.mailbox or actor.steps_in_flight == 0:
             self.engine.restart_later(actor.key, self.engine.restart_backoff(len(actor.restarts)))
+
+    async def _park(self, actor: Actor, exc: Exception, reason: str, hint: str) -> None:
+        """Park the run BLOCKED; if even that cannot be recorded (say, the disk is full), answer
+        its waiting requests with the error and try again later: never spin, never strand."""
+        try:
+            await self._block(actor, reason, hint)
+        except Exception as failure:
+            log.error("could not park run %s as BLOCKED (%s); retrying later", actor.key, failure)
+            error = failure if isinstance(failure, AionError) else AionError(str(failure))
+            self._drop_mail(actor, error)
+            actor.driver = None
+            self.engine.restart_later(actor.key, self.engine.restart_backoff(10))
 
     async def _block(self, actor: Actor, reason: str, hint: str) -> None:
         """Park the run BLOCKED with ``reason``; it resumes after a fix and a restart."""
