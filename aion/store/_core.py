@@ -31,11 +31,13 @@ from ._records import (
     RunInfo,
     Status,
     TimerRow,
+    WaitpointRow,
+    WaitpointStatus,
     WorkflowRecord,
     Write,
 )
 
-__all__ = ["KV", "TABLES", "Prepared", "apply", "prepare"]
+__all__ = ["KV", "TABLES", "Prepared", "apply", "prepare", "prepare_append"]
 
 R = TypeVar("R")
 
@@ -130,30 +132,41 @@ def decode_event_rows_one(key: bytes, blob: bytes) -> list[AnyEvent]:
 # --- preparing a write (outside the transaction) -----------------------------------------------
 
 
-class _PreparedAppend(msgspec.Struct):
+# Prepared writes are never part of a reference cycle, and many are in flight at once: the
+# garbage collector need not track them (gc=False), which keeps its passes short.
+
+
+class _PreparedAppend(msgspec.Struct, gc=False):
     wf_key: bytes
     tenant: str
     workflow_id: str
     expected_seq: int
     new_head: int
-    rows: list[tuple[bytes, bytes]]
-    runs: list[tuple[bytes, bytes]]
+    rows: Sequence[tuple[bytes, bytes]]
+    runs: Sequence[tuple[bytes, bytes]] = ()
 
 
-class Prepared(msgspec.Struct):
-    """A :class:`Write` validated and encoded, ready to apply inside a transaction."""
+class Prepared(msgspec.Struct, gc=False):
+    """A :class:`Write` validated and encoded, ready to apply inside a transaction.
 
-    appends: list[_PreparedAppend]
-    workflows: list[WorkflowRecord]
-    timers_add: list[tuple[bytes, bytes]]
-    timers_delete: list[bytes]
-    waitpoints: list[tuple[bytes, bytes]]
-    approvals: list[ApprovalRow]
-    index_put: list[tuple[bytes, bytes]]
-    index_delete: list[bytes]
-    inbox_delete: list[bytes]
-    inbox_put: list[tuple[bytes, bytes]]
-    inbox_ids: tuple[str, ...]
+    Only the parts a write has are filled; the rest stay empty tuples, and ``only_appends``
+    lets :func:`apply` skip them (most writes on the hot path are a lone append). ``result``
+    is known before the write is applied: the new heads follow from the expected ones.
+    """
+
+    appends: Sequence[_PreparedAppend]
+    result: CommitResult
+    only_appends: bool = False
+    workflows: Sequence[WorkflowRecord] = ()
+    timers_add: Sequence[tuple[bytes, bytes]] = ()
+    timers_delete: Sequence[bytes] = ()
+    waitpoints: Sequence[tuple[bytes, bytes]] = ()
+    approvals: Sequence[ApprovalRow] = ()
+    index_put: Sequence[tuple[bytes, bytes]] = ()
+    index_delete: Sequence[bytes] = ()
+    inbox_delete: Sequence[bytes] = ()
+    inbox_put: Sequence[tuple[bytes, bytes]] = ()
+    inbox_ids: tuple[str, ...] = ()
 
 
 def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prepared:
@@ -162,17 +175,31 @@ def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prep
     Nothing here looks at stored state, so a malformed write fails at the caller, before it can
     reach a batch.
     """
-    appends = [
+    appends = tuple(
         _prepare_append(a.tenant, a.workflow_id, a.events, a.expected_seq) for a in write.appends
-    ]
-    seen: set[bytes] = set()
-    for append in appends:
-        if append.wf_key in seen:
-            raise InvalidArgument(
-                f"one write appends twice to workflow {append.workflow_id!r}; "
-                "merge the events into one append"
-            )
-        seen.add(append.wf_key)
+    )
+    if len(appends) > 1:
+        seen: set[bytes] = set()
+        for append in appends:
+            if append.wf_key in seen:
+                raise InvalidArgument(
+                    f"one write appends twice to workflow {append.workflow_id!r}; "
+                    "merge the events into one append"
+                )
+            seen.add(append.wf_key)
+    heads = tuple(a.new_head for a in appends)
+    if not (
+        write.workflows
+        or write.timers_add
+        or write.timers_delete
+        or write.waitpoints
+        or write.approvals
+        or write.index_put
+        or write.index_delete
+        or write.inbox_delete
+        or write.inbox_put
+    ):
+        return Prepared(appends, CommitResult(heads), only_appends=True)
     for record in write.workflows:
         k.workflow_key(record.tenant, record.workflow_id)
         k.ident(record.workflow_type, "workflow type")
@@ -189,7 +216,8 @@ def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prep
         inbox_put.append((command_id.encode(), ENCODER.encode(stored)))
     return Prepared(
         appends=appends,
-        workflows=list(write.workflows),
+        result=CommitResult(heads, tuple(inbox_ids)),
+        workflows=tuple(write.workflows),
         timers_add=[(_timer_key(t), ENCODER.encode(t)) for t in write.timers_add],
         timers_delete=[_timer_key(t) for t in write.timers_delete],
         waitpoints=[
@@ -208,28 +236,57 @@ def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prep
     )
 
 
+def prepare_append(
+    tenant: str, workflow_id: str, events: Sequence[Any], expected_seq: int
+) -> Prepared:
+    """:func:`prepare` of ``Write(appends=[Append(workflow_id, events, expected_seq, tenant)])``,
+    without building the ``Write`` (the hot path: an actor recording its next events)."""
+    append = _prepare_append(tenant, workflow_id, events, expected_seq)
+    return Prepared((append,), CommitResult((append.new_head,)), only_appends=True)
+
+
+#: Keys of recently appended workflows: built, and their ids checked, once rather than per append.
+_wf_keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_WF_KEYS_MAX = 4096
+
+
+def _workflow_keys(tenant: str, workflow_id: str) -> tuple[bytes, bytes]:
+    """The workflow key, and the prefix of its event keys."""
+    wf_key = k.workflow_key(tenant, workflow_id)
+    if len(_wf_keys) >= _WF_KEYS_MAX:
+        _wf_keys.clear()
+    keys = _wf_keys[tenant, workflow_id] = (wf_key, wf_key + k.SEP)
+    return keys
+
+
 def _prepare_append(
     tenant: str, workflow_id: str, events: Sequence[Any], expected_seq: int
 ) -> _PreparedAppend:
-    wf_key = k.workflow_key(tenant, workflow_id)
+    try:
+        wf_key, seq_prefix = _wf_keys[tenant, workflow_id]
+    except (KeyError, TypeError):  # TypeError: an unhashable id, which k.workflow_key refuses
+        wf_key, seq_prefix = _workflow_keys(tenant, workflow_id)
     if not isinstance(expected_seq, int) or expected_seq < 0:
         raise InvalidArgument(f"expected_seq must be an int >= 0, not {expected_seq!r}")
     if not events:
         raise InvalidArgument(f"append to workflow {workflow_id!r} has no events")
     rows: list[tuple[bytes, bytes]] = []
     runs: list[tuple[bytes, bytes]] = []
-    for offset, event in enumerate(events):
-        want = expected_seq + 1 + offset
+    encode = ENCODER.encode
+    want = expected_seq
+    for event in events:
+        want += 1
         if event.seq != want:
             raise InvalidArgument(
                 f"events appended to workflow {workflow_id!r} must be contiguous: event "
-                f"{offset} ({type(event).__name__}) has seq {event.seq}, expected {want}"
+                f"{want - expected_seq - 1} ({type(event).__name__}) has seq {event.seq}, "
+                f"expected {want}"
             )
         if event.at.tzinfo is None:
             raise InvalidArgument(f"event {event.seq} has a naive recorded time; use UTC")
-        key = k.seq_key(wf_key, event.seq)
+        key = seq_prefix + _HEAD(event.seq)
         try:
-            rows.append((key, ENCODER.encode(event)))
+            rows.append((key, encode(event)))
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"event {event!r} cannot be encoded: {exc}") from exc
         if isinstance(event, WorkflowStarted):
@@ -239,9 +296,10 @@ def _prepare_append(
                     f"{event.tenant!r}, but is appended to {workflow_id!r} of {tenant!r}"
                 )
             info = RunInfo(event.run_id, event.seq, event.workflow_type, event.at)
-            runs.append((key, ENCODER.encode(info)))
+            runs.append((key, encode(info)))
+    # Tuples, not lists: the garbage collector stops tracking a tuple of bytes after one pass.
     return _PreparedAppend(
-        wf_key, tenant, workflow_id, expected_seq, expected_seq + len(events), rows, runs
+        wf_key, tenant, workflow_id, expected_seq, want, tuple(rows), tuple(runs)
     )
 
 
@@ -281,12 +339,20 @@ def apply(kv: KV, prepared: Prepared, *, checked: bool = False) -> CommitResult:
     makes it atomic."""
     if not checked:
         check(kv, prepared)
+    put = kv.put
     for append in prepared.appends:
         for key, value in append.rows:
-            kv.put("events", key, value)
+            put("events", key, value)
         for key, value in append.runs:
-            kv.put("runs", key, value)
-        kv.put("heads", append.wf_key, _HEAD(append.new_head))
+            put("runs", key, value)
+        put("heads", append.wf_key, _HEAD(append.new_head))
+    if not prepared.only_appends:
+        _apply_rows(kv, prepared)
+    return prepared.result
+
+
+def _apply_rows(kv: KV, prepared: Prepared) -> None:
+    """Everything of ``prepared`` but its appends."""
     for record in prepared.workflows:
         _put_workflow(kv, record)
     for key in prepared.timers_delete:
@@ -294,7 +360,7 @@ def apply(kv: KV, prepared: Prepared, *, checked: bool = False) -> CommitResult:
     for key, value in prepared.timers_add:
         kv.put("timers", key, value)
     for key, value in prepared.waitpoints:
-        kv.put("waitpoints", key, value)
+        _put_waitpoint(kv, key, value)
     for row in prepared.approvals:
         _put_approval(kv, row)
     for key in prepared.index_delete:
@@ -305,9 +371,6 @@ def apply(kv: KV, prepared: Prepared, *, checked: bool = False) -> CommitResult:
         kv.delete("inbox", key)
     for key, value in prepared.inbox_put:
         kv.put("inbox", key, value)
-    return CommitResult(
-        heads=tuple(a.new_head for a in prepared.appends), inbox_ids=prepared.inbox_ids
-    )
 
 
 def _list_keys(record: WorkflowRecord) -> tuple[bytes, bytes, bytes]:
@@ -354,6 +417,24 @@ def _pending_key(row: ApprovalRow) -> bytes:
         + k.SEP
         + k.ident(row.approval_id, "approval id")
     )
+
+
+def _put_waitpoint(kv: KV, key: bytes, value: bytes) -> None:
+    """Upsert a waitpoint row. A waitpoint never goes back to pending once completed, expired or
+    closed, and keeps the time of its last failed validation: writers that hold an older copy of
+    the row (the engine noting a forged token, the run's actor rebuilding it) cannot undo
+    either."""
+    old_data = kv.get("waitpoints", key)
+    if old_data is not None:
+        old = decode_row("waitpoints", key, old_data, WaitpointRow)
+        new = decode_row("waitpoints", key, value, WaitpointRow)
+        pending = WaitpointStatus.PENDING
+        base = old if new.status is pending and old.status is not pending else new
+        times = [t for t in (old.last_failed_validation_at, new.last_failed_validation_at) if t]
+        failed = max(times) if times else None
+        if base is not new or base.last_failed_validation_at != failed:
+            value = ENCODER.encode(msgspec.structs.replace(base, last_failed_validation_at=failed))
+    kv.put("waitpoints", key, value)
 
 
 def _put_approval(kv: KV, row: ApprovalRow) -> None:

@@ -5,6 +5,11 @@ writer takes all that are waiting, applies them in one transaction, commits with
 then wakes every requester. Each request succeeds or fails on its own: a stale ``expected_seq``
 is detected before the request writes anything, and a request that fails halfway (a bug, a
 corrupt row) is dropped by aborting and replaying the batch without it.
+
+The writer shares the GIL with the event loop, so every microsecond of Python it spends per
+request is one the loop cannot spend: requests arrive validated and encoded (``_core.prepare``
+runs in the caller), the writer remembers the heads it committed instead of reading them back,
+and it writes a batch's event rows and heads with one ``putmulti`` per table.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -33,7 +39,6 @@ from aion.errors import (
     AionError,
     DataDirectoryError,
     InvalidArgument,
-    SequenceConflict,
     StoreClosed,
     StoreError,
     StoreFormatError,
@@ -56,6 +61,8 @@ R = TypeVar("R")
 DEFAULT_MAP_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file only holds what is written
 MAX_BATCH = 4096
+#: How many workflows' heads the writer remembers (about 150 bytes each); beyond, it forgets all.
+MAX_REMEMBERED_HEADS = 4096
 
 Role = Literal["engine", "client"]
 
@@ -108,6 +115,108 @@ class _LmdbKV:
         return list(itertools.islice(cursor.iternext(keys=False, values=True), count))
 
 
+class _WriterKV(_LmdbKV):
+    """The writer's KV: it remembers heads, and (``bulk``) writes events and heads in bulk.
+
+    ``heads`` holds heads as of the last commit, so checking an append does not read its head
+    back; what this transaction writes is kept in ``written`` and joins ``heads`` only once
+    the commit succeeded. Only the engine's writer thread appends, so a remembered head is the
+    stored one.
+
+    With ``bulk``, event rows and heads are collected and written by :meth:`flush` with one
+    ``putmulti`` per table (before the commit, or before anything reads those tables). Without
+    it every row is one ``put``, in request order: the writer replays a batch so when LMDB
+    refuses a bulk write, to find the request it cannot take.
+    """
+
+    __slots__ = ("_bulk", "_events", "_heads", "written")
+
+    def __init__(
+        self,
+        txn: lmdb.Transaction[bytes],
+        dbs: dict[str, Any],
+        heads: dict[bytes, bytes],
+        *,
+        bulk: bool,
+    ) -> None:
+        super().__init__(txn, dbs)
+        self._heads = heads
+        self._bulk = bulk
+        self.written: dict[bytes, bytes] = {}
+        self._events: list[tuple[bytes, bytes]] = []
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        if table == "heads":
+            value = self.written.get(key)
+            if value is None:
+                value = self._heads.get(key)
+            if value is not None:
+                return value
+        elif table == "events":
+            self.flush()
+        return self._txn.get(key, db=self._dbs[table])
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        if self._bulk:
+            if table == "events":
+                self._events.append((key, value))
+                return
+            if table == "heads":
+                self.written[key] = value
+                return
+        self._txn.put(key, value, db=self._dbs[table])
+        if table == "heads":
+            self.written[key] = value
+
+    def delete(self, table: str, key: bytes) -> None:
+        if table in _DEFERRED:
+            self.flush()
+        self._txn.delete(key, db=self._dbs[table])
+        if table == "heads":
+            self.written.pop(key, None)
+            self._heads.pop(key, None)  # forgetting is safe even if this transaction aborts
+
+    def scan(
+        self, table: str, lo: bytes, hi: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        if table in _DEFERRED:
+            self.flush()
+        return super().scan(table, lo, hi, reverse=reverse)
+
+    def values(self, table: str, start: bytes, count: int) -> list[bytes]:
+        if table in _DEFERRED:
+            self.flush()
+        return super().values(table, start, count)
+
+    def flush(self) -> None:
+        """Write the collected event rows and heads (nothing to do without ``bulk``).
+
+        Raises:
+            _FlushFailed: LMDB refused a row (other than for a full map): the rows cannot be
+                told apart by request, so the batch is replayed with plain puts.
+        """
+        if not self._bulk:
+            return
+        try:
+            if self._events:
+                self._txn.cursor(self._dbs["events"]).putmulti(self._events)
+                self._events = []
+            if self.written:
+                # Rewritten whole on each flush: a later flush may change a head again.
+                self._txn.cursor(self._dbs["heads"]).putmulti(self.written.items())
+        except lmdb.MapFullError:
+            raise
+        except lmdb.Error as exc:
+            raise _FlushFailed from exc
+
+
+_DEFERRED = frozenset({"events", "heads"})
+
+
+class _FlushFailed(Exception):
+    pass
+
+
 class _Gate:
     """Readers share it; a map resize takes it alone (LMDB resizes with no transaction open)."""
 
@@ -149,10 +258,15 @@ class _Gate:
 class _Request:
     __slots__ = ("error", "event", "notify", "prepared", "result")
 
-    def __init__(self, prepared: Prepared, notify: Notifier | None) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        notify: Notifier | None,
+        event: asyncio.Future[None] | threading.Event | None = None,
+    ) -> None:
         self.prepared = prepared
         self.notify = notify
-        self.event: asyncio.Future[None] | threading.Event | None = None
+        self.event = event
         self.result: CommitResult | None = None
         self.error: BaseException | None = None
 
@@ -225,6 +339,11 @@ class LmdbStore(KVStore):
                 self._lock.release()
             raise
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Heads as of the last commit, so that the writer checks an append without reading its
+        # head back (engine role only: the engine is the only process that appends).
+        self._heads: dict[bytes, bytes] | None = {} if role == "engine" else None
+        self._bulk_writes = self._heads is not None
+        self._notifier: tuple[asyncio.AbstractEventLoop | None, Notifier] = (None, _no_loop)
         self._writer: threading.Thread | None = None
         if role == "engine":
             self._writer = threading.Thread(
@@ -335,9 +454,12 @@ class LmdbStore(KVStore):
                 )
             return await anyio.to_thread.run_sync(self.commit_prepared_sync, prepared)
         loop = asyncio.get_running_loop()
+        last_loop, notify = self._notifier  # one read: other threads may replace it
+        if last_loop is not loop:  # one bound method per loop, not one per request
+            notify = loop.call_soon_threadsafe
+            self._notifier = (loop, notify)
         future: asyncio.Future[None] = loop.create_future()
-        request = _Request(prepared, loop.call_soon_threadsafe)
-        request.event = future
+        request = _Request(prepared, notify, future)
         self._submit(request)
         try:
             await future  # a bare future: the cheapest wait (this is the hot path)
@@ -359,9 +481,8 @@ class LmdbStore(KVStore):
                 request = _Request(prepared, None)
                 self._run_batch([request])
                 return _outcome(request)
-        request = _Request(prepared, None)
         done = threading.Event()
-        request.event = done
+        request = _Request(prepared, None, done)
         self._submit(request)
         done.wait()
         return _outcome(request)
@@ -375,6 +496,10 @@ class LmdbStore(KVStore):
             self._fail_queued(failure)
 
     def _writer_failure(self) -> BaseException | None:
+        return self._failure
+
+    def writer_failure(self) -> BaseException | None:
+        """Why the writer thread died, or None while it works (the engine watches this)."""
         return self._failure
 
     def _writer_loop(self) -> None:
@@ -428,15 +553,23 @@ class LmdbStore(KVStore):
     def _run_batch(self, batch: list[_Request]) -> None:
         """Apply ``batch`` in one transaction; set each request's result or error."""
         pending = batch
+        self._bulk_writes = self._heads is not None
         while pending:
             try:
                 self._apply_in_txn(pending)
                 return
+            except _FlushFailed:
+                self._bulk_writes = False  # replay with a put per row, to find the culprit
             except _Poisoned as poisoned:
                 poisoned.request.error = poisoned.error
                 pending = [r for r in pending if r is not poisoned.request]
             except lmdb.MapFullError:
                 if not self._grow():
+                    if len(pending) > 1:
+                        # Each request succeeds or fails on its own: those that fit go in.
+                        for request in pending:
+                            self._run_batch([request])
+                        return
                     for request in pending:
                         request.error = StoreFull(
                             f"the store in {self.path} is full: its map reached max_map_size "
@@ -451,30 +584,46 @@ class LmdbStore(KVStore):
                 return
 
     def _apply_in_txn(self, pending: list[_Request]) -> None:
-        outcomes: list[tuple[_Request, CommitResult | None, BaseException | None]] = []
+        # Outcomes are published only after the commit: a batch that aborts (and is replayed
+        # without a poisoned request) must not have told anyone "recorded".
+        results: list[CommitResult | None] = []
+        errors: list[tuple[int, BaseException]] = []
+        heads = self._heads
         txn = self._env.begin(write=True)
         try:
-            kv = _LmdbKV(txn, self._dbs)
+            if heads is None:
+                kv: _LmdbKV = _LmdbKV(txn, self._dbs)
+            else:
+                kv = _WriterKV(txn, self._dbs, heads, bulk=self._bulk_writes)
+            check, apply = _core.check, _core.apply
             for request in pending:
+                prepared = request.prepared
                 try:
-                    _core.check(kv, request.prepared)
-                except (SequenceConflict, AionError) as exc:
-                    outcomes.append((request, None, exc))
+                    check(kv, prepared)
+                except AionError as exc:  # SequenceConflict, CorruptRecord: nothing written
+                    errors.append((len(results), exc))
+                    results.append(None)
                     continue
                 try:
-                    result = _core.apply(kv, request.prepared, checked=True)
-                except lmdb.MapFullError:
+                    results.append(apply(kv, prepared, checked=True))
+                except (lmdb.MapFullError, _FlushFailed):
                     raise
                 except Exception as exc:
                     raise _Poisoned(request, exc) from exc
-                outcomes.append((request, result, None))
+            if isinstance(kv, _WriterKV):
+                kv.flush()
         except BaseException:
             txn.abort()
             raise
         txn.commit()  # one fsync for the whole batch (when durable)
-        for request, outcome, error in outcomes:
-            request.result = outcome
-            request.error = error
+        if isinstance(kv, _WriterKV) and heads is not None:
+            if len(heads) + len(kv.written) > MAX_REMEMBERED_HEADS:
+                heads.clear()
+            heads.update(kv.written)
+        for request, result in zip(pending, results, strict=True):
+            request.result = result
+        for index, error in errors:
+            pending[index].error = error
 
     def _grow(self) -> bool:
         size = self._env.info()["map_size"]
@@ -535,6 +684,12 @@ class LmdbStore(KVStore):
         """Write raw bytes into a table, bypassing every check (tests of corrupt records)."""
         with self._env.begin(write=True) as txn:
             txn.put(key, value, db=self._dbs[table])
+        if self._heads is not None:
+            self._heads.clear()
+
+
+def _no_loop(callback: Callable[[], None]) -> None:
+    raise AssertionError("no event loop has committed yet")
 
 
 def _outcome(request: _Request) -> CommitResult:
@@ -549,22 +704,24 @@ def _wake(batch: list[_Request]) -> None:
     by_loop: dict[Notifier, list[asyncio.Future[None]]] = {}
     for request in batch:
         event = request.event
-        if isinstance(event, threading.Event):
-            event.set()
-        elif event is not None and request.notify is not None:
-            by_loop.setdefault(request.notify, []).append(event)
-    for notify, events in by_loop.items():
+        notify = request.notify
+        if notify is None:
+            if isinstance(event, threading.Event):
+                event.set()
+        elif isinstance(event, asyncio.Future):
+            futures = by_loop.get(notify)
+            if futures is None:
+                futures = by_loop[notify] = []
+            futures.append(event)
+    for notify, futures in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            notify(_setter(events))
+            notify(partial(_set_all, futures))
 
 
-def _setter(futures: list[asyncio.Future[None]]) -> Callable[[], None]:
-    def set_all() -> None:
-        for future in futures:
-            if not future.done():  # a cancelled waiter's future is done already
-                future.set_result(None)
-
-    return set_all
+def _set_all(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():  # a cancelled waiter's future is done already
+            future.set_result(None)
 
 
 def _store_error(path: Path, exc: lmdb.Error) -> StoreError:

@@ -11,7 +11,6 @@ from aion.events import AnyEvent, Event
 from . import _core, _keys
 from ._core import KV, Prepared
 from ._records import (
-    Append,
     ApprovalRow,
     CommitResult,
     InboxCommand,
@@ -189,9 +188,10 @@ class KVStore:
         *,
         tenant: str = "default",
     ) -> int:
-        result = await self.commit(
-            Write(appends=[Append(workflow_id, events, expected_seq, tenant)])
-        )
+        # What commit(Write(appends=[Append(...)])) does, without building the Write.
+        prepared = _core.prepare_append(tenant, workflow_id, events, expected_seq)
+        del events  # encoded now: do not hold the caller's events while the write is in flight
+        result = await self._commit(prepared)
         return result.heads[0]
 
     async def read_history(
