@@ -8,13 +8,20 @@ Shapes repaired:
 
 - ``stranded-continue-as-new``: the latest run ended in ``WorkflowContinuedAsNew`` and no
   successor ``WorkflowStarted`` follows. The successor is started from the recorded type and
-  input (its first activation happens when the engine wakes it).
+  input (its first activation happens when the engine wakes it). The last event is read for
+  every open run except those whose projection row shows them parked (``RUNNING`` and waiting
+  on something): that row is written with the events, and a run that continued as new waits
+  on nothing.
 - ``child-never-started``: a parent recorded ``ChildStarted`` for a child whose history does not
   exist. The child is started from the recorded type and input.
 - ``timer-row-of-closed-run``: a timer row of a run that has finished (or does not exist).
 - ``stale-timer-row``: a timer row of an earlier run of the workflow id.
 - ``fired-timer-row``: a timer row whose timer the history shows fired or cancelled, or a retry
-  row whose retry already started.
+  row whose retry already started. A timer row whose run's projection row lists the timer as
+  pending is live without reading the history.
+
+So for runs parked on timers, signals, approvals or waitpoints the sweep reads no history: it is
+one scan of the projection rows of open runs and one of the due-time index.
 
 Runs with work in flight (steps, children) and runs found ``BLOCKED`` are reported for
 reactivation; overdue timers are counted (the timer wheel fires them, in due order, at start);
@@ -131,6 +138,7 @@ async def sweep(
 
     scanned = blocked = 0
     reactivate: list[tuple[str, str]] = []
+    pending_timers: set[str] = set()
     after: tuple[str, str] | None = None
     while True:
         rows = await store.scan_active(after=after, limit=_PAGE)
@@ -142,10 +150,13 @@ async def sweep(
             wake = await _check_run(store, record, apply, code_version, found)
             if wake or record.status is Status.BLOCKED or _in_flight(record):
                 reactivate.append(key)
+            if not wake and record.status is Status.RUNNING:
+                # Untouched by a repair: the row is still current when the timers are checked.
+                pending_timers.update(_pending_timers(record))
         if len(rows) < _PAGE:
             break
         after = (rows[-1].tenant, rows[-1].workflow_id)
-    overdue = await _check_timers(store, now, apply, found)
+    overdue = await _check_timers(store, now, apply, found, pending_timers)
     inbox = len(await store.read_inbox(limit=100_000))
     report = RecoveryReport(
         runs_scanned=scanned,
@@ -178,10 +189,43 @@ async def _check_run(
     found: Callable[[Repair], None],
 ) -> bool:
     """Repair a stranded continue-as-new or never-started children; True if the run needs waking."""
+    wake = False
+    if not _parked(record):
+        continued = await _check_continued(store, record, apply, code_version, found)
+        if continued is None:
+            return False  # no history
+        wake = continued
+    children = [w.partition(":")[2] for w in record.waiting_on if w.startswith("child:")]
+    if children:
+        wake |= await _check_children(store, record, children, apply, code_version, found)
+    return wake
+
+
+def _parked(record: WorkflowRecord) -> bool:
+    """The projection row shows the run RUNNING and waiting on something, so its history does
+    not end in a continue-as-new: no need to read it.
+
+    The row is written in the same transaction as the events (one decision, one write). A run
+    that continued as new waits on nothing: its row is ``CONTINUED_AS_NEW`` (a writer that left
+    the successor for later) or names the successor's run (this engine writes both together).
+    Rows that do not show the run parked (``CONTINUED_AS_NEW``, ``BLOCKED``, waiting on
+    nothing) get the history read.
+    """
+    return record.status is Status.RUNNING and bool(record.waiting_on)
+
+
+async def _check_continued(
+    store: EventStore,
+    record: WorkflowRecord,
+    apply: bool,
+    code_version: str | None,
+    found: Callable[[Repair], None],
+) -> bool | None:
+    """Repair a stranded continue-as-new; True if repaired, None if the run has no history."""
     tenant, workflow_id = record.tenant, record.workflow_id
     head = await store.head(workflow_id, tenant=tenant)
     if head == 0:
-        return False
+        return None
     (last,) = await store.read_history(workflow_id, tenant=tenant, from_seq=head, to_seq=head)
     wake = False
     if isinstance(last, ev.WorkflowContinuedAsNew):
@@ -197,9 +241,6 @@ async def _check_run(
         if apply:
             await _start_successor(store, record, last, head, code_version)
         wake = True
-    children = [w.partition(":")[2] for w in record.waiting_on if w.startswith("child:")]
-    if children:
-        wake |= await _check_children(store, record, children, apply, code_version, found)
     return wake
 
 
@@ -296,10 +337,42 @@ async def _check_children(
     return True
 
 
+def _pending_timers(record: WorkflowRecord) -> list[str]:
+    """The timers a RUNNING run's projection row shows pending, as :func:`_timer_identity` keys.
+
+    ``waiting_on`` names a pending timer ``"timer:#<number> due <time>"``. The row is written in
+    the same transaction as the history, so it says what the history says (the timer was
+    scheduled in the current run and neither fired nor was cancelled) without reading the
+    history. Were a writer to leave the row stale, a timer row wrongly taken for live costs
+    nothing lasting: it fires, the engine finds the timer not pending and deletes the row.
+    """
+    out = []
+    for item in record.waiting_on:
+        if item.startswith("timer:#"):
+            number = item[7:].partition(" ")[0]
+            if number.isdigit():
+                out.append(
+                    _timer_identity(record.tenant, record.workflow_id, record.run_id, number)
+                )
+    return out
+
+
+def _timer_identity(tenant: str, workflow_id: str, run_id: str, number: str) -> str:
+    return f"{tenant}\0{workflow_id}\0{run_id}\0{number}"
+
+
 async def _check_timers(
-    store: EventStore, now: datetime, apply: bool, found: Callable[[Repair], None]
+    store: EventStore,
+    now: datetime,
+    apply: bool,
+    found: Callable[[Repair], None],
+    pending: set[str],
 ) -> int:
-    """Delete timer rows nothing waits on; return how many live timers are overdue."""
+    """Delete timer rows nothing waits on; return how many live timers are overdue.
+
+    A ``timer:`` row that ``pending`` (from the projection rows the sweep has just read) shows
+    live needs no read; any other row is checked against its run's row and history.
+    """
     overdue = 0
     last: TimerRow | None = None
     cache: dict[tuple[str, str], tuple[WorkflowRecord | None, list[ev.Event]]] = {}
@@ -307,6 +380,14 @@ async def _check_timers(
     while True:
         rows = await store.due_timers(_FAR_FUTURE, limit=_PAGE, after=last)
         for row in rows:
+            kind, _, number = row.timer_id.partition(":")
+            if (
+                kind == "timer"
+                and row.run_id
+                and _timer_identity(row.tenant, row.workflow_id, row.run_id, number) in pending
+            ):
+                overdue += row.due <= now
+                continue
             key = (row.tenant, row.workflow_id)
             if key not in cache:
                 record = await store.get_workflow(row.workflow_id, tenant=row.tenant)
