@@ -22,7 +22,7 @@ import msgspec
 
 from aion._codec import encode_payload
 from aion._demo import run_demo
-from aion._engine import Reader, pending_approval, refuse_completion, waitpoint_info
+from aion._engine import Reader, WaitpointInfo, refuse_completion
 from aion._format import describe_text, history_table, jsonable, table, waiting, when
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
@@ -42,7 +42,6 @@ from aion.store import (
     InboxCommand,
     LmdbStore,
     Status,
-    WaitpointRow,
     WaitpointStatus,
 )
 from aion.testing import replay
@@ -307,13 +306,12 @@ def _unblock(args: argparse.Namespace) -> int:
 def _approvals(args: argparse.Namespace) -> int:
     page = _read(
         args,
-        lambda _, store: store.pending_approvals(
+        lambda reader, _: reader.pending_approvals(
             tenant=args.tenant, limit=args.limit, cursor=args.cursor
         ),
     )
     if args.json:
-        items = [pending_approval(a) for a in page.items]
-        print_json({"items": items, "next_cursor": page.next_cursor})
+        print_json({"items": page.items, "next_cursor": page.next_cursor})
         return 0
     rows = [
         (
@@ -391,22 +389,21 @@ def _reject(args: argparse.Namespace) -> int:
 
 
 def _waitpoints(args: argparse.Namespace) -> int:
-    async def go(reader: Reader, store: LmdbStore) -> list[WaitpointRow]:
-        await reader.record(args.workflow_id, args.tenant)
-        rows: list[WaitpointRow] = []
+    async def go(reader: Reader, _: LmdbStore) -> list[WaitpointInfo]:
+        rows: list[WaitpointInfo] = []
         cursor = None
         while True:
-            page = await store.list_waitpoints(
+            page = await reader.pending_waitpoints(
                 args.workflow_id, tenant=args.tenant, limit=100, cursor=cursor
             )
-            rows += [w for w in page.items if w.status is WaitpointStatus.PENDING]
+            rows += page.items
             cursor = page.next_cursor
             if cursor is None:
                 return rows
 
     rows = _read(args, go)
     if args.json:
-        print_json([waitpoint_info(w) for w in rows])
+        print_json(rows)
         return 0
     print(
         table(

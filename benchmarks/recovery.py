@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,9 +68,7 @@ from aion.store import (
     Write,
 )
 from aion.testing import ManualClock
-
-ROOT = Path(__file__).resolve().parent.parent
-MARK = "@@BENCH@@"
+from benchmarks._child import child_main, run_child
 
 FULL: dict[str, Any] = {"runs": 100_000, "repeats": 3, "scan_repeats": 3, "batch": 5_000}
 QUICK: dict[str, Any] = {"runs": 2_000, "repeats": 1, "scan_repeats": 2, "batch": 500}
@@ -177,41 +173,6 @@ def _scratch(name: str) -> Iterator[Path]:
 
 def _data_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20
-
-
-def _child(mode: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run ``mode`` in a fresh interpreter; its figures come back as one JSON line."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
-    command = [sys.executable, "-m", "benchmarks.recovery", mode, json.dumps(args)]
-    try:
-        proc = subprocess.run(
-            command,
-            check=False,
-            cwd=tempfile.gettempdir(),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"{mode} did not finish within {timeout:.0f}s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARK):
-            result: dict[str, Any] = json.loads(line[len(MARK) :])
-            return result
-    lines = (proc.stderr or proc.stdout).strip().splitlines()
-    # The exception lines of a traceback (of every member of an exception group), first.
-    raised = [line.strip(" |") for line in lines if _names_an_exception(line)]
-    return {
-        "error": f"{mode} exited with {proc.returncode}: " + " | ".join(raised[:5] or lines[-5:]),
-        "output_tail": lines[-60:],
-    }
-
-
-def _names_an_exception(line: str) -> bool:
-    name = line.strip(" |").partition(":")[0].rpartition(".")[2]
-    return name.isidentifier() and name.endswith(("Error", "Exception", "Group", "Exit"))
 
 
 # --- building the store ------------------------------------------------------------------------
@@ -594,10 +555,20 @@ def run(quick: bool) -> dict[str, Any]:
             copy = root / f"copy-{r}"
             shutil.copytree(source, copy)
             baselines.append(
-                _child("baseline", {"path": str(copy), "repeats": size["scan_repeats"]}, timeout)
+                run_child(
+                    "benchmarks.recovery",
+                    "baseline",
+                    {"path": str(copy), "repeats": size["scan_repeats"]},
+                    timeout,
+                )
             )
             engines.append(
-                _child("engine", {"path": str(copy), "runs": runs, "timeout": timeout}, timeout)
+                run_child(
+                    "benchmarks.recovery",
+                    "engine",
+                    {"path": str(copy), "runs": runs, "timeout": timeout},
+                    timeout,
+                )
             )
             shutil.rmtree(copy, ignore_errors=True)
     engine = _medians(engines, _ENGINE_MEDIANS)
@@ -698,11 +669,7 @@ _MODES = {"baseline": _baseline, "engine": _engine_mode}
 
 
 def _main(argv: list[str]) -> int:
-    mode, raw = argv[0], argv[1]
-    result = _MODES[mode](json.loads(raw))
-    sys.stdout.write(MARK + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    return 0
+    return child_main(_MODES, argv)
 
 
 if __name__ == "__main__":

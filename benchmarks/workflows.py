@@ -27,11 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,9 +41,7 @@ import anyio
 
 import aion
 import aion.testing
-
-ROOT = Path(__file__).resolve().parent.parent
-MARK = "@@BENCH@@"
+from benchmarks._child import child_main, run_child
 
 FULL: dict[str, Any] = {
     "concurrency": (1, 50, 1000),
@@ -170,33 +166,6 @@ def _pct(values: Sequence[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
-
-
-def _child(mode: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run ``mode`` in a fresh interpreter; its figures come back as one JSON line."""
-    env = dict(os.environ)
-    # The repository root last, and a neutral working directory: a PYTHONPATH given by the
-    # caller (e.g. a patched copy of aion to compare) takes precedence.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
-    command = [sys.executable, "-m", "benchmarks.workflows", mode, json.dumps(args)]
-    try:
-        proc = subprocess.run(
-            command,
-            check=False,
-            cwd=tempfile.gettempdir(),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"{mode} did not finish within {timeout:.0f}s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARK):
-            result: dict[str, Any] = json.loads(line[len(MARK) :])
-            return result
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-    return {"error": f"{mode} exited with {proc.returncode}: " + " | ".join(tail)}
 
 
 # --- throughput --------------------------------------------------------------------------------
@@ -402,13 +371,15 @@ def _throughput(size: dict[str, Any], quick: bool) -> dict[str, Any]:
             figures = _aion_throughput(args)
         else:
             timeout = 120 + size["repeats"] * (size["duration"] + size["warmup"]) * 4
-            figures = _child("aion-throughput", args, timeout=timeout)
+            figures = run_child("benchmarks.workflows", "aion-throughput", args, timeout=timeout)
         figures["step"] = "sync (worker thread)" if sync_step else "async"
         aion_figures[key] = figures
     if quick:
         dbos: dict[str, Any] = {"skipped": "quick mode: the DBOS baseline is not run"}
     else:
-        dbos = _child("dbos", {**common, "modes": size["dbos_modes"]}, timeout=300)
+        dbos = run_child(
+            "benchmarks.workflows", "dbos", {**common, "modes": size["dbos_modes"]}, timeout=300
+        )
     out: dict[str, Any] = {
         "workflow": "start -> one step (x + 1) -> complete; requesters loop start -> result",
         "durable": True,
@@ -622,11 +593,14 @@ def _memory_anyio(args: dict[str, Any]) -> dict[str, Any]:
 def _memory(size: dict[str, Any]) -> dict[str, Any]:
     count = size["parked"]
     timeout = 120 + count / 500
-    engine = _child(
-        "memory-aion", {"count": count, "max_resident_runs": size["max_resident_runs"]}, timeout
+    engine = run_child(
+        "benchmarks.workflows",
+        "memory-aion",
+        {"count": count, "max_resident_runs": size["max_resident_runs"]},
+        timeout,
     )
-    bare = _child("memory-asyncio", {"count": count}, timeout=120)
-    anyio_tasks = _child("memory-anyio", {"count": count}, timeout=120)
+    bare = run_child("benchmarks.workflows", "memory-asyncio", {"count": count}, timeout=120)
+    anyio_tasks = run_child("benchmarks.workflows", "memory-anyio", {"count": count}, timeout=120)
     out: dict[str, Any] = {
         "runs": count,
         "aion": engine,
@@ -824,11 +798,7 @@ _MODES = {
 
 
 def _main(argv: list[str]) -> int:
-    mode, raw = argv[0], argv[1]
-    result = _MODES[mode](json.loads(raw))
-    sys.stdout.write(MARK + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    return 0
+    return child_main(_MODES, argv)
 
 
 if __name__ == "__main__":

@@ -435,14 +435,7 @@ class Runtime:
             batch.timers_delete.append(row)
             if step is None or step.retry_due is None:
                 return
-            attempt = step.attempts + 1
-            self._feed(
-                actor,
-                batch,
-                lambda s, at: ev.StepStarted(seq=s, at=at, step_seq=seq, attempt=attempt),
-            )
-            command = step.command
-            batch.after.append(lambda: self._dispatch(actor, command, attempt))
+            self._start_attempt(actor, batch, step.command, step.attempts + 1)
 
     def _on_step_result(self, actor: Actor, batch: _Batch, data: dict[str, Any]) -> None:
         driver = actor.driver

@@ -69,7 +69,7 @@ from ._types import (
     WorkflowDescription,
     WorkflowHandle,
 )
-from ._views import Reader, pending_approval, refuse_completion, waitpoint_info
+from ._views import Reader, refuse_completion
 
 __all__ = ["Engine"]
 
@@ -835,8 +835,7 @@ class Engine:
     ) -> Page[PendingApproval]:
         """Approvals waiting for a person across the tenant's runs, oldest first (keyset
         pagination: pass ``next_cursor`` back)."""
-        page = await self.store.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
-        return Page([pending_approval(row) for row in page.items], page.next_cursor)
+        return await self._reader.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
 
     async def complete_waitpoint(self, token: str, payload: Any = None) -> None:
         """Complete the waitpoint ``token`` names with ``payload``; returns once recorded.
@@ -918,19 +917,9 @@ class Engine:
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
         """
-        await self._record(workflow_id, tenant)
-        if limit < 1:
-            raise InvalidArgument(f"limit must be at least 1, not {limit}")
-        items: list[WaitpointInfo] = []
-        while True:
-            # Asking for no more rows than are still wanted keeps the store's cursor exact.
-            page = await self.store.list_waitpoints(
-                workflow_id, tenant=tenant, limit=limit - len(items), cursor=cursor
-            )
-            items += [waitpoint_info(r) for r in page.items if r.status is WaitpointStatus.PENDING]
-            if page.next_cursor is None or len(items) >= limit:
-                return Page(items, page.next_cursor)
-            cursor = page.next_cursor
+        return await self._reader.pending_waitpoints(
+            workflow_id, tenant=tenant, limit=limit, cursor=cursor
+        )
 
     async def _record(self, workflow_id: str, tenant: str) -> WorkflowRecord:
         return await self._reader.record(workflow_id, tenant)
@@ -1081,11 +1070,9 @@ def _one_error() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        first: BaseException = group
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        if isinstance(first, Exception):
-            raise first from group
+        errors = [e for e in _leaves(group) if isinstance(e, Exception)]
+        if errors:
+            raise errors[0] from group
         raise
 
 

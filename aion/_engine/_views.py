@@ -19,6 +19,7 @@ from aion._replay._definition import convert
 from aion._replay._driver import _return_type
 from aion.errors import (
     AionError,
+    InvalidArgument,
     InvalidToken,
     WaitpointClosed,
     WorkflowCancelled,
@@ -68,6 +69,41 @@ class Reader:
     @property
     def store(self) -> EventStore:
         return self._store()
+
+    async def pending_approvals(
+        self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
+    ) -> Page[PendingApproval]:
+        """Approvals waiting for a person across the tenant's runs, oldest first."""
+        page = await self.store.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
+        return Page([pending_approval(row) for row in page.items], page.next_cursor)
+
+    async def pending_waitpoints(
+        self,
+        workflow_id: str,
+        *,
+        tenant: str = "default",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WaitpointInfo]:
+        """The workflow's pending waitpoints by id, keyset-paginated.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+            InvalidArgument: ``limit`` is below 1.
+        """
+        await self.record(workflow_id, tenant)
+        if limit < 1:
+            raise InvalidArgument(f"limit must be at least 1, not {limit}")
+        items: list[WaitpointInfo] = []
+        while True:
+            # Asking for no more rows than are still wanted keeps the store's cursor exact.
+            page = await self.store.list_waitpoints(
+                workflow_id, tenant=tenant, limit=limit - len(items), cursor=cursor
+            )
+            items += [waitpoint_info(r) for r in page.items if r.status is WaitpointStatus.PENDING]
+            if page.next_cursor is None or len(items) >= limit:
+                return Page(items, page.next_cursor)
+            cursor = page.next_cursor
 
     async def outcome(self, record: WorkflowRecord) -> Any:
         events = await self.store.read_current_run(record.workflow_id, tenant=record.tenant)

@@ -287,10 +287,12 @@ class Driver:
         """Waitpoints neither completed nor expired, in creation order."""
         return [w for w in self._waitpoints.values() if w.pending]
 
-    def take_closed(self) -> list[ApprovalState | WaitpointState]:
+    def take_closed(self) -> Sequence[ApprovalState | WaitpointState]:
         """Approvals (timed out, withdrawn: see ``closed_as``) and waitpoints (expired) that
         closed without an event of their own since the last call; the engine updates their
         rows."""
+        if not self._closed:  # the common case, on every event fed: no allocation
+            return ()
         closed, self._closed = self._closed, []
         return closed
 

@@ -491,12 +491,9 @@ class LmdbStore(KVStore):
         if self._failure is not None:
             raise StoreError(f"the store writer for {self.path} has failed") from self._failure
         self._queue.put(request)
-        failure = self._writer_failure()
+        failure = self.writer_failure()
         if failure is not None:  # the writer died while we queued: do not wait forever
             self._fail_queued(failure)
-
-    def _writer_failure(self) -> BaseException | None:
-        return self._failure
 
     def writer_failure(self) -> BaseException | None:
         """Why the writer thread died, or None while it works (the engine watches this)."""
