@@ -14,9 +14,9 @@ restarts by replay, with backoff, and is parked BLOCKED past its restart intensi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +24,12 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import msgspec
 
 from aion import events as ev
 from aion._clock import from_timestamp
 from aion._codec import encode_payload
+from aion._ids import new_id
 from aion._loop import WorkQueue
 from aion._replay import (
     ApprovalState,
@@ -87,7 +87,7 @@ class Reply:
     __slots__ = ("error", "event")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event = asyncio.Event()  # not anyio's: that one asks sniffio for the backend
         self.error: BaseException | None = None
 
     def set(self, error: BaseException | None = None) -> None:
@@ -823,7 +823,7 @@ class Runtime:
 
     def _continue_as_new(self, actor: Actor, batch: _Batch, command: c.ContinueAsNew) -> None:
         assert actor.record is not None and actor.driver is not None
-        new_run_id = uuid.uuid4().hex
+        new_run_id = new_id()
         self._record(actor, batch, lambda s, at: c.to_event(command, s, at, new_run_id=new_run_id))
         self._drop_all_timers(actor, batch)
         self._close_waits(actor, batch)
@@ -857,7 +857,7 @@ class Runtime:
     def _start_child(self, actor: Actor, batch: _Batch, command: c.StartChild) -> None:
         assert actor.record is not None
         tenant = actor.key[0]
-        child_run_id = uuid.uuid4().hex
+        child_run_id = new_id()
         self._record(
             actor, batch, lambda s, at: c.to_event(command, s, at, child_run_id=child_run_id)
         )

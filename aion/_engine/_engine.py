@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import random
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
 from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, encode_payload
+from aion._ids import new_id
 from aion._loop import wait_all_tasks_blocked
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
@@ -579,13 +580,13 @@ class Engine:
             InvalidArgument: unknown workflow type, malformed id, wrong number of arguments.
         """
         definition = self._resolve(workflow)
-        workflow_id = workflow_id or uuid.uuid4().hex
+        workflow_id = workflow_id or new_id()
         encoded = definition.encode_input(args, limit=self.max_payload_bytes)
         key = (tenant, workflow_id)
         if key in self.runtime.actors:
             return self.handle(workflow_id, tenant=tenant)
         with self._busy():
-            run_id = uuid.uuid4().hex
+            run_id = new_id()
             now = self.now()
             # Registered but marked queued: no worker touches it until its start is recorded.
             actor = self.runtime.actors[key] = Actor(key, queued=True)
@@ -1021,7 +1022,7 @@ class _ResultWaiter:
     __slots__ = ("event", "outcome")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event = asyncio.Event()  # not anyio's: that one asks sniffio for the backend
         self.outcome: tuple[WorkflowRecord, c.Command] | None = None
 
 

@@ -221,7 +221,6 @@ class Driver:
         self._rng: random.Random | None = None
         self._continued = False
         self._compensations: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
-        self.context = Context(self)
 
     # --- feeding events ---------------------------------------------------------------------
 
@@ -391,7 +390,9 @@ class Driver:
         self._continued = event.continued_from_run_id is not None
         try:
             args = self.definition.decode_input(event.input)
-            coro = self.definition.fn(self.context, *args)
+            # A fresh Context, not one kept on the driver: a driver -> context -> driver cycle
+            # would leave every finished run to the cyclic garbage collector.
+            coro = self.definition.fn(Context(self), *args)
         except Exception as exc:  # bad input or arity: the run fails, as if the code raised
             self._main = _Task(_raise(exc), "main", self._ready)
         else:
@@ -467,6 +468,12 @@ class Driver:
         for other in list(self._tasks):  # the run is over: drop what still runs
             other.coro.close()
         self._tasks.clear()
+        # Nothing resolves now: drop callbacks (closures over the driver) that would otherwise
+        # keep the finished run alive in reference cycles.
+        for timer in self._timers.values():
+            timer.callbacks.clear()
+        for step in self._steps.values():
+            step.future.callbacks.clear()
 
     def _outcome_command(self, value: Any, error: BaseException | None) -> Command:
         assert self.info is not None
@@ -601,6 +608,9 @@ class Driver:
     def cancel_timer(self, timer: _TimerFuture) -> None:
         if self._timers.pop(timer.seq, None) is not None:
             self._issue(CancelTimer(timer.seq, timer.due))
+            # Its callbacks never run now; they close over the driver and what waited on the
+            # timer, which may point back at the timer: a cycle the collector would have to find.
+            timer.callbacks.clear()
 
     def wait_signal(self, name: str, timeout: float | None) -> DurableFuture:
         buffered = self._signals.get(name)

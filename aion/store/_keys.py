@@ -50,7 +50,7 @@ def ident(value: str, what: str = "id") -> bytes:
     data = value.encode()
     if not data:
         raise InvalidArgument(f"{what} must not be empty")
-    if SEP in data:
+    if "\x00" in value:  # on the str: ``bytes in bytes`` first tries (and fails) int(SEP)
         raise InvalidArgument(f"{what} {value!r} contains a NUL character, which ids may not")
     if len(data) > MAX_ID_BYTES:
         raise InvalidArgument(

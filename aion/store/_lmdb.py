@@ -34,7 +34,7 @@ import anyio
 import lmdb
 import msgspec
 
-from aion._loop import Notifier
+from aion._loop import Notifier, running_loop
 from aion.errors import (
     AionError,
     DataDirectoryError,
@@ -453,7 +453,7 @@ class LmdbStore(KVStore):
                     "engine to write histories"
                 )
             return await anyio.to_thread.run_sync(self.commit_prepared_sync, prepared)
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         last_loop, notify = self._notifier  # one read: other threads may replace it
         if last_loop is not loop:  # one bound method per loop, not one per request
             notify = loop.call_soon_threadsafe

@@ -49,10 +49,8 @@ class Status(enum.Enum):
     @property
     def is_terminal(self) -> bool:
         """True for statuses a workflow id never leaves on its own."""
-        return self in _TERMINAL
-
-
-_TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+        # Identity tests, not a set: an Enum member hashes in Python code (hot: every commit).
+        return self is Status.COMPLETED or self is Status.FAILED or self is Status.CANCELLED
 
 
 class WorkflowRecord(msgspec.Struct, frozen=True, array_like=True):

@@ -367,3 +367,24 @@ def test_compensations_run_in_reverse_order() -> None:
 
     sim = Sim(saga).run()
     assert result_of(sim) == ["b", "a"]
+
+
+def test_a_finished_driver_is_freed_without_the_cycle_collector() -> None:
+    # A reference cycle through the driver (it once kept its Context, which keeps it) leaves
+    # every finished run to the cyclic collector: under load that was a fifth of the CPU.
+    import gc
+    import weakref
+
+    sim = Sim(order, "o-1", 100).run(signals=[("ship", {"carrier": "ups"})])
+    assert isinstance(sim.driver.outcome, c.CompleteWorkflow)
+    history = sim.history
+    del sim
+    gc.disable()
+    try:
+        driver = replay(order, history)
+        assert isinstance(driver.outcome, c.CompleteWorkflow)
+        ref = weakref.ref(driver)
+        del driver
+        assert ref() is None, "the driver of a finished run is still referenced (a cycle?)"
+    finally:
+        gc.enable()

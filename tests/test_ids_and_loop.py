@@ -1,0 +1,59 @@
+"""Small hot-path helpers: engine-made ids and the cached running-loop lookup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import anyio
+import pytest
+
+from aion._ids import new_id
+from aion._loop import running_loop
+
+
+def test_ids_are_32_hex_digits_and_unique() -> None:
+    ids = [new_id() for _ in range(20_000)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first id and leave at once
+        try:
+            os.write(write_end, new_id().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    parent_next = new_id()
+    with os.fdopen(read_end, "rb") as pipe:
+        child_first = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert len(child_first) == 32
+    assert child_first != parent_next  # without a reseed at fork both would be the same
+
+
+def test_running_loop_is_the_running_loop_across_loops_and_threads() -> None:
+    seen: list[tuple[asyncio.AbstractEventLoop, asyncio.AbstractEventLoop]] = []
+
+    async def probe() -> None:
+        seen.append((running_loop(), asyncio.get_running_loop()))
+        seen.append((running_loop(), asyncio.get_running_loop()))  # the cached path
+
+    anyio.run(probe)
+    anyio.run(probe)  # a new loop on the same thread: the cached one is stopped
+    thread = threading.Thread(target=anyio.run, args=(probe,))
+    thread.start()
+    thread.join()
+    assert len(seen) == 6
+    assert all(mine is theirs for mine, theirs in seen)
+    assert len({id(loop) for loop, _ in seen[::2]}) == 3
+
+
+def test_running_loop_outside_a_loop_raises_like_asyncio() -> None:
+    with pytest.raises(RuntimeError):
+        running_loop()
