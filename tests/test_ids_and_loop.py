@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from typing import Any
 
 import anyio
 import pytest
@@ -57,3 +58,40 @@ def test_running_loop_is_the_running_loop_across_loops_and_threads() -> None:
 def test_running_loop_outside_a_loop_raises_like_asyncio() -> None:
     with pytest.raises(RuntimeError):
         running_loop()
+
+
+def test_engines_raise_the_default_gc_threshold_while_they_run(tmp_path: Any) -> None:
+    import gc
+
+    import aion
+    from aion._gc import ENGINE_GEN0_THRESHOLD
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, before[1], before[2])  # CPython's default
+    try:
+
+        async def main() -> list[int]:
+            seen = []
+            async with aion.Engine(tmp_path / "a"):
+                seen.append(gc.get_threshold()[0])
+                async with aion.Engine(tmp_path / "b"):
+                    seen.append(gc.get_threshold()[0])
+                seen.append(gc.get_threshold()[0])  # the first engine still runs
+            seen.append(gc.get_threshold()[0])  # the last one stopped: restored
+            async with aion.Engine(tmp_path / "c", tune_gc=False):
+                seen.append(gc.get_threshold()[0])
+            gc.set_threshold(5_000)  # the application's own choice is kept
+            async with aion.Engine(tmp_path / "d"):
+                seen.append(gc.get_threshold()[0])
+            return seen
+
+        assert anyio.run(main) == [
+            ENGINE_GEN0_THRESHOLD,
+            ENGINE_GEN0_THRESHOLD,
+            ENGINE_GEN0_THRESHOLD,
+            700,
+            700,
+            5_000,
+        ]
+    finally:
+        gc.set_threshold(*before)

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, int]] = [
     ("aion._clock", 0),
     ("aion._loop", 0),
     ("aion._ids", 0),
+    ("aion._gc", 0),
     ("aion.store", 1),
     ("aion._tokens", 1),
     ("aion._replay", 2),

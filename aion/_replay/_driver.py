@@ -265,15 +265,29 @@ class Driver:
     # --- what the run waits on (for describe) ------------------------------------------------
 
     def pending(self) -> dict[str, list[str]]:
-        """Durable operations the run is waiting for, by kind."""
-        return {
-            "steps": [s.name for s in self._steps.values()],
-            "timers": [f"#{seq} due {t.due:%Y-%m-%d %H:%M:%S}" for seq, t in self._timers.items()],
-            "signals": [name for name, ws in self._signal_waiters.items() if ws],
-            "children": [c.workflow_id for c in self._children.values()],
-            "approvals": [f"{a.action} ({a.approval_id})" for a in self._approvals.values()],
-            "waitpoints": [w.name for w in self._waitpoints.values() if w.pending],
-        }
+        """Durable operations the run is waiting for, by kind (only kinds it waits on)."""
+        # On every commit (the projection's waiting_on): kinds with nothing pending cost a
+        # truth test, not a list.
+        out: dict[str, list[str]] = {}
+        if self._steps:
+            out["steps"] = [s.name for s in self._steps.values()]
+        if self._timers:
+            out["timers"] = [
+                f"#{seq} due {t.due:%Y-%m-%d %H:%M:%S}" for seq, t in self._timers.items()
+            ]
+        if self._signal_waiters:
+            signals = [name for name, ws in self._signal_waiters.items() if ws]
+            if signals:
+                out["signals"] = signals
+        if self._children:
+            out["children"] = [c.workflow_id for c in self._children.values()]
+        if self._approvals:
+            out["approvals"] = [f"{a.action} ({a.approval_id})" for a in self._approvals.values()]
+        if self._waitpoints:
+            waitpoints = [w.name for w in self._waitpoints.values() if w.pending]
+            if waitpoints:
+                out["waitpoints"] = waitpoints
+        return out
 
     def pending_approvals(self) -> list[ApprovalState]:
         """Approvals waiting for a decision, in request order."""

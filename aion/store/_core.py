@@ -214,23 +214,30 @@ def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prep
         inbox_ids.append(command_id)
         stored = msgspec.structs.replace(command, command_id=command_id)
         inbox_put.append((command_id.encode(), ENCODER.encode(stored)))
+    # Most writes have one or two of these parts: an empty part costs a truth test.
     return Prepared(
         appends=appends,
         result=CommitResult(heads, tuple(inbox_ids)),
         workflows=tuple(write.workflows),
-        timers_add=[(_timer_key(t), ENCODER.encode(t)) for t in write.timers_add],
-        timers_delete=[_timer_key(t) for t in write.timers_delete],
+        timers_add=[(_timer_key(t), ENCODER.encode(t)) for t in write.timers_add]
+        if write.timers_add
+        else (),
+        timers_delete=[_timer_key(t) for t in write.timers_delete] if write.timers_delete else (),
         waitpoints=[
             (
                 k.child_key(w.tenant, w.workflow_id, w.waitpoint_id, "waitpoint id"),
                 ENCODER.encode(w),
             )
             for w in write.waitpoints
-        ],
-        approvals=[_check_approval(a) for a in write.approvals],
-        index_put=[(_index_key(r), r.value) for r in write.index_put],
-        index_delete=[_index_key(r) for r in write.index_delete],
-        inbox_delete=[k.ident(i, "inbox command id") for i in write.inbox_delete],
+        ]
+        if write.waitpoints
+        else (),
+        approvals=[_check_approval(a) for a in write.approvals] if write.approvals else (),
+        index_put=[(_index_key(r), r.value) for r in write.index_put] if write.index_put else (),
+        index_delete=[_index_key(r) for r in write.index_delete] if write.index_delete else (),
+        inbox_delete=[k.ident(i, "inbox command id") for i in write.inbox_delete]
+        if write.inbox_delete
+        else (),
         inbox_put=inbox_put,
         inbox_ids=tuple(inbox_ids),
     )

@@ -157,7 +157,7 @@ class Sim:
         while self.driver.outcome is None:
             if self.run_one_step() or self.finish_child():
                 continue
-            if queue and queue[0][0] in self.driver.pending()["signals"]:
+            if queue and queue[0][0] in self.driver.pending().get("signals", []):
                 self.signal(*queue.pop(0))
                 continue
             if self.fire_next_timer():
