@@ -155,7 +155,9 @@ STEPS = 40
 
 
 async def blob(i: int) -> str:
-    return f"x{i}" * 400
+    # Step results of a few KB: a step's write fails while the map still has room for the much
+    # smaller write that parks the run BLOCKED (which the test below wants to see happen).
+    return f"x{i}" * 1000
 
 
 @aion.workflow(name="disk_full.filler")
@@ -167,7 +169,7 @@ async def filler(ctx: aion.Context, n: int) -> int:
     return total
 
 
-EXPECTED = sum(len(f"x{i}" * 400) for i in range(STEPS))
+EXPECTED = sum(len(f"x{i}" * 1000) for i in range(STEPS))
 IDS = [f"f{i}" for i in range(3)]
 
 

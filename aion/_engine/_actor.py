@@ -795,16 +795,12 @@ class Runtime:
 
     def _close(self, actor: Actor, batch: _Batch, command: c.Command) -> None:
         assert actor.record is not None and actor.driver is not None
-        status = {
-            c.CompleteWorkflow: Status.COMPLETED,
-            c.FailWorkflow: Status.FAILED,
-            c.CancelWorkflow: Status.CANCELLED,
-        }[type(command)]
+        status = _CLOSED_AS[type(command)]
         self._drop_all_timers(actor, batch)
         self._close_waits(actor, batch)
-        actor.record = _replace(
-            actor.record, status=status, closed_at=self.engine.now(), waiting_on=()
-        )
+        # Closed when its closing event was recorded (this round's time).
+        closed_at = batch.at or self.engine.now()
+        actor.record = _replace(actor.record, status=status, closed_at=closed_at, waiting_on=())
         record = actor.record
         batch.after.append(lambda: self.engine.finished(record, command))
 
@@ -1113,6 +1109,13 @@ class Runtime:
                     break
         for key in idle:
             del self.actors[key]
+
+
+_CLOSED_AS: dict[type[c.Command], Status] = {
+    c.CompleteWorkflow: Status.COMPLETED,
+    c.FailWorkflow: Status.FAILED,
+    c.CancelWorkflow: Status.CANCELLED,
+}
 
 
 def _refuse_later(batch: _Batch, reply: Reply, error: AionError) -> None:

@@ -394,25 +394,34 @@ def _put_workflow(kv: KV, record: WorkflowRecord) -> None:
     wf_key = k.workflow_key(record.tenant, record.workflow_id)
     old_data = kv.get("workflows", wf_key)
     new_keys = _list_keys(record)
-    if old_data is not None:
+    terminal = record.status.is_terminal
+    if old_data is None:
+        for table, key in zip(_LIST_TABLES, new_keys, strict=True):
+            kv.put(table, key, b"")
+        if not terminal:
+            kv.put("active", wf_key, b"")
+    else:
         old = decode_row("workflows", wf_key, old_data, WorkflowRecord)
         if old.created_at != record.created_at:
             raise InvalidArgument(
                 f"workflow {record.workflow_id!r}: created_at is immutable "
                 f"({old.created_at.isoformat()} -> {record.created_at.isoformat()})"
             )
-        for table, old_key, new_key in zip(
-            ("by_created", "by_status", "by_type"), _list_keys(old), new_keys, strict=True
-        ):
+        # Index rows that stay the same are not written again (most commits of a run change
+        # none of them; closing it changes the status row only).
+        for table, old_key, new_key in zip(_LIST_TABLES, _list_keys(old), new_keys, strict=True):
             if old_key != new_key:
                 kv.delete(table, old_key)
-    for table, key in zip(("by_created", "by_status", "by_type"), new_keys, strict=True):
-        kv.put(table, key, b"")
-    if record.status.is_terminal:
-        kv.delete("active", wf_key)
-    else:
-        kv.put("active", wf_key, b"")
+                kv.put(table, new_key, b"")
+        if terminal != old.status.is_terminal:
+            if terminal:
+                kv.delete("active", wf_key)
+            else:
+                kv.put("active", wf_key, b"")
     kv.put("workflows", wf_key, ENCODER.encode(record))
+
+
+_LIST_TABLES = ("by_created", "by_status", "by_type")
 
 
 def _pending_key(row: ApprovalRow) -> bytes:

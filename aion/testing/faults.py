@@ -800,6 +800,9 @@ class TearableLmdbStore(LmdbStore, _Tearable):
         if not any(targets):
             super()._apply_in_txn(pending)
             return
+        # Row by row (no deferred bulk writes of event rows and heads): every KV write of the
+        # write to tear is then one put or delete, counted and attributed to its request.
+        self._bulk_writes = False
         batch = _Batch()
         originals = [request.prepared for request in pending]
         for request, target in zip(pending, targets, strict=True):
