@@ -445,7 +445,7 @@ class Runtime:
         assert actor.record is not None
         if data.get("run_id", actor.record.run_id) != actor.record.run_id:
             return  # a step of an earlier run (it continued as new) finished: not this run's
-        step = next((s for s in driver.pending_steps() if s.command.seq == seq), None)
+        step = driver.pending_step(seq)
         if step is None or step.attempts != attempt:
             return  # a stale result (an attempt re-run after a crash already recorded)
         error: BaseException | None = data["error"]

@@ -313,6 +313,10 @@ class Driver:
         """Steps scheduled and not yet resolved, by step number."""
         return list(self._steps.values())
 
+    def pending_step(self, seq: int) -> PendingStep | None:
+        """The pending step with this number, if it is still pending."""
+        return self._steps.get(seq)
+
     def pending_timers(self) -> list[tuple[int, datetime]]:
         """Timers started and neither fired nor cancelled: (timer number, due)."""
         return [(seq, t.due) for seq, t in self._timers.items()]

@@ -64,7 +64,7 @@ FORMAT_VERSION = 1
 FORMAT_KEY = b"format_version"
 
 _HEAD = k.be64
-_STATUS_CODE = {status: bytes([i + 1]) for i, status in enumerate(Status)}
+_STATUS_CODE = {status.value: bytes([i + 1]) for i, status in enumerate(Status)}
 
 
 class KV(Protocol):
@@ -201,9 +201,7 @@ def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prep
     ):
         return Prepared(appends, CommitResult(heads), only_appends=True)
     for record in write.workflows:
-        k.workflow_key(record.tenant, record.workflow_id)
-        k.ident(record.workflow_type, "workflow type")
-        k.micros(record.created_at)
+        _check_record(record)
     inbox_put: list[tuple[bytes, bytes]] = []
     inbox_ids: list[str] = []
     for command in write.inbox_put:
@@ -255,6 +253,8 @@ def prepare_append(
 #: Keys of recently appended workflows: built, and their ids checked, once rather than per append.
 _wf_keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
 _WF_KEYS_MAX = 4096
+#: Workflow type names found valid (there are few).
+_checked_types: set[str] = set()
 
 
 def _workflow_keys(tenant: str, workflow_id: str) -> tuple[bytes, bytes]:
@@ -264,6 +264,23 @@ def _workflow_keys(tenant: str, workflow_id: str) -> tuple[bytes, bytes]:
         _wf_keys.clear()
     keys = _wf_keys[tenant, workflow_id] = (wf_key, wf_key + k.SEP)
     return keys
+
+
+def _check_record(record: WorkflowRecord) -> None:
+    """Raise InvalidArgument for a projection row whose ids or times cannot be keys. Ids and
+    type names found valid are remembered (a run's row is written on every commit)."""
+    try:
+        known = (record.tenant, record.workflow_id) in _wf_keys and (
+            record.workflow_type in _checked_types
+        )
+    except TypeError:  # an unhashable id: the checks below name it
+        known = False
+    if not known:
+        _workflow_keys(record.tenant, record.workflow_id)
+        k.ident(record.workflow_type, "workflow type")
+        if len(_checked_types) < _WF_KEYS_MAX:
+            _checked_types.add(record.workflow_type)
+    k.micros(record.created_at)
 
 
 def _prepare_append(
@@ -381,22 +398,31 @@ def _apply_rows(kv: KV, prepared: Prepared) -> None:
 
 
 def _list_keys(record: WorkflowRecord) -> tuple[bytes, bytes, bytes]:
+    """Its rows in the three list indexes: by creation, by status, by type."""
     tenant = k.ident(record.tenant, "tenant") + k.SEP
     wf = k.ident(record.workflow_id, "workflow id")
     return (
         k.created_key(tenant, record.created_at, wf),
-        k.created_key(tenant + _STATUS_CODE[record.status], record.created_at, wf),
-        k.created_key(tenant + record.workflow_type.encode() + k.SEP, record.created_at, wf),
+        _status_key(tenant, record, wf),
+        _type_key(tenant, record, wf),
     )
+
+
+def _status_key(tenant: bytes, record: WorkflowRecord, wf: bytes) -> bytes:
+    # _value_, not the member: an Enum member hashes in Python code.
+    return k.created_key(tenant + _STATUS_CODE[record.status._value_], record.created_at, wf)
+
+
+def _type_key(tenant: bytes, record: WorkflowRecord, wf: bytes) -> bytes:
+    return k.created_key(tenant + record.workflow_type.encode() + k.SEP, record.created_at, wf)
 
 
 def _put_workflow(kv: KV, record: WorkflowRecord) -> None:
     wf_key = k.workflow_key(record.tenant, record.workflow_id)
     old_data = kv.get("workflows", wf_key)
-    new_keys = _list_keys(record)
     terminal = record.status.is_terminal
     if old_data is None:
-        for table, key in zip(_LIST_TABLES, new_keys, strict=True):
+        for table, key in zip(_LIST_TABLES, _list_keys(record), strict=True):
             kv.put(table, key, b"")
         if not terminal:
             kv.put("active", wf_key, b"")
@@ -407,12 +433,19 @@ def _put_workflow(kv: KV, record: WorkflowRecord) -> None:
                 f"workflow {record.workflow_id!r}: created_at is immutable "
                 f"({old.created_at.isoformat()} -> {record.created_at.isoformat()})"
             )
-        # Index rows that stay the same are not written again (most commits of a run change
-        # none of them; closing it changes the status row only).
-        for table, old_key, new_key in zip(_LIST_TABLES, _list_keys(old), new_keys, strict=True):
-            if old_key != new_key:
-                kv.delete(table, old_key)
-                kv.put(table, new_key, b"")
+        # Index rows that stay the same are not written again: the creation row never changes
+        # (created_at is immutable), the status row when the status does (closing a run), the
+        # type row when continue-as-new changes the type. Most commits change none of them.
+        status_changed = old.status is not record.status
+        if status_changed or old.workflow_type != record.workflow_type:
+            tenant = k.ident(record.tenant, "tenant") + k.SEP
+            wf = k.ident(record.workflow_id, "workflow id")
+            if status_changed:
+                kv.delete("by_status", _status_key(tenant, old, wf))
+                kv.put("by_status", _status_key(tenant, record, wf), b"")
+            if old.workflow_type != record.workflow_type:
+                kv.delete("by_type", _type_key(tenant, old, wf))
+                kv.put("by_type", _type_key(tenant, record, wf), b"")
         if terminal != old.status.is_terminal:
             if terminal:
                 kv.delete("active", wf_key)
@@ -583,7 +616,7 @@ def list_workflows(
     _check_limit(limit)
     tenant_prefix = k.ident(tenant, "tenant") + k.SEP
     if status is not None:
-        table, prefix = "by_status", tenant_prefix + _STATUS_CODE[Status(status)]
+        table, prefix = "by_status", tenant_prefix + _STATUS_CODE[Status(status).value]
     elif workflow_type is not None:
         table, prefix = "by_type", tenant_prefix + k.ident(workflow_type, "workflow type") + k.SEP
     else:
