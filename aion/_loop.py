@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Notifier", "WorkQueue", "running_loop", "wait_all_tasks_blocked"]
+__all__ = ["Flag", "Notifier", "WorkQueue", "running_loop", "wait_all_tasks_blocked"]
 
 #: Schedules a callback to run on the event loop it was taken from; callable from any thread.
 Notifier = Callable[[Callable[[], None]], object]
@@ -124,4 +124,43 @@ class WorkQueue(Generic[T]):
                 self._items.appendleft(waiter.result())  # handed over, then cancelled: keep it
             else:
                 waiter.cancel()
+            raise
+
+
+class Flag:
+    """A one-shot event on one event loop: :meth:`set` wakes every :meth:`wait`, now and later.
+
+    What ``asyncio.Event`` does for the engine's result waiters and replies, without its
+    ``getpid()`` per wait (it looks the loop up through ``get_running_loop``; this uses
+    :func:`running_loop`) and with no reset.
+    """
+
+    __slots__ = ("_is_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._is_set
+
+    def set(self) -> None:
+        if self._is_set:
+            return
+        self._is_set = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self) -> None:
+        if self._is_set:
+            return
+        waiter: asyncio.Future[None] = running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter in self._waiters:  # cancelled before set(): do not keep it
+                self._waiters.remove(waiter)
             raise

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from aion._ids import new_id
@@ -95,3 +96,32 @@ def test_engines_raise_the_default_gc_threshold_while_they_run(tmp_path: Any) ->
         ]
     finally:
         gc.set_threshold(*before)
+
+
+def test_a_flag_wakes_every_waiter_and_forgets_cancelled_ones() -> None:
+    from aion._loop import Flag
+
+    async def main() -> None:
+        flag = Flag()
+        woke: list[int] = []
+
+        async def waiter(i: int) -> None:
+            await flag.wait()
+            woke.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(waiter, i)
+            with anyio.CancelScope() as scope:  # a waiter that gives up
+                scope.cancel()
+                await flag.wait()
+            assert scope.cancelled_caught
+            await anyio.lowlevel.checkpoint()
+            assert len(flag._waiters) == 3  # the three tasks; the cancelled wait is gone
+            assert not flag.is_set() and woke == []
+            flag.set()
+        assert sorted(woke) == [0, 1, 2] and flag.is_set() and flag._waiters == []
+        await flag.wait()  # set: returns at once
+        flag.set()  # idempotent
+
+    anyio.run(main)

@@ -14,7 +14,6 @@ restarts by replay, with backoff, and is parked BLOCKED past its restart intensi
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import traceback
 from collections import OrderedDict, deque
@@ -30,7 +29,7 @@ from aion import events as ev
 from aion._clock import from_timestamp
 from aion._codec import encode_payload
 from aion._ids import new_id
-from aion._loop import WorkQueue
+from aion._loop import Flag, WorkQueue
 from aion._replay import (
     ApprovalState,
     Driver,
@@ -87,7 +86,7 @@ class Reply:
     __slots__ = ("error", "event")
 
     def __init__(self) -> None:
-        self.event = asyncio.Event()  # not anyio's: that one asks sniffio for the backend
+        self.event = Flag()  # not anyio's Event: that one asks sniffio for the backend
         self.error: BaseException | None = None
 
     def set(self, error: BaseException | None = None) -> None:
@@ -130,24 +129,40 @@ class Actor:
         return not self.mailbox and not self.steps_in_flight and not self.queued
 
 
-@dataclass(slots=True)
 class _Batch:
-    """What one processing round writes and then does."""
+    """What one processing round writes and then does (two per workflow at least: a plain
+    class with list displays, cheaper to make than a dataclass's default factories)."""
 
-    events: list[ev.Event] = field(default_factory=list)
-    appends: list[Append] = field(default_factory=list)
-    records: list[WorkflowRecord] = field(default_factory=list)
-    timers_add: list[TimerRow] = field(default_factory=list)
-    timers_delete: list[TimerRow] = field(default_factory=list)
-    approvals: list[ApprovalRow] = field(default_factory=list)
-    waitpoints: list[WaitpointRow] = field(default_factory=list)
-    inbox_delete: list[str] = field(default_factory=list)
-    after: list[Callable[[], None]] = field(default_factory=list)
-    replies: list[Reply] = field(default_factory=list)
-    # Requests refused because of what this round decides (e.g. the loser of a race): told
-    # only once that is recorded; if the commit fails they get its error instead.
-    refused: list[tuple[Reply, AionError]] = field(default_factory=list)
-    at: datetime | None = None  # one timestamp for everything one round records
+    __slots__ = (
+        "after",
+        "appends",
+        "approvals",
+        "at",
+        "events",
+        "inbox_delete",
+        "records",
+        "refused",
+        "replies",
+        "timers_add",
+        "timers_delete",
+        "waitpoints",
+    )
+
+    def __init__(self) -> None:
+        self.events: list[ev.Event] = []
+        self.appends: list[Append] = []
+        self.records: list[WorkflowRecord] = []
+        self.timers_add: list[TimerRow] = []
+        self.timers_delete: list[TimerRow] = []
+        self.approvals: list[ApprovalRow] = []
+        self.waitpoints: list[WaitpointRow] = []
+        self.inbox_delete: list[str] = []
+        self.after: list[Callable[[], None]] = []
+        self.replies: list[Reply] = []
+        # Requests refused because of what this round decides (e.g. the loser of a race):
+        # told only once that is recorded; if the commit fails they get its error instead.
+        self.refused: list[tuple[Reply, AionError]] = []
+        self.at: datetime | None = None  # one timestamp for everything one round records
 
 
 class Runtime:

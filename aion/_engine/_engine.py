@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -23,7 +22,7 @@ from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
 from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, encode_payload
 from aion._ids import new_id
-from aion._loop import wait_all_tasks_blocked
+from aion._loop import Flag, wait_all_tasks_blocked
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
 from aion._replay import _commands as c
@@ -1042,7 +1041,7 @@ class _ResultWaiter:
     __slots__ = ("event", "outcome")
 
     def __init__(self) -> None:
-        self.event = asyncio.Event()  # not anyio's: that one asks sniffio for the backend
+        self.event = Flag()  # not anyio's Event: that one asks sniffio for the backend
         self.outcome: tuple[WorkflowRecord, c.Command] | None = None
 
 
