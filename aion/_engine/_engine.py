@@ -111,7 +111,7 @@ class Engine:
             (store writer, timer wheel, step executor, run actors, inbox) that fails more than
             ``service_restarts`` times within ``service_window`` seconds stops the engine.
         tune_gc: while the engine runs, raise CPython's youngest-generation GC threshold from
-            its default 700 to 10,000 (~20% less CPU per workflow under load; an application
+            its default 700 to 50,000 (~20% less CPU per workflow under load; an application
             that set its own thresholds keeps them; restored when the last engine stops). See
             docs/operations.md.
     """
