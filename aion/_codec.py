@@ -5,7 +5,7 @@ Encoders and decoders are built once at import: building them costs far more tha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -50,8 +50,17 @@ def decode_events(blobs: Sequence[bytes | memoryview]) -> list[AnyEvent]:
     return [decode(b) for b in blobs]
 
 
+#: What a payload is, for error messages: a string, or a function that makes it (hot paths
+#: pass one, so that the message is only formatted when there is an error to report).
+What = str | Callable[[], str]
+
+
+def _what(what: What) -> str:
+    return what if isinstance(what, str) else what()
+
+
 def encode_payload(
-    value: object, *, limit: int = DEFAULT_MAX_PAYLOAD_BYTES, what: str = "payload"
+    value: object, *, limit: int = DEFAULT_MAX_PAYLOAD_BYTES, what: What = "payload"
 ) -> bytes:
     """Encode a user value, enforcing the payload size limit.
 
@@ -62,18 +71,18 @@ def encode_payload(
         data = ENCODER.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(
-            f"{what} cannot be encoded ({type(value).__name__}): {exc}. Use values msgspec can "
-            "encode: builtins, datetimes, UUIDs, msgspec Structs or dataclasses."
+            f"{_what(what)} cannot be encoded ({type(value).__name__}): {exc}. Use values msgspec "
+            "can encode: builtins, datetimes, UUIDs, msgspec Structs or dataclasses."
         ) from exc
     if len(data) > limit:
         raise PayloadError(
-            f"{what} is {len(data)} bytes encoded, over the limit of {limit} bytes. Store large "
-            "data outside the workflow and pass a reference, or raise max_payload_bytes."
+            f"{_what(what)} is {len(data)} bytes encoded, over the limit of {limit} bytes. Store "
+            "large data outside the workflow and pass a reference, or raise max_payload_bytes."
         )
     return data
 
 
-def decode_payload(data: bytes, type: Any = Any, *, what: str = "payload") -> Any:
+def decode_payload(data: bytes, type: Any = Any, *, what: What = "payload") -> Any:
     """Decode a payload written by :func:`encode_payload`, optionally into ``type``.
 
     Raises:
@@ -84,4 +93,4 @@ def decode_payload(data: bytes, type: Any = Any, *, what: str = "payload") -> An
             return _UNTYPED_DECODER.decode(data)
         return msgspec.msgpack.decode(data, type=type)
     except msgspec.DecodeError as exc:
-        raise PayloadError(f"{what} cannot be decoded: {exc}") from exc
+        raise PayloadError(f"{_what(what)} cannot be decoded: {exc}") from exc

@@ -470,7 +470,7 @@ class Runtime:
                 result = encode_payload(
                     data["value"],
                     limit=self.engine.max_payload_bytes,
-                    what=f"result of step {step.name!r}",
+                    what=lambda: f"result of step {step.name!r}",
                 )
             except PayloadError as exc:
                 error = exc
@@ -1037,8 +1037,19 @@ class Runtime:
             current = self.actors.get(key)
             if current is not None:
                 current.steps_in_flight = max(0, current.steps_in_flight - 1)
-            data = {"seq": command.seq, "attempt": attempt, "value": value, "error": error}
-            self.send(key, Message("step", {**data, "run_id": run_id}))
+            self.send(
+                key,
+                Message(
+                    "step",
+                    {
+                        "seq": command.seq,
+                        "attempt": attempt,
+                        "value": value,
+                        "error": error,
+                        "run_id": run_id,
+                    },
+                ),
+            )
 
         self.engine.executor.submit(
             StepJob(info, command.fn, command.args, command.kwargs, command.timeout, done)

@@ -77,7 +77,9 @@ class WorkflowDefinition:
     def encode_input(self, args: Sequence[Any], *, limit: int) -> bytes:
         """Encode workflow arguments; raises PayloadError (or InvalidArgument on arity)."""
         self.check_arity(args)
-        return encode_payload(list(args), limit=limit, what=f"input of workflow {self.name!r}")
+        return encode_payload(
+            list(args), limit=limit, what=lambda: f"input of workflow {self.name!r}"
+        )
 
     def check_arity(self, args: Sequence[Any]) -> None:
         """Refuse a wrong number of arguments at the call site, not inside the run."""
@@ -90,13 +92,17 @@ class WorkflowDefinition:
 
     def decode_input(self, data: bytes) -> list[Any]:
         """Decode recorded input into the types of the function's parameters."""
-        values = decode_payload(data, what=f"input of workflow {self.name!r}")
+        values = decode_payload(data, what=lambda: f"input of workflow {self.name!r}")
         if not isinstance(values, list):
             raise PayloadError(f"input of workflow {self.name!r} is not an argument list")
+        types = self.param_types
         out = []
         for i, value in enumerate(values):
-            tp = self.param_types[i] if i < len(self.param_types) else Any
-            out.append(convert(value, tp, what=f"argument {i + 1} of workflow {self.name!r}"))
+            tp = types[i] if i < len(types) else Any
+            if tp is Any or tp is inspect.Parameter.empty:
+                out.append(value)
+            else:
+                out.append(convert(value, tp, what=f"argument {i + 1} of workflow {self.name!r}"))
         return out
 
 

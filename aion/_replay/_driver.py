@@ -500,11 +500,12 @@ class Driver:
         if isinstance(error, Cancelled):
             return CancelWorkflow(str(error) or None)
         if error is None:
+            workflow_type = self.info.workflow_type
             try:
                 result = encode_payload(
                     value,
                     limit=self.max_payload_bytes,
-                    what=f"result of workflow {self.info.workflow_type!r}",
+                    what=lambda: f"result of workflow {workflow_type!r}",
                 )
             except PayloadError as exc:
                 error = exc
@@ -603,7 +604,7 @@ class Driver:
         encoded = encode_payload(
             [list(args), kwargs],
             limit=self.max_payload_bytes,
-            what=f"arguments of step {step_name!r}",
+            what=lambda: f"arguments of step {step_name!r}",
         )
         seq = self._next("step")
         future = DurableFuture()
