@@ -533,6 +533,46 @@ async def test_inbox_put_read_and_drain(store: EventStore) -> None:
     assert [c.name for c in await store.read_inbox(limit=1)] == ["s1"]
 
 
+async def test_each_projection_update_keeps_every_index_in_step(store: EventStore) -> None:
+    # A row's index entries are rewritten only when what they index changes: check each kind
+    # of change, and unchanged rewrites, against what the lists and the active scan show.
+    async def lists() -> dict[str, list[str]]:
+        out = {"all": [r.workflow_id for r in (await store.list_workflows()).items]}
+        for status in Status:
+            page = await store.list_workflows(status=status)
+            out[status.value] = [r.workflow_id for r in page.items]
+        for kind in ("order", "report"):
+            page = await store.list_workflows(workflow_type=kind)
+            out[kind] = [r.workflow_id for r in page.items]
+        out["active"] = [r.workflow_id for r in await store.scan_active()]
+        return {k: v for k, v in out.items() if v}
+
+    await store.commit(Write(workflows=[record("w", created=1), record("x", created=2)]))
+    expected = {"all": ["x", "w"], "running": ["x", "w"], "order": ["x", "w"], "active": ["w", "x"]}
+    assert await lists() == expected
+    await store.commit(Write(workflows=[record("w", created=1, run_id="r2")]))  # no index change
+    assert await lists() == expected
+    await store.commit(Write(workflows=[record("w", created=1, status=Status.BLOCKED)]))
+    assert await lists() == {**expected, "running": ["x"], "blocked": ["w"]}
+    # Continue-as-new into another type: the type index moves, the run stays active.
+    await store.commit(Write(workflows=[record("w", created=1, workflow_type="report")]))
+    assert await lists() == {**expected, "order": ["x"], "report": ["w"]}
+    await store.commit(
+        Write(workflows=[record("w", created=1, workflow_type="report", status=Status.FAILED)])
+    )
+    assert await lists() == {
+        "all": ["x", "w"],
+        "running": ["x"],
+        "failed": ["w"],
+        "order": ["x"],
+        "report": ["w"],
+        "active": ["x"],
+    }
+    # Back to non-terminal (an operator's repair): active again.
+    await store.commit(Write(workflows=[record("w", created=1, workflow_type="report")]))
+    assert await lists() == {**expected, "order": ["x"], "report": ["w"]}
+
+
 async def test_active_index_lists_non_terminal_workflows_of_all_tenants(
     store: EventStore,
 ) -> None:
