@@ -37,12 +37,12 @@ from aion.errors import (
     WorkflowClosed,
 )
 from aion.store import (
-    ApprovalRow,
     ApprovalStatus,
     InboxCommand,
     LmdbStore,
     Status,
     WaitpointStatus,
+    collect_pages,
 )
 from aion.testing import replay
 
@@ -338,16 +338,12 @@ def _decide(args: argparse.Namespace, kind: str) -> int:
                 f"workflow {args.workflow_id!r} has finished ({record.status.value}); its "
                 "approvals are closed"
             )
-        pending: list[ApprovalRow] = []
-        cursor = None
-        while True:
-            page = await store.list_approvals(
+        approvals = await collect_pages(
+            lambda cursor: store.list_approvals(
                 args.workflow_id, tenant=args.tenant, limit=100, cursor=cursor
             )
-            pending += [a for a in page.items if a.status is ApprovalStatus.PENDING]
-            cursor = page.next_cursor
-            if cursor is None:
-                break
+        )
+        pending = [a for a in approvals if a.status is ApprovalStatus.PENDING]
         if args.approval_id is not None:
             if not any(a.approval_id == args.approval_id for a in pending):
                 raise NoPendingApproval(
@@ -390,16 +386,11 @@ def _reject(args: argparse.Namespace) -> int:
 
 def _waitpoints(args: argparse.Namespace) -> int:
     async def go(reader: Reader, _: LmdbStore) -> list[WaitpointInfo]:
-        rows: list[WaitpointInfo] = []
-        cursor = None
-        while True:
-            page = await reader.pending_waitpoints(
+        return await collect_pages(
+            lambda cursor: reader.pending_waitpoints(
                 args.workflow_id, tenant=args.tenant, limit=100, cursor=cursor
             )
-            rows += page.items
-            cursor = page.next_cursor
-            if cursor is None:
-                return rows
+        )
 
     rows = _read(args, go)
     if args.json:

@@ -36,15 +36,12 @@ another filesystem (default: the system temp directory).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import shutil
-import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +66,7 @@ from aion.store import (
 )
 from aion.testing import ManualClock
 from benchmarks._child import child_main, run_child
+from benchmarks._common import median, rss, scratch
 
 FULL: dict[str, Any] = {"runs": 100_000, "repeats": 3, "scan_repeats": 3, "batch": 5_000}
 QUICK: dict[str, Any] = {"runs": 2_000, "repeats": 1, "scan_repeats": 2, "batch": 500}
@@ -130,22 +128,6 @@ WORKFLOWS = (sleeper, waiter, fresh)
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _rss() -> dict[str, float]:
-    """VmRSS, RssAnon and RssFile of this process, in MB (Linux /proc)."""
-    out: dict[str, float] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name in ("VmRSS", "RssAnon", "RssFile"):
-                    out[name] = int(value.split()[0]) / 1024
-    except OSError:  # not Linux: the peak is the best there is
-        import resource
-
-        out["VmRSS"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return out
-
-
 def _rss_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {name: after[name] - before.get(name, 0.0) for name in after}
 
@@ -155,20 +137,6 @@ def _load() -> float:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return -1.0
-
-
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else 0.0
-
-
-@contextlib.contextmanager
-def _scratch(name: str) -> Iterator[Path]:
-    base = os.environ.get("AION_BENCH_DIR") or None
-    path = Path(tempfile.mkdtemp(prefix=f"aion-bench-{name}-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _data_mb(path: Path) -> float:
@@ -384,13 +352,13 @@ def _baseline(args: dict[str, Any]) -> dict[str, Any]:
             "open_s": open_s,
             "open_runs_scanned": runs,
             "due_timers_scanned": timers,
-            "scan_s": _median(scans),
-            "scan_projection_s": _median(projection),
-            "scan_timers_s": _median(timer_rows),
+            "scan_s": median(scans),
+            "scan_projection_s": median(projection),
+            "scan_timers_s": median(timer_rows),
             "scan_runs": scans,
-            "scan_cpu_s": _median(scan_cpu),
-            "sweep_dry_run_s": _median(sweeps),
-            "sweep_dry_run_cpu_s": _median(sweep_cpu),
+            "scan_cpu_s": median(scan_cpu),
+            "sweep_dry_run_s": median(sweeps),
+            "sweep_dry_run_cpu_s": median(sweep_cpu),
             "sweep_dry_run_runs": sweeps,
             "sweep_saw": [report.runs_scanned, report.timers_overdue, len(report.repairs)],
         }
@@ -409,13 +377,13 @@ async def _engine(args: dict[str, Any]) -> dict[str, Any]:
     sleepers, waiters = (runs + 1) // 2, runs // 2
     _PROGRESS.goal, _PROGRESS.count, _PROGRESS.done = sleepers, 0, anyio.Event()
     gc.collect()
-    before = _rss()
+    before = rss()
     cpu_began = time.process_time()
     began = time.perf_counter()
     async with aion.Engine(path, workflows=WORKFLOWS) as engine:
         entered = time.perf_counter()
         cpu_entered = time.process_time()
-        at_entered = _rss()
+        at_entered = rss()
         handle = await engine.start(fresh, 41, workflow_id="fresh-after-recovery")
         started = time.perf_counter()
         result = await handle.result(timeout=args["timeout"])
@@ -427,7 +395,7 @@ async def _engine(args: dict[str, Any]) -> dict[str, Any]:
         fired = time.perf_counter()
         cpu_fired = time.process_time()
         gc.collect()
-        at_fired = _rss()
+        at_fired = rss()
         report = engine.recovery
         checks = await _check(engine, sleepers, waiters, result)
     return {
@@ -537,7 +505,7 @@ _BASELINE_MEDIANS = (
 
 def _medians(rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, float]:
     good = [r for r in rows if "error" not in r]
-    return {name: _median([r[name] for r in good]) for name in names}
+    return {name: median([r[name] for r in good]) for name in names}
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -548,7 +516,7 @@ def run(quick: bool) -> dict[str, Any]:
     timeout = 120 + runs / 100
     baselines: list[dict[str, Any]] = []
     engines: list[dict[str, Any]] = []
-    with _scratch("recovery") as root:
+    with scratch("recovery") as root:
         source = root / "source"
         setup = _setup(source, runs, size["batch"])
         for r in range(size["repeats"]):
@@ -577,7 +545,7 @@ def run(quick: bool) -> dict[str, Any]:
     good = [e for e in engines if "error" not in e]
     rss = {
         when: {
-            name: _median([e[when].get(name, 0.0) for e in good])
+            name: median([e[when].get(name, 0.0) for e in good])
             for name in ("VmRSS", "RssAnon", "RssFile")
         }
         for when in ("rss_growth_at_aenter_mb", "rss_growth_after_fired_mb")

@@ -29,13 +29,10 @@ import gc
 import os
 import queue
 import shutil
-import statistics
 import struct
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +44,7 @@ import msgspec
 from aion import events as ev
 from aion._codec import encode_event
 from aion.store import LmdbStore
+from benchmarks._common import median, scratch
 
 FULL: dict[str, Any] = {
     "concurrency": (1, 100, 1000),
@@ -82,16 +80,6 @@ def small_event(seq: int) -> ev.SignalReceived:
 # --- where and how --------------------------------------------------------------------------------
 
 
-@contextmanager
-def _scratch(name: str) -> Iterator[Path]:
-    base = os.environ.get("AION_BENCH_DIR") or None
-    path = Path(tempfile.mkdtemp(prefix=f"aion-bench-{name}-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _filesystem(path: Path) -> str:
     """The filesystem type and device holding ``path`` (from /proc/mounts, where there is one)."""
     try:
@@ -106,10 +94,6 @@ def _filesystem(path: Path) -> str:
         if inside and len(point) >= len(best[0]):
             best = (point, fstype, device)
     return f"{best[1]} on {best[2]} (mounted at {best[0]})"
-
-
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else 0.0
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -277,7 +261,7 @@ def _appends(size: dict[str, Any]) -> dict[str, Any]:
     baseline_runs: dict[int, list[float]] = {n: [] for n in size["concurrency"]}
     level_runs: dict[int, list[dict[str, Any]]] = {n: [] for n in size["concurrency"]}
     minimal_runs: dict[int, list[float]] = {n: [] for n in size["concurrency"]}
-    with _scratch("appends") as root:
+    with scratch("appends") as root:
         filesystem = _filesystem(root)
         # Each store run sits between its own baseline run and its reference run, and a ratio
         # is taken within that triple: other load on the machine (and on the disk: the
@@ -301,23 +285,23 @@ def _appends(size: dict[str, Any]) -> dict[str, Any]:
                         minimal_runs[n].append(result["per_s"])
     levels: list[dict[str, Any]] = []
     for n, runs in level_runs.items():
-        per_s = _median([r["per_s"] for r in runs])
+        per_s = median([r["per_s"] for r in runs])
         ratios = [r["per_s"] / base for r, base in zip(runs, baseline_runs[n], strict=True) if base]
         latencies = [x for r in runs for x in r["latencies"]]
         batches = [r["appends_per_commit"] for r in runs if r["appends_per_commit"]]
-        minimal = _median(minimal_runs[n])
+        minimal = median(minimal_runs[n])
         levels.append(
             {
                 "requesters": n,
                 "appends_per_s": per_s,
                 "runs": [r["per_s"] for r in runs],
-                "baseline_per_s": _median(baseline_runs[n]),
+                "baseline_per_s": median(baseline_runs[n]),
                 "baseline_runs": baseline_runs[n],
-                "ratio_to_baseline": _median(ratios) if ratios else None,
+                "ratio_to_baseline": median(ratios) if ratios else None,
                 "ratio_runs": ratios,
                 "latency_ms_p50": _percentile(latencies, 0.50) * 1e3,
                 "latency_ms_p99": _percentile(latencies, 0.99) * 1e3,
-                "appends_per_commit": _median(batches) if batches else None,
+                "appends_per_commit": median(batches) if batches else None,
                 "minimal_group_commit_per_s": minimal,
                 "minimal_runs": minimal_runs[n],
                 "fraction_of_minimal": per_s / minimal if minimal else None,
@@ -332,7 +316,7 @@ def _appends(size: dict[str, Any]) -> dict[str, Any]:
         "repeats": size["repeats"],
         "baseline": {
             "name": "raw py-lmdb, sync=True, one put per write transaction",
-            "appends_per_s": _median(all_baselines),
+            "appends_per_s": median(all_baselines),
             "runs": all_baselines,
         },
         "reference": (
@@ -403,7 +387,7 @@ def _time_reads(read: Callable[[], list[Any]], count: int, repeats: int) -> list
 def _reads(size: dict[str, Any]) -> dict[str, Any]:
     count, repeats = size["history_events"], size["read_repeats"]
     events = history_events(count)
-    with _scratch("reads") as root:
+    with scratch("reads") as root:
         data, copy = root / "data", root / "copy"
 
         async def write() -> None:
@@ -453,7 +437,7 @@ def _reads(size: dict[str, Any]) -> dict[str, Any]:
             store_rates, raw_rates, scan_rates = anyio.run(alternate)
         finally:
             env.close()
-    store_per_s, raw_per_s = _median(store_rates), _median(raw_rates)
+    store_per_s, raw_per_s = median(store_rates), median(raw_rates)
     return {
         "events": count,
         "event_bytes_mean": sum(len(encode_event(e)) for e in events) / count,
@@ -465,7 +449,7 @@ def _reads(size: dict[str, Any]) -> dict[str, Any]:
             "events_per_s": raw_per_s,
             "runs": raw_rates,
         },
-        "scan_only_events_per_s": _median(scan_rates),
+        "scan_only_events_per_s": median(scan_rates),
         "fraction_of_ceiling": store_per_s / raw_per_s if raw_per_s else None,
         "target": {
             "min_events_per_s": TARGETS["read_events_per_s"],

@@ -42,6 +42,7 @@ import anyio
 import aion
 import aion.testing
 from benchmarks._child import child_main, run_child
+from benchmarks._common import rss
 
 FULL: dict[str, Any] = {
     "concurrency": (1, 50, 1000),
@@ -142,22 +143,6 @@ async def signalled(ctx: aion.Context) -> None:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _rss() -> dict[str, float]:
-    """VmRSS, RssAnon and RssFile of this process, in MB (Linux /proc)."""
-    out: dict[str, float] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name in ("VmRSS", "RssAnon", "RssFile"):
-                    out[name] = int(value.split()[0]) / 1024
-    except OSError:  # not Linux: fall back to the peak
-        import resource
-
-        out["VmRSS"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return out
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -495,7 +480,7 @@ def _memory_aion(args: dict[str, Any]) -> dict[str, Any]:
         try:
             async with aion.Engine(data, workflows=[parked], max_resident_runs=resident) as engine:
                 gc.collect()
-                before = _rss()
+                before = rss()
                 checkpoints = []
                 next_id = 0
                 t0 = time.perf_counter()
@@ -513,7 +498,7 @@ def _memory_aion(args: dict[str, Any]) -> dict[str, Any]:
                         for _ in range(100):
                             tg.start_soon(starter, goal)
                     gc.collect()
-                    checkpoints.append({"runs": next_id, **_rss()})
+                    checkpoints.append({"runs": next_id, **rss()})
                 elapsed = time.perf_counter() - t0
                 after = checkpoints[-1]
                 resident_now = len(engine.runtime.actors)
@@ -545,12 +530,12 @@ def _memory_asyncio(args: dict[str, Any]) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         event = asyncio.Event()
         gc.collect()
-        before = _rss()
+        before = rss()
         tasks = [asyncio.create_task(event.wait()) for _ in range(count)]
         await asyncio.sleep(0)  # every task runs to its await and parks
         await asyncio.sleep(0)
         gc.collect()
-        after = _rss()
+        after = rss()
         event.set()
         await asyncio.gather(*tasks)
         return {
@@ -571,14 +556,14 @@ def _memory_anyio(args: dict[str, Any]) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         event = anyio.Event()
         gc.collect()
-        before = _rss()
+        before = rss()
         after: dict[str, float] = {}
         async with anyio.create_task_group() as tg:
             for _ in range(count):
                 tg.start_soon(event.wait)
             await anyio.wait_all_tasks_blocked()
             gc.collect()
-            after = _rss()
+            after = rss()
             event.set()
         return {
             "runs": count,

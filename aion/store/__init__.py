@@ -24,6 +24,7 @@ from ._records import WaitpointStatus as WaitpointStatus
 from ._records import WorkflowRecord as WorkflowRecord
 from ._records import Write as Write
 from ._records import begin_run as begin_run
+from ._records import collect_pages as collect_pages
 
 __all__ = [
     "Append",
@@ -36,6 +37,7 @@ __all__ = [
     "LmdbStore",
     "MemoryStore",
     "Page",
+    "collect_pages",
     "RunInfo",
     "Status",
     "TimerRow",

@@ -397,24 +397,18 @@ def _apply_rows(kv: KV, prepared: Prepared) -> None:
         kv.put("inbox", key, value)
 
 
-def _list_keys(record: WorkflowRecord) -> tuple[bytes, bytes, bytes]:
-    """Its rows in the three list indexes: by creation, by status, by type."""
-    tenant = k.ident(record.tenant, "tenant") + k.SEP
-    wf = k.ident(record.workflow_id, "workflow id")
-    return (
-        k.created_key(tenant, record.created_at, wf),
-        _status_key(tenant, record, wf),
-        _type_key(tenant, record, wf),
-    )
+def _list_key(table: str, record: WorkflowRecord) -> bytes:
+    """The record's row in one list index: ``by_created``, ``by_status`` or ``by_type``.
 
-
-def _status_key(tenant: bytes, record: WorkflowRecord, wf: bytes) -> bytes:
-    # _value_, not the member: an Enum member hashes in Python code.
-    return k.created_key(tenant + _STATUS_CODE[record.status._value_], record.created_at, wf)
-
-
-def _type_key(tenant: bytes, record: WorkflowRecord, wf: bytes) -> bytes:
-    return k.created_key(tenant + record.workflow_type.encode() + k.SEP, record.created_at, wf)
+    Its ids were checked by :func:`prepare` (or when the stored row was written), so they are
+    only encoded here.
+    """
+    prefix = record.tenant.encode() + k.SEP
+    if table == "by_status":
+        prefix += _STATUS_CODE[record.status._value_]  # not the member: it hashes in Python
+    elif table == "by_type":
+        prefix += record.workflow_type.encode() + k.SEP
+    return k.created_key(prefix, record.created_at, record.workflow_id.encode())
 
 
 def _put_workflow(kv: KV, record: WorkflowRecord) -> None:
@@ -422,8 +416,8 @@ def _put_workflow(kv: KV, record: WorkflowRecord) -> None:
     old_data = kv.get("workflows", wf_key)
     terminal = record.status.is_terminal
     if old_data is None:
-        for table, key in zip(_LIST_TABLES, _list_keys(record), strict=True):
-            kv.put(table, key, b"")
+        for table in _LIST_TABLES:
+            kv.put(table, _list_key(table, record), b"")
         if not terminal:
             kv.put("active", wf_key, b"")
     else:
@@ -436,16 +430,14 @@ def _put_workflow(kv: KV, record: WorkflowRecord) -> None:
         # Index rows that stay the same are not written again: the creation row never changes
         # (created_at is immutable), the status row when the status does (closing a run), the
         # type row when continue-as-new changes the type. Most commits change none of them.
-        status_changed = old.status is not record.status
-        if status_changed or old.workflow_type != record.workflow_type:
-            tenant = k.ident(record.tenant, "tenant") + k.SEP
-            wf = k.ident(record.workflow_id, "workflow id")
-            if status_changed:
-                kv.delete("by_status", _status_key(tenant, old, wf))
-                kv.put("by_status", _status_key(tenant, record, wf), b"")
-            if old.workflow_type != record.workflow_type:
-                kv.delete("by_type", _type_key(tenant, old, wf))
-                kv.put("by_type", _type_key(tenant, record, wf), b"")
+        changed = []
+        if old.status is not record.status:
+            changed.append("by_status")
+        if old.workflow_type != record.workflow_type:
+            changed.append("by_type")
+        for table in changed:
+            kv.delete(table, _list_key(table, old))
+            kv.put(table, _list_key(table, record), b"")
         if terminal != old.status.is_terminal:
             if terminal:
                 kv.delete("active", wf_key)

@@ -7,7 +7,7 @@ see docs/design.md). The store maintains their secondary indexes itself.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -236,6 +236,19 @@ class Page(msgspec.Struct, Generic[T], frozen=True):
 
     items: list[T]
     next_cursor: str | None = None
+
+
+async def collect_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[T]:
+    """Every item of a keyset-paginated list: ``fetch(cursor)`` returns one page, starting
+    from ``fetch(None)``, until a page has no ``next_cursor``."""
+    items: list[T] = []
+    cursor: str | None = None
+    while True:
+        page = await fetch(cursor)
+        items += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            return items
 
 
 def begin_run(

@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 
 import aion
+from aion.store import collect_pages
 
 POLICY = [aion.ApprovalRule("payments.*")]
 _WORKDIR: Path | None = None
@@ -110,14 +111,7 @@ async def _open_runs(engine: aion.Engine, count: int) -> list[str]:
 
 
 async def _pending_approvals(engine: aion.Engine) -> list[aion.PendingApproval]:
-    pending: list[aion.PendingApproval] = []
-    cursor = None
-    while True:
-        page = await engine.pending_approvals(limit=50, cursor=cursor)
-        pending += page.items
-        cursor = page.next_cursor
-        if cursor is None:
-            return pending
+    return await collect_pages(lambda cursor: engine.pending_approvals(limit=50, cursor=cursor))
 
 
 async def _finish(engine: aion.Engine, count: int, workdir: Path) -> None:

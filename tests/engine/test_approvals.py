@@ -13,7 +13,7 @@ import pytest
 
 import aion
 import aion.errors
-from aion.store import MemoryStore
+from aion.store import MemoryStore, collect_pages
 from aion.testing import ManualClock
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -241,14 +241,9 @@ async def mem_engine(clock: ManualClock) -> AsyncIterator[aion.Engine]:
 
 
 async def all_pending(engine: aion.Engine, tenant: str = "default") -> list[aion.PendingApproval]:
-    items: list[aion.PendingApproval] = []
-    cursor = None
-    while True:
-        page = await engine.pending_approvals(tenant=tenant, limit=100, cursor=cursor)
-        items += page.items
-        if page.next_cursor is None:
-            return items
-        cursor = page.next_cursor
+    return await collect_pages(
+        lambda cursor: engine.pending_approvals(tenant=tenant, limit=100, cursor=cursor)
+    )
 
 
 async def event_types(engine: aion.Engine, wf: str, tenant: str = "default") -> list[str]:

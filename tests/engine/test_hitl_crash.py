@@ -61,6 +61,7 @@ from aion.store import (
     Status,
     WaitpointStatus,
     Write,
+    collect_pages,
 )
 
 from . import _hitl_worker as w
@@ -144,7 +145,7 @@ class Harness:
         store = LmdbStore(self.data, role="client")
         boot = self.stats.boots
         try:
-            pending = await _all(lambda c: store.pending_approvals(limit=7, cursor=c))
+            pending = await collect_pages(lambda c: store.pending_approvals(limit=7, cursor=c))
             for approval in pending:
                 if rng.random() < 0.25:
                     continue  # nobody looked at this one yet
@@ -300,7 +301,7 @@ class Harness:
             transfers = Counter(
                 line.split()[0] for line in _read(self.work / "transfers.log").splitlines() if line
             )
-            pending = await _all(lambda c: store.pending_approvals(limit=3, cursor=c))
+            pending = await collect_pages(lambda c: store.pending_approvals(limit=3, cursor=c))
             listed = Counter(p.approval_id for p in pending)
             assert all(n == 1 for n in listed.values()), f"listed twice: {listed}"
             expected_pending: set[str] = set()
@@ -455,17 +456,6 @@ class Harness:
         if w.pays(index):
             assert transfers[wid] >= 1, f"{where}: approved payment never ran"
             self.stats.transfers_rerun += transfers[wid] - 1
-
-
-async def _all(fetch: Any) -> list[Any]:
-    items: list[Any] = []
-    cursor = None
-    while True:
-        page = await fetch(cursor)
-        items += page.items
-        cursor = page.next_cursor
-        if cursor is None:
-            return items
 
 
 def _read(path: Path) -> str:

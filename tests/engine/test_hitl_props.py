@@ -64,6 +64,7 @@ from aion.store import (
     MemoryStore,
     WaitpointRow,
     WaitpointStatus,
+    collect_pages,
 )
 from aion.testing import ManualClock
 
@@ -296,7 +297,9 @@ class Scenario:
             cursor = page.next_cursor
             if cursor is None:
                 break
-        rows = await _all(lambda c: engine.store.list_waitpoints(WF, tenant=tenant, cursor=c))
+        rows = await collect_pages(
+            lambda c: engine.store.list_waitpoints(WF, tenant=tenant, cursor=c)
+        )
         history = await engine.store.read_history(WF, tenant=tenant)
         return View(
             not desc.status.is_terminal, pending, {r.waitpoint_id: r for r in rows}, history
@@ -365,17 +368,6 @@ class Scenario:
         call.outcome = "acked"
         self.stats[f"{call.kind} acked"] += 1
         return None
-
-
-async def _all(fetch: Callable[[str | None], Awaitable[Any]]) -> list[Any]:
-    items: list[Any] = []
-    cursor = None
-    while True:
-        page = await fetch(cursor)
-        items += page.items
-        cursor = page.next_cursor
-        if cursor is None:
-            return items
 
 
 # --- predictions -------------------------------------------------------------------------------
@@ -709,7 +701,9 @@ async def check_tenant(s: Scenario, tenant: str) -> None:
     assert all(n == 1 for n in ids.values()), f"an approval decided twice: {decided}"
     rows: dict[str, ApprovalRow] = {
         r.approval_id: r
-        for r in await _all(lambda c: engine.store.list_approvals(WF, tenant=tenant, cursor=c))
+        for r in await collect_pages(
+            lambda c: engine.store.list_approvals(WF, tenant=tenant, cursor=c)
+        )
     }
     assert set(rows) == set(req), (rows, req)
     by_id = {e.approval_id: e for e in decided}
@@ -750,7 +744,9 @@ async def check_tenant(s: Scenario, tenant: str) -> None:
         key = (tenant, WF, wp_id)
         if key not in s.failed_at or s.failed_at[key] is not None:
             assert wp_row.last_failed_validation_at == s.failed_at.get(key), (wp_row, s.failed_at)
-    listed = await _all(lambda c: engine.pending_waitpoints(WF, tenant=tenant, limit=1, cursor=c))
+    listed = await collect_pages(
+        lambda c: engine.pending_waitpoints(WF, tenant=tenant, limit=1, cursor=c)
+    )
     assert sorted(i.waitpoint_id for i in listed) == sorted(
         i for i, r in view.waitpoints.items() if r.status is WaitpointStatus.PENDING
     )

@@ -97,6 +97,7 @@ from aion.store import (
     Status,
     WorkflowRecord,
     Write,
+    collect_pages,
 )
 
 from . import _recovery_worker as w
@@ -466,15 +467,8 @@ async def run_reference(tmp_path: Path, count: int, seed: int) -> dict[str, list
 
 
 async def _histories(store: EventStore) -> dict[str, list[ev.Event]]:
-    histories: dict[str, list[ev.Event]] = {}
-    cursor = None
-    while True:
-        page = await store.list_workflows(limit=500, cursor=cursor)
-        for record in page.items:
-            histories[record.workflow_id] = list(await store.read_history(record.workflow_id))
-        cursor = page.next_cursor
-        if cursor is None:
-            return histories
+    records = await collect_pages(lambda cursor: store.list_workflows(limit=500, cursor=cursor))
+    return {r.workflow_id: list(await store.read_history(r.workflow_id)) for r in records}
 
 
 # --- normalising histories ----------------------------------------------------------------------
@@ -657,14 +651,8 @@ async def check_crashed(
     store = LmdbStore(data)  # every worker is dead: this takes over the lock
     try:
         histories = await _histories(store)
-        records = {}
-        cursor = None
-        while True:
-            page = await store.list_workflows(limit=500, cursor=cursor)
-            records.update({r.workflow_id: r for r in page.items})
-            cursor = page.next_cursor
-            if cursor is None:
-                break
+        listed = await collect_pages(lambda cursor: store.list_workflows(limit=500, cursor=cursor))
+        records = {r.workflow_id: r for r in listed}
         assert await store.scan_active() == [], "open runs left"
         assert await store.due_timers(FAR_FUTURE) == [], "timer rows left behind"
         assert await store.read_inbox() == [], "inbox commands left"

@@ -19,7 +19,7 @@ import pytest
 import aion
 import aion.errors
 from aion.cli import main as cli
-from aion.store import MemoryStore
+from aion.store import MemoryStore, collect_pages
 from aion.testing import ManualClock
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -160,14 +160,9 @@ async def started_and_idle(
 async def all_waitpoints(
     engine: aion.Engine, wf: str, tenant: str = "default"
 ) -> list[aion.WaitpointInfo]:
-    items: list[aion.WaitpointInfo] = []
-    cursor = None
-    while True:
-        page = await engine.pending_waitpoints(wf, tenant=tenant, limit=100, cursor=cursor)
-        items += page.items
-        if page.next_cursor is None:
-            return items
-        cursor = page.next_cursor
+    return await collect_pages(
+        lambda cursor: engine.pending_waitpoints(wf, tenant=tenant, limit=100, cursor=cursor)
+    )
 
 
 async def noted_failure(engine: aion.Engine, wf: str) -> aion.WaitpointInfo:
