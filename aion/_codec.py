@@ -14,6 +14,7 @@ from .errors import PayloadError
 from .events import AnyEvent, Event
 
 __all__ = [
+    "DECODE_ERRORS",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "ENCODER",
     "decode_event",
@@ -33,6 +34,10 @@ _UNTYPED_DECODER: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
 
 encode = ENCODER.encode
 
+#: What msgspec raises on bytes it cannot decode: ``DecodeError`` (``ValidationError`` is one)
+#: and, for a string that is not valid UTF-8, a plain ``UnicodeDecodeError``.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+
 
 def encode_event(event: Event) -> bytes:
     """Encode one event to its on-disk bytes."""
@@ -40,7 +45,7 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes | memoryview) -> AnyEvent:
-    """Decode one event. Raises ``msgspec.DecodeError`` (or ``ValidationError``) on bad bytes."""
+    """Decode one event. Raises one of :data:`DECODE_ERRORS` on bad bytes."""
     return _EVENT_DECODER.decode(data)
 
 
@@ -92,5 +97,5 @@ def decode_payload(data: bytes, type: Any = Any, *, what: What = "payload") -> A
         if type is Any:
             return _UNTYPED_DECODER.decode(data)
         return msgspec.msgpack.decode(data, type=type)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise PayloadError(f"{_what(what)} cannot be decoded: {exc}") from exc

@@ -39,6 +39,7 @@ from typing import NoReturn
 
 import msgspec
 
+from aion._codec import DECODE_ERRORS
 from aion.errors import DataDirectoryError, InvalidArgument, InvalidToken
 
 __all__ = [
@@ -346,7 +347,7 @@ class KeyRing:
             claims = _PAYLOAD_DECODER.decode(payload)
             created_at = _from_us(claims.created_at)
             expires_at = None if claims.expires_at is None else _from_us(claims.expires_at)
-        except (msgspec.DecodeError, OverflowError) as exc:  # only if our own key signed junk
+        except (*DECODE_ERRORS, OverflowError) as exc:  # only if our own key signed junk
             _reject(token, f"malformed: the signed payload cannot be decoded ({exc})")
         # Compare the difference: retired_at + grace overflows for a grace of timedelta.max.
         if key.retired_at is not None and now - key.retired_at >= self._grace:
@@ -425,7 +426,7 @@ def peek_claims(token: str) -> TokenClaims | None:
         claims = _PAYLOAD_DECODER.decode(payload)
         created_at = _from_us(claims.created_at)
         expires_at = None if claims.expires_at is None else _from_us(claims.expires_at)
-    except (msgspec.DecodeError, OverflowError):
+    except (*DECODE_ERRORS, OverflowError):
         return None
     return TokenClaims(
         claims.tenant, claims.workflow_id, claims.waitpoint_id, created_at, expires_at, parts[1]
@@ -600,7 +601,7 @@ def _parse(data: bytes, path: Path) -> KeyRing:
 
     try:
         version = msgspec.json.decode(data, type=_FileVersion).version
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise corrupt(str(exc)) from None
     if version != _FILE_FORMAT_VERSION:
         raise DataDirectoryError(
@@ -609,7 +610,7 @@ def _parse(data: bytes, path: Path) -> KeyRing:
         )
     try:
         stored = msgspec.json.decode(data, type=_KeyFile)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise corrupt(str(exc)) from None
     current = [k for k in stored.keys if k.retired_at is None]
     if len(current) != 1:

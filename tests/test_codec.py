@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -14,7 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aion import events as ev
-from aion._codec import decode_event, decode_events, decode_payload, encode_event, encode_payload
+from aion._codec import (
+    DECODE_ERRORS,
+    decode_event,
+    decode_events,
+    decode_payload,
+    encode_event,
+    encode_payload,
+)
 from aion.errors import PayloadError
 
 T = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
@@ -199,4 +207,26 @@ def test_payload_limit_and_unencodable_values() -> None:
     with pytest.raises(PayloadError, match="cannot be decoded"):
         decode_payload(b"\xc1")
     with pytest.raises(PayloadError, match="cannot be decoded"):
+        decode_payload(b"\xa2\xc3\x28")  # a msgpack string that is not UTF-8
+    with pytest.raises(PayloadError, match="cannot be decoded"):
         decode_payload(encode_payload("text"), int)
+
+
+# Short msgpack strings of arbitrary bytes: most are not UTF-8, which msgspec reports with a
+# plain UnicodeDecodeError rather than a DecodeError.
+_MSGPACK_STRINGS = st.binary(max_size=8).map(lambda b: bytes([0xA0 | len(b)]) + b)
+
+
+@given(data=st.one_of(st.binary(max_size=48), _MSGPACK_STRINGS), typed=st.booleans())
+def test_any_bytes_decode_as_a_payload_or_raise_payload_error(data: bytes, typed: bool) -> None:
+    with contextlib.suppress(PayloadError):
+        decode_payload(data, Order if typed else Any)
+
+
+@given(data=st.data())
+def test_a_damaged_event_decodes_or_raises_a_decode_error(data: st.DataObject) -> None:
+    raw = bytearray(encode_event(data.draw(st.sampled_from(sample_events()))))
+    index = data.draw(st.integers(0, len(raw) - 1))
+    raw[index] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(*DECODE_ERRORS):
+        decode_event(bytes(raw))

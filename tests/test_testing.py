@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aion
+from aion.errors import InvalidArgument
 from aion.testing import SignalAt, check_determinism, replay, run_workflow
 from aion.testing.strategies import signal_schedules
 
@@ -53,6 +55,22 @@ async def test_replay_reports_divergence_of_changed_code(aion_engine: aion.Engin
 
     with pytest.raises(aion.NondeterminismError, match="history has step 'reserve'"):
         replay(changed, history)
+
+
+async def test_replay_refuses_a_history_event_whose_raw_bytes_are_damaged(
+    aion_engine: aion.Engine,
+) -> None:
+    await aion_engine.start(expense, 50, workflow_id="e3")
+    await aion_engine.wait_idle()
+    history = await aion_engine.history("e3")
+    first = history[0]
+    # Not msgpack at all, and the event with its workflow type made invalid UTF-8 (msgspec
+    # raises a plain UnicodeDecodeError for that one).
+    assert first.raw.count(b"expense") == 1
+    for raw in (b"\xc1", first.raw.replace(b"expense", b"\xc3\x28xpense")):
+        damaged = msgspec.structs.replace(first, raw=raw)
+        with pytest.raises(InvalidArgument, match="history event 1 has a raw encoding"):
+            replay(expense, [damaged, *history[1:]])
 
 
 def test_run_workflow_follows_the_signal_schedule() -> None:

@@ -154,6 +154,9 @@ def test_peek_claims_reads_without_verifying() -> None:
     for junk in ("", "v1.k1", "v2.k1.AA.AA", "v1.k1.AB.AA", "v1.k1.AAAA.AA", "v1.k1.ü.AA"):
         assert peek_claims(junk) is None
     assert peek_claims(b"v1.k1.AA.AA") is None  # type: ignore[arg-type]
+    # A payload holding a string that is not UTF-8 (msgspec raises UnicodeDecodeError for it).
+    not_utf8 = base64.urlsafe_b64encode(b"\x95\xa2\xc3\x28").decode().rstrip("=")
+    assert peek_claims(f"v1.k1.{not_utf8}.AA") is None
 
 
 @given(text=st.text(max_size=120))
@@ -466,6 +469,7 @@ def test_a_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> 
     [
         (b"", "corrupt"),
         (b"\x00\xffnot json", "corrupt"),
+        (b'{"version": 1, "grace_seconds": 60, "keys": [{"kid": "\xc3\x28"}]}', "corrupt"),
         (b"{}", "corrupt"),
         (b'{"version": 1, "grace_seconds": 60, "keys": []}', "exactly one must be current"),
         (b'{"version": 1, "grace_seconds": -1, "keys": [KEY]}', "negative"),

@@ -20,7 +20,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from aion import _gc
 from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
-from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_event, encode_payload
+from aion._codec import (
+    DECODE_ERRORS,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    decode_event,
+    encode_payload,
+)
 from aion._ids import new_id
 from aion._loop import Flag, wait_all_tasks_blocked
 from aion._recovery import RecoveryReport, sweep
@@ -1066,7 +1071,13 @@ def event_of(item: HistoryEvent | ev.Event) -> ev.Event:
         return item
     if not item.raw:
         raise InvalidArgument(f"history event {item.seq} carries no raw encoding to replay")
-    return decode_event(item.raw)
+    try:
+        return decode_event(item.raw)
+    except DECODE_ERRORS as exc:
+        raise InvalidArgument(
+            f"history event {item.seq} has a raw encoding that cannot be decoded ({exc}); pass "
+            "history exactly as Engine.history or Reader.history returned it"
+        ) from exc
 
 
 def events_of(history: Sequence[HistoryEvent | ev.Event]) -> list[ev.Event]:

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from aion._codec import ENCODER, decode_events
+from aion._codec import DECODE_ERRORS, ENCODER, decode_events
 from aion.errors import CorruptRecord, InvalidArgument, SequenceConflict
 from aion.events import AnyEvent, WorkflowStarted
 
@@ -99,7 +99,7 @@ def decode_row(table: str, key: bytes, data: bytes, typ: type[R]) -> R:
         decoder = _decoders[typ] = msgspec.msgpack.Decoder(typ)
     try:
         return decoder.decode(data)  # type: ignore[no-any-return]
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise CorruptRecord(table, key, str(exc)) from exc
 
 
@@ -107,7 +107,7 @@ def decode_event_rows(wf_key: bytes, first_seq: int, blobs: Sequence[bytes]) -> 
     """Decode a run of consecutive events, naming the exact key of an unreadable one."""
     try:
         events = decode_events(blobs)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except DECODE_ERRORS:
         events = []
         for offset, blob in enumerate(blobs):
             key = k.seq_key(wf_key, first_seq + offset)
@@ -125,7 +125,7 @@ def decode_event_rows(wf_key: bytes, first_seq: int, blobs: Sequence[bytes]) -> 
 def decode_event_rows_one(key: bytes, blob: bytes) -> list[AnyEvent]:
     try:
         return decode_events([blob])
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise CorruptRecord("events", key, str(exc)) from exc
 
 

@@ -34,6 +34,7 @@ import anyio
 import lmdb
 import msgspec
 
+from aion._codec import DECODE_ERRORS
 from aion._loop import Notifier, running_loop
 from aion.errors import (
     AionError,
@@ -413,7 +414,7 @@ class LmdbStore(KVStore):
                 return
         try:
             version = msgspec.msgpack.decode(raw, type=int)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise StoreFormatError(f"{self.path}: unreadable format version {raw!r}") from exc
         if version > _core.FORMAT_VERSION:
             raise StoreFormatError(

@@ -15,6 +15,7 @@ import anyio
 import msgspec
 import pytest
 
+from aion._codec import encode
 from aion.errors import (
     CorruptRecord,
     DataDirectoryError,
@@ -294,7 +295,16 @@ async def test_corrupt_record_names_its_key_and_spares_the_rest(tmp_path: Path) 
         assert "bad" in str(info.value)
         assert len(await store.read_history("bad", to_seq=2)) == 2
         assert len(await store.read_history("good")) == 1
+        not_utf8 = encode(signal(3, name="go")).replace(b"\xa2go", b"\xa2\xc3\x28")
+        store._debug_put_raw("events", key, not_utf8)  # a string that is not UTF-8
+        with pytest.raises(CorruptRecord) as info:
+            await store.read_history("bad")
+        assert info.value.table == "events" and info.value.key == key
         store._debug_put_raw("workflows", b"default\x00bad", b"\x93\x01")
+        with pytest.raises(CorruptRecord, match="workflows"):
+            await store.get_workflow("bad")
+        bad = encode(record("bad")).replace(b"order", b"\xc3\x28der")
+        store._debug_put_raw("workflows", b"default\x00bad", bad)
         with pytest.raises(CorruptRecord, match="workflows"):
             await store.get_workflow("bad")
         assert await store.get_workflow("good") == record("good")
