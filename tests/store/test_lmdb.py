@@ -27,7 +27,7 @@ from aion.errors import (
     StoreFull,
     StoreLocked,
 )
-from aion.store import Append, InboxCommand, LmdbStore, Write, _core
+from aion.store import Append, InboxCommand, LmdbStore, Write, _core, _lmdb
 
 from ._util import T0, record, signal, signals, started
 
@@ -85,6 +85,120 @@ async def test_group_commit_one_transaction_many_requests(
         assert spy.sizes == [1, 200]  # the blocker alone, then everyone else in one commit
         for i in (0, 99, 199):
             assert await store.head(f"w{i}") == 1
+
+
+class PauseProbe:
+    """Watches the writer fill a big batch: does the event loop stand still meanwhile?
+
+    A ticker task counts loop turns. The writer's fill waits until the loop sits in the pause
+    callback, then runs (or, with ``hold_fill``, waits for the loop to move on first).
+    """
+
+    def __init__(self, store: LmdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ticks = 0
+        self.order: list[str] = []
+        self.holding = threading.Event()
+        self.ticked_while_filling = threading.Event()
+        self.filling = False
+        self.hold_fill = False
+        real_hold = _lmdb._LoopPause._hold
+        real_fill = store._fill
+
+        def hold(pause: Any) -> None:
+            self.order.append("hold")
+            self.holding.set()
+            real_hold(pause)
+            self.order.append("resume")
+
+        def fill(kv: Any, pending: list[Any], results: Any, errors: Any) -> None:
+            if len(pending) < _lmdb.PAUSE_MIN_BATCH:
+                return real_fill(kv, pending, results, errors)
+            assert self.holding.wait(10), "the loop never paused"
+            self.filling = True
+            before = self.ticks
+            if self.hold_fill:
+                assert self.ticked_while_filling.wait(10), "the loop stayed paused"
+            real_fill(kv, pending, results, errors)
+            self.order.append(f"filled after {self.ticks - before} loop turns")
+            self.filling = False
+
+        monkeypatch.setattr(_lmdb._LoopPause, "_hold", hold)
+        monkeypatch.setattr(store, "_fill", fill)
+
+    async def tick(self, done: anyio.Event) -> None:
+        while not done.is_set():
+            self.ticks += 1
+            if self.filling:
+                self.ticked_while_filling.set()
+            await anyio.sleep(0)
+
+
+async def _big_batch_with_ticker(store: LmdbStore, probe: PauseProbe, spy: BatchSpy) -> None:
+    """Queue 50 appends behind a held one, start the ticker, then let the writer go."""
+    done = anyio.Event()
+    heads: list[int] = []
+
+    async def run(i: int) -> None:
+        heads.append(await store.append(f"p{i}", [started(workflow_id=f"p{i}")], 0))
+        if len(heads) == 50:
+            done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.append, "blocker", [started(workflow_id="blocker")], 0)
+        await anyio.to_thread.run_sync(spy.entered.wait)
+        for i in range(50):
+            tg.start_soon(run, i)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(probe.tick, done)
+        spy.release.set()
+    assert heads == [1] * 50
+    assert spy.sizes == [1, 50]
+
+
+async def test_a_big_batch_is_written_while_its_loop_stands_still(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_lmdb, "PAUSE_MAX_SECONDS", 30.0)  # only the writer ends this pause
+    async with LmdbStore(tmp_path / "d") as store:
+        spy = BatchSpy(store, monkeypatch)
+        probe = PauseProbe(store, monkeypatch)
+        await _big_batch_with_ticker(store, probe, spy)
+        # The loop paused before the fill, made no turn during it, and resumed after it.
+        assert probe.order == ["hold", "filled after 0 loop turns", "resume"]
+        assert await store.head("p49") == 1
+
+
+async def test_a_slow_fill_holds_the_loop_no_longer_than_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_lmdb, "PAUSE_MAX_SECONDS", 0.001)
+    async with LmdbStore(tmp_path / "d") as store:
+        spy = BatchSpy(store, monkeypatch)
+        probe = PauseProbe(store, monkeypatch)
+        probe.hold_fill = True  # the fill waits until the loop has moved on without it
+        await _big_batch_with_ticker(store, probe, spy)
+        assert probe.order[:2] == ["hold", "resume"]
+        assert probe.order[2].startswith("filled after") and probe.order[2] != "filled after 0"
+        assert await store.head("p49") == 1
+
+
+def test_small_batches_and_threads_do_not_pause_a_loop() -> None:
+    calls: list[Any] = []
+    request = _lmdb._Request(_core.prepare(Write()), calls.append)
+    assert _lmdb._LoopPause.for_batch([request] * (_lmdb.PAUSE_MIN_BATCH - 1)) is None
+    assert _lmdb._LoopPause.for_batch([_lmdb._Request(_core.prepare(Write()), None)] * 99) is None
+    pause = _lmdb._LoopPause.for_batch([request] * _lmdb.PAUSE_MIN_BATCH)
+    assert pause is not None and len(calls) == 1
+    pause.end()
+    calls[0]()  # the loop reaches the callback after the fill: it returns at once
+
+
+def test_a_closed_loop_is_not_waited_for() -> None:
+    def closed(callback: Any) -> None:
+        raise RuntimeError("Event loop is closed")
+
+    pause = _lmdb._LoopPause(closed)
+    pause._hold()  # returns at once: the pause counts as over
 
 
 async def test_requests_in_one_batch_fail_on_their_own(
