@@ -250,10 +250,10 @@ class _LoopPause:
 
     @classmethod
     def for_batch(cls, batch: list[_Request]) -> _LoopPause | None:
-        """A pause of the first requester's loop, for batches big enough to be worth one."""
+        """A pause of the first async requester's loop, for batches big enough to be worth one."""
         if len(batch) < PAUSE_MIN_BATCH:
             return None  # the loop has little to do, and the hand-over would cost more
-        notify = batch[0].notify
+        notify = next((r.notify for r in batch if r.notify is not None), None)
         return None if notify is None else cls(notify)
 
     def _hold(self) -> None:

@@ -187,7 +187,8 @@ def test_small_batches_and_threads_do_not_pause_a_loop() -> None:
     request = _lmdb._Request(_core.prepare(Write()), calls.append)
     assert _lmdb._LoopPause.for_batch([request] * (_lmdb.PAUSE_MIN_BATCH - 1)) is None
     assert _lmdb._LoopPause.for_batch([_lmdb._Request(_core.prepare(Write()), None)] * 99) is None
-    pause = _lmdb._LoopPause.for_batch([request] * _lmdb.PAUSE_MIN_BATCH)
+    from_thread = _lmdb._Request(_core.prepare(Write()), None)
+    pause = _lmdb._LoopPause.for_batch([from_thread] + [request] * (_lmdb.PAUSE_MIN_BATCH - 1))
     assert pause is not None and len(calls) == 1
     pause.end()
     calls[0]()  # the loop reaches the callback after the fill: it returns at once
