@@ -14,6 +14,7 @@ restarts by replay, with backoff, and is parked BLOCKED past its restart intensi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import traceback
 from collections import OrderedDict, deque
@@ -78,6 +79,8 @@ Key = tuple[str, str]  # (tenant, workflow id)
 
 #: Commit errors that guarantee nothing was written (no lost-acknowledgement check needed).
 _NOTHING_WRITTEN = (SequenceConflict, StoreFull, PayloadError, InvalidArgument)
+#: How many of the least recently used runs one eviction round looks at.
+EVICTION_SCAN = 1024
 
 
 class Reply:
@@ -309,10 +312,16 @@ class Runtime:
 
     def _resume_in_flight(self, actor: Actor, batch: _Batch, driver: Driver) -> None:
         """After a replay: re-run interrupted steps, re-arm timers, re-ask finished children."""
+        # A timer whose firing woke the run is in its mail: the wheel has let go of it, and
+        # arming it again would fire it a second time. (If processing that mail crashes, the
+        # restart's activation arms it again.)
+        firing = {m.data["row"].timer_id for m in actor.mailbox if m.kind == "timer"}
         for step in driver.pending_steps():
             if step.retry_due is not None:
-                row = self._timer_row(actor, f"retry:{step.command.seq}", step.retry_due)
-                batch.after.append(partial(self.engine.hold_timer, row))
+                timer_id = f"retry:{step.command.seq}"
+                if timer_id not in firing:
+                    row = self._timer_row(actor, timer_id, step.retry_due)
+                    batch.after.append(partial(self.engine.hold_timer, row))
             elif step.attempts > 0:
                 # Started, never finished: the process died mid-step (or the actor restarted
                 # while it runs). Run it again unless it is still running here
@@ -322,8 +331,9 @@ class Runtime:
                 if running not in self.steps_running:
                     batch.after.append(partial(self._dispatch, actor, step.command, step.attempts))
         for seq, due in driver.pending_timers():
-            row = self._timer_row(actor, f"timer:{seq}", due)
-            batch.after.append(partial(self.engine.hold_timer, row))
+            if f"timer:{seq}" not in firing:
+                row = self._timer_row(actor, f"timer:{seq}", due)
+                batch.after.append(partial(self.engine.hold_timer, row))
         for seq, child_id in driver.pending_children():
             batch.after.append(partial(self.engine.check_child, actor.key, seq, child_id))
             if driver.cancel_requested:
@@ -1126,9 +1136,12 @@ class Runtime:
         excess = len(self.actors) - limit
         if excess <= 0:
             return
-        # Oldest first; stop as soon as enough idle runs are found (no copy of the whole LRU).
+        # Oldest first; stop as soon as enough idle runs are found, and look at no more than
+        # EVICTION_SCAN runs: when the oldest are all busy (a backlog of woken runs), a full walk
+        # on every processing round is quadratic. Busy runs move to the end once processed, so
+        # idle ones surface and a later round evicts them.
         idle: list[Key] = []
-        for key, actor in self.actors.items():
+        for key, actor in itertools.islice(self.actors.items(), EVICTION_SCAN):
             if actor.idle:
                 idle.append(key)
                 if len(idle) >= excess:

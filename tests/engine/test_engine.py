@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -263,6 +264,60 @@ async def test_idle_runs_are_evicted_and_come_back_by_replay(tmp_path: Path) -> 
         assert [await engine.handle(f"w{i}").result(timeout=5) for i in range(20)] == list(
             range(20)
         )
+
+
+async def test_a_timer_that_wakes_an_evicted_run_is_not_armed_again(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    engine = aion.Engine(tmp_path / "d", workflows=ALL, clock=clock, max_resident_runs=1)
+    armed: list[tuple[str, str]] = []
+    real_hold = engine.hold_timer
+
+    def hold_timer(row: Any) -> None:
+        armed.append((row.workflow_id, row.timer_id))
+        real_hold(row)
+
+    engine.hold_timer = hold_timer  # type: ignore[method-assign]
+    async with engine:
+        for i in range(5):
+            await engine.start(report, workflow_id=f"r{i}")
+
+        async def all_sleeping() -> bool:
+            descs = [await engine.describe(f"r{i}") for i in range(5)]
+            return all(d.pending.get("timers") for d in descs)
+
+        await wait_until(all_sleeping)
+        assert len(engine.runtime.actors) <= 1  # the others were evicted
+        assert sorted(armed) == [(f"r{i}", "timer:1") for i in range(5)]
+        armed.clear()
+        clock.advance(timedelta(days=31).total_seconds())
+        for i in range(5):
+            assert (await engine.handle(f"r{i}").result(timeout=5)).startswith("report at")
+        # Each run woke by its timer's firing, replayed, and found the timer still pending in
+        # its history; arming it again would fire it a second time.
+        assert armed == []
+
+
+def test_an_eviction_round_looks_at_a_bounded_number_of_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aion._engine import _actor
+
+    class Busy:
+        idle = False
+
+    class Idle:
+        idle = True
+
+    runtime = _actor.Runtime.__new__(_actor.Runtime)
+    runtime.engine = type("E", (), {"max_resident_runs": 10})()  # type: ignore[assignment]
+    runtime.actors = OrderedDict((("t", f"b{i}"), Busy()) for i in range(50))  # type: ignore[misc]
+    runtime.actors.update({("t", f"i{i}"): Idle() for i in range(5)})  # type: ignore[misc]
+    monkeypatch.setattr(_actor, "EVICTION_SCAN", 40)
+    runtime._maybe_evict()  # the idle runs are past the first 40: nothing this round
+    assert len(runtime.actors) == 55
+    monkeypatch.setattr(_actor, "EVICTION_SCAN", 1024)
+    runtime._maybe_evict()
+    assert len(runtime.actors) == 50 and all(isinstance(a, Busy) for a in runtime.actors.values())
 
 
 async def test_commands_left_in_the_inbox_by_another_process(tmp_path: Path) -> None:
