@@ -85,11 +85,13 @@ class WorkQueue(Generic[T]):
     tasks, a worker yields once every ``fair_every`` items it takes without waiting.
     """
 
-    __slots__ = ("_items", "_streak", "_waiters", "fair_every")
+    __slots__ = ("_items", "_room", "_streak", "_waiters", "fair_every")
 
     def __init__(self, fair_every: int = 32) -> None:
         self._items: deque[T] = deque()
         self._waiters: deque[asyncio.Future[T]] = deque()
+        # Producers waiting for the queue to get shorter: (length they wait for, future).
+        self._room: list[tuple[int, asyncio.Future[None]]] = []
         self._streak = 0
         self.fair_every = fair_every
 
@@ -113,7 +115,10 @@ class WorkQueue(Generic[T]):
                 await asyncio.sleep(0)
                 if not self._items:
                     return await self.get()
-            return self._items.popleft()
+            item = self._items.popleft()
+            if self._room:
+                self._make_room()
+            return item
         self._streak = 0
         waiter: asyncio.Future[T] = running_loop().create_future()
         self._waiters.append(waiter)
@@ -125,6 +130,39 @@ class WorkQueue(Generic[T]):
             else:
                 waiter.cancel()
             raise
+
+    async def wait_shorter_than(self, length: int) -> None:
+        """Wait until fewer than ``length`` items are queued, or :meth:`release` is called.
+
+        A producer's back-pressure: the queue itself stays unbounded.
+        """
+        if len(self._items) < length:
+            return
+        waiter: asyncio.Future[None] = running_loop().create_future()
+        self._room.append((length, waiter))
+        try:
+            await waiter
+        except BaseException:
+            self._room = [(n, w) for n, w in self._room if w is not waiter]
+            raise
+
+    def release(self) -> None:
+        """Wake every producer waiting for room (the queue is being replaced)."""
+        room, self._room = self._room, []
+        for _, waiter in room:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _make_room(self) -> None:
+        length = len(self._items)
+        waiting = []
+        for n, waiter in self._room:
+            if length < n:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((n, waiter))
+        self._room = waiting
 
 
 class Flag:

@@ -12,7 +12,7 @@ import anyio.lowlevel
 import pytest
 
 from aion._ids import new_id
-from aion._loop import running_loop
+from aion._loop import WorkQueue, running_loop
 
 
 def test_ids_are_32_hex_digits_and_unique() -> None:
@@ -123,5 +123,42 @@ def test_a_flag_wakes_every_waiter_and_forgets_cancelled_ones() -> None:
         assert sorted(woke) == [0, 1, 2] and flag.is_set() and flag._waiters == []
         await flag.wait()  # set: returns at once
         flag.set()  # idempotent
+
+    anyio.run(main)
+
+
+def test_a_producer_waits_for_room_in_a_work_queue() -> None:
+    async def main() -> None:
+        queue: WorkQueue[int] = WorkQueue()
+        for i in range(5):
+            queue.put_nowait(i)
+        await queue.wait_shorter_than(6)  # already shorter: returns at once
+        woke: list[int] = []
+
+        async def producer() -> None:
+            await queue.wait_shorter_than(3)
+            woke.append(len(queue))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await anyio.wait_all_tasks_blocked()
+            assert await queue.get() == 0
+            assert await queue.get() == 1
+            await anyio.wait_all_tasks_blocked()
+            assert woke == []  # 3 left: not yet
+            assert await queue.get() == 2
+        assert woke == [2]
+
+        # Cancelled producers leave no waiter behind; release() wakes every producer.
+        with anyio.move_on_after(0):
+            await queue.wait_shorter_than(1)
+        assert queue._room == []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(queue.wait_shorter_than, 1)
+            tg.start_soon(queue.wait_shorter_than, 2)
+            await anyio.wait_all_tasks_blocked()
+            assert len(queue._room) == 2
+            queue.release()
+        assert len(queue) == 2 and queue._room == []
 
     anyio.run(main)

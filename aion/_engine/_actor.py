@@ -81,6 +81,8 @@ Key = tuple[str, str]  # (tenant, workflow id)
 _NOTHING_WRITTEN = (SequenceConflict, StoreFull, PayloadError, InvalidArgument)
 #: How many of the least recently used runs one eviction round looks at.
 EVICTION_SCAN = 1024
+#: The timer wheel waits while this many runs per activation worker wait to be processed.
+TIMER_BACKLOG_PER_WORKER = 2
 
 
 class Reply:
@@ -202,11 +204,23 @@ class Runtime:
     def reschedule(self) -> None:
         """After the activation workers restarted: every run with mail gets processed."""
         self.processing = 0
-        self._ready = WorkQueue()
+        old, self._ready = self._ready, WorkQueue()
+        old.release()  # producers waiting for room look at the new queue
         for actor in self.actors.values():
             actor.queued = actor.busy = False
             if actor.mailbox:
                 self._schedule(actor)
+
+    async def room_for_timers(self) -> None:
+        """Back-pressure for the timer wheel: wait while ``TIMER_BACKLOG_PER_WORKER`` runs per
+        activation worker are already waiting to be processed.
+
+        Without it, a backlog of overdue timers (after an outage) wakes every one of its runs at
+        once: all of them become resident together, and new work queues behind all of them.
+        """
+        limit = TIMER_BACKLOG_PER_WORKER * self.engine._activation_workers
+        while len(self._ready) >= limit:
+            await self._ready.wait_shorter_than(limit)  # woken too if the queue is replaced
 
     def _schedule(self, actor: Actor) -> None:
         if not actor.queued and not actor.busy:

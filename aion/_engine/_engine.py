@@ -492,6 +492,7 @@ class Engine:
             self._wheel.cancel(_timer_key(row))
 
     async def _on_timer(self, timer: Timer[TimerKey, TimerRow]) -> None:
+        await self.runtime.room_for_timers()
         row = timer.payload
         self.runtime.send((row.tenant, row.workflow_id), Message("timer", {"row": row}))
 

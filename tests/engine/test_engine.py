@@ -297,6 +297,38 @@ async def test_a_timer_that_wakes_an_evicted_run_is_not_armed_again(tmp_path: Pa
         assert armed == []
 
 
+async def test_a_backlog_of_overdue_timers_is_fed_to_the_workers_at_their_pace(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(T0)
+    async with aion.Engine(
+        tmp_path / "d", workflows=ALL, clock=clock, activation_workers=2, max_resident_runs=5
+    ) as engine:
+        runtime = engine.runtime
+        queued: list[int] = []
+        real_schedule = runtime._schedule
+
+        def schedule(actor: Any) -> None:
+            real_schedule(actor)
+            queued.append(len(runtime._ready))
+
+        runtime._schedule = schedule  # type: ignore[method-assign]
+        for i in range(30):
+            await engine.start(report, workflow_id=f"r{i}")
+
+        async def all_sleeping() -> bool:
+            descs = [await engine.describe(f"r{i}") for i in range(30)]
+            return all(d.pending.get("timers") for d in descs)
+
+        await wait_until(all_sleeping)
+        queued.clear()
+        clock.advance(timedelta(days=31).total_seconds())  # all 30 timers are overdue at once
+        for i in range(30):
+            assert (await engine.handle(f"r{i}").result(timeout=10)).startswith("report at")
+    # The wheel waited whenever 2 runs per worker were waiting: never more than 4 in the queue.
+    assert queued and max(queued) <= 2 * 2
+
+
 def test_an_eviction_round_looks_at_a_bounded_number_of_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
