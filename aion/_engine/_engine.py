@@ -24,6 +24,7 @@ from aion._codec import (
     DECODE_ERRORS,
     DEFAULT_MAX_PAYLOAD_BYTES,
     decode_event,
+    decode_events,
     encode_payload,
 )
 from aion._ids import new_id
@@ -1082,6 +1083,10 @@ def event_of(item: HistoryEvent | ev.Event) -> ev.Event:
 
 
 def events_of(history: Sequence[HistoryEvent | ev.Event]) -> list[ev.Event]:
+    """The stored events of a history; one bulk decode when it is all ``HistoryEvent``s."""
+    if all(type(h) is HistoryEvent for h in history):
+        with contextlib.suppress(*DECODE_ERRORS):  # decoded one by one below, to say which
+            return list(decode_events([h.raw for h in history]))  # type: ignore[union-attr]
     return [event_of(h) for h in history]
 
 
