@@ -328,8 +328,15 @@ class Runtime:
         """After a replay: re-run interrupted steps, re-arm timers, re-ask finished children."""
         # A timer whose firing woke the run is in its mail: the wheel has let go of it, and
         # arming it again would fire it a second time. (If processing that mail crashes, the
-        # restart's activation arms it again.)
-        firing = {m.data["row"].timer_id for m in actor.mailbox if m.kind == "timer"}
+        # restart's activation arms it again.) Only this run's: timer numbers start again at 1
+        # after continue-as-new, and a stale row of the run before must not hide a live timer.
+        assert actor.record is not None
+        run_id = actor.record.run_id
+        firing = {
+            m.data["row"].timer_id
+            for m in actor.mailbox
+            if m.kind == "timer" and m.data["row"].run_id == run_id
+        }
         for step in driver.pending_steps():
             if step.retry_due is not None:
                 timer_id = f"retry:{step.command.seq}"

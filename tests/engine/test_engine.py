@@ -266,9 +266,20 @@ async def test_idle_runs_are_evicted_and_come_back_by_replay(tmp_path: Path) -> 
         )
 
 
-async def test_a_timer_that_wakes_an_evicted_run_is_not_armed_again(tmp_path: Path) -> None:
-    clock = ManualClock(T0)
-    engine = aion.Engine(tmp_path / "d", workflows=ALL, clock=clock, max_resident_runs=1)
+async def start_sleepers(engine: aion.Engine, n: int) -> None:
+    """Start ``n`` 30-day sleepers r0.. and wait until each waits on its timer."""
+    for i in range(n):
+        await engine.start(report, workflow_id=f"r{i}")
+
+    async def all_sleeping() -> bool:
+        descs = [await engine.describe(f"r{i}") for i in range(n)]
+        return all(d.pending.get("timers") for d in descs)
+
+    await wait_until(all_sleeping)
+
+
+def record_arming(engine: aion.Engine) -> list[tuple[str, str]]:
+    """Every (workflow id, timer id) the engine arms on its timer wheel, in order."""
     armed: list[tuple[str, str]] = []
     real_hold = engine.hold_timer
 
@@ -277,15 +288,15 @@ async def test_a_timer_that_wakes_an_evicted_run_is_not_armed_again(tmp_path: Pa
         real_hold(row)
 
     engine.hold_timer = hold_timer  # type: ignore[method-assign]
+    return armed
+
+
+async def test_a_timer_that_wakes_an_evicted_run_is_not_armed_again(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    engine = aion.Engine(tmp_path / "d", workflows=ALL, clock=clock, max_resident_runs=1)
+    armed = record_arming(engine)
     async with engine:
-        for i in range(5):
-            await engine.start(report, workflow_id=f"r{i}")
-
-        async def all_sleeping() -> bool:
-            descs = [await engine.describe(f"r{i}") for i in range(5)]
-            return all(d.pending.get("timers") for d in descs)
-
-        await wait_until(all_sleeping)
+        await start_sleepers(engine, 5)
         assert len(engine.runtime.actors) <= 1  # the others were evicted
         assert sorted(armed) == [(f"r{i}", "timer:1") for i in range(5)]
         armed.clear()
@@ -295,6 +306,29 @@ async def test_a_timer_that_wakes_an_evicted_run_is_not_armed_again(tmp_path: Pa
         # Each run woke by its timer's firing, replayed, and found the timer still pending in
         # its history; arming it again would fire it a second time.
         assert armed == []
+
+
+async def test_a_stale_timer_row_of_an_earlier_run_does_not_hide_a_live_timer(
+    tmp_path: Path,
+) -> None:
+    from aion._engine._actor import Message
+    from aion.store import TimerRow
+
+    clock = ManualClock(T0)
+    engine = aion.Engine(tmp_path / "d", workflows=ALL, clock=clock, max_resident_runs=1)
+    armed = record_arming(engine)
+    async with engine:
+        await start_sleepers(engine, 2)
+        assert ("default", "r0") not in engine.runtime.actors  # evicted
+        armed.clear()
+        # A row with the same timer id, left by a run before this one (continue-as-new numbers
+        # timers from 1 again), wakes the evicted run: its own timer:1 must still be armed.
+        stale = TimerRow(T0, "default", "r0", "timer:1", "an-earlier-run")
+        engine.runtime.send(("default", "r0"), Message("timer", {"row": stale}))
+        await engine.wait_idle()
+        assert armed == [("r0", "timer:1")]
+        clock.advance(timedelta(days=31).total_seconds())
+        assert (await engine.handle("r0").result(timeout=5)).startswith("report at")
 
 
 async def test_a_backlog_of_overdue_timers_is_fed_to_the_workers_at_their_pace(
@@ -313,14 +347,7 @@ async def test_a_backlog_of_overdue_timers_is_fed_to_the_workers_at_their_pace(
             queued.append(len(runtime._ready))
 
         runtime._schedule = schedule  # type: ignore[method-assign]
-        for i in range(30):
-            await engine.start(report, workflow_id=f"r{i}")
-
-        async def all_sleeping() -> bool:
-            descs = [await engine.describe(f"r{i}") for i in range(30)]
-            return all(d.pending.get("timers") for d in descs)
-
-        await wait_until(all_sleeping)
+        await start_sleepers(engine, 30)
         queued.clear()
         clock.advance(timedelta(days=31).total_seconds())  # all 30 timers are overdue at once
         for i in range(30):
