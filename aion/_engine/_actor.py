@@ -347,8 +347,7 @@ class Runtime:
                 # Started, never finished: the process died mid-step (or the actor restarted
                 # while it runs). Run it again unless it is still running here
                 # (at-least-once); it keeps its attempt number.
-                assert actor.record is not None
-                running = (*actor.key, actor.record.run_id, step.command.seq, step.attempts)
+                running = (*actor.key, run_id, step.command.seq, step.attempts)
                 if running not in self.steps_running:
                     batch.after.append(partial(self._dispatch, actor, step.command, step.attempts))
         for seq, due in driver.pending_timers():
