@@ -7,6 +7,7 @@ from ._engine import ApprovalRule as ApprovalRule
 from ._engine import Engine as Engine
 from ._engine import HistoryEvent as HistoryEvent
 from ._engine import PendingApproval as PendingApproval
+from ._engine import StepFailure as StepFailure
 from ._engine import StepInfo as StepInfo
 from ._engine import WaitpointInfo as WaitpointInfo
 from ._engine import WorkflowDescription as WorkflowDescription
@@ -25,13 +26,17 @@ from .errors import AionError as AionError
 from .errors import AmbiguousApproval as AmbiguousApproval
 from .errors import ApprovalRejected as ApprovalRejected
 from .errors import Cancelled as Cancelled
+from .errors import EngineStopped as EngineStopped
+from .errors import InvalidArgument as InvalidArgument
 from .errors import InvalidToken as InvalidToken
 from .errors import NondeterminismError as NondeterminismError
 from .errors import NoPendingApproval as NoPendingApproval
 from .errors import PayloadError as PayloadError
 from .errors import StepError as StepError
+from .errors import StoreLocked as StoreLocked
 from .errors import WaitpointClosed as WaitpointClosed
 from .errors import WaitTimedOut as WaitTimedOut
+from .errors import WorkflowBlocked as WorkflowBlocked
 from .errors import WorkflowCancelled as WorkflowCancelled
 from .errors import WorkflowClosed as WorkflowClosed
 from .errors import WorkflowFailed as WorkflowFailed
@@ -56,6 +61,7 @@ __all__ = [
     "Repair",
     "RetryPolicy",
     "StepError",
+    "StepFailure",
     "StepInfo",
     "Waitpoint",
     "WaitpointInfo",
@@ -67,13 +73,17 @@ __all__ = [
     "AmbiguousApproval",
     "ApprovalRejected",
     "Cancelled",
+    "EngineStopped",
+    "InvalidArgument",
     "InvalidToken",
     "NoPendingApproval",
     "NondeterminismError",
     "PayloadError",
     "Status",
+    "StoreLocked",
     "WaitTimedOut",
     "WaitpointClosed",
+    "WorkflowBlocked",
     "WorkflowCancelled",
     "WorkflowClosed",
     "WorkflowFailed",

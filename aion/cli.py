@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -90,12 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cursor")
 
     for name, run, text in (
-        ("describe", _describe, "show one workflow"),
+        ("describe", _describe, "show one workflow (with its last step failure's traceback)"),
         ("history", _history, "show a workflow's recorded events"),
     ):
         p = command(name, text, run)
         p.add_argument("workflow_id")
         _common(p)
+    p.add_argument(  # p is history's parser, the loop's last
+        "--no-tracebacks",
+        dest="tracebacks",
+        action="store_false",
+        help="leave out the tracebacks printed under step.failed and workflow.failed rows",
+    )
 
     p = command("signal", "send a signal (applied by the running or next engine)", _signal)
     p.add_argument("workflow_id")
@@ -126,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--user", required=True, help="who decides")
         p.add_argument("--comment", required=name == "reject")
         p.add_argument("--approval-id", help="which approval, when several are pending")
+        p.add_argument(
+            "--digest",
+            help="decide only if the approval is for exactly this (its digest in "
+            "`aion approvals`): what you decide is what you saw",
+        )
         p.add_argument("--tenant", default="default")
 
     p = command("waitpoints", "list a workflow's pending waitpoints (fingerprints)", _waitpoints)
@@ -213,8 +225,29 @@ def _list(args: argparse.Namespace) -> int:
     ]
     print(table(("WORKFLOW", "TYPE", "STATUS", "STARTED", "CLOSED", "WAITING ON"), rows))
     if page.next_cursor:
-        print(f"\nmore: aion list --cursor {page.next_cursor}")
+        print("\n" + _more(args, "list", page.next_cursor))
     return 0
+
+
+#: Options a "more:" hint repeats (flag, attribute, default), so the next page is of the
+#: same query. A cursor is bound to its query: one without them would be refused.
+_PAGE_OPTIONS = (
+    ("--data", "data", DEFAULT_DATA),
+    ("--tenant", "tenant", "default"),
+    ("--status", "status", None),
+    ("--type", "workflow_type", None),
+    ("--limit", "limit", 50),
+)
+
+
+def _more(args: argparse.Namespace, command: str, cursor: str) -> str:
+    """The command for the next page, quoted for a POSIX shell: it works when pasted."""
+    argv = ["aion", command]
+    for flag, name, default in _PAGE_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and value != default:
+            argv += [flag, str(value)]
+    return "more: " + shlex.join([*argv, "--cursor", cursor])
 
 
 def _describe(args: argparse.Namespace) -> int:
@@ -233,7 +266,7 @@ def _history(args: argparse.Namespace) -> int:
             [{k: v for k, v in msgspec.structs.asdict(e).items() if k != "raw"} for e in events]
         )
         return 0
-    print(history_table(events))
+    print(history_table(events, tracebacks=args.tracebacks))
     return 0
 
 
@@ -303,6 +336,10 @@ def _unblock(args: argparse.Namespace) -> int:
 # --- people and outside systems ------------------------------------------------------------------
 
 
+#: Approval details longer than this are cut in the ``aion approvals`` table (not in --json).
+_DETAILS_WIDTH = 80
+
+
 def _approvals(args: argparse.Namespace) -> int:
     page = _read(
         args,
@@ -313,20 +350,21 @@ def _approvals(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"items": page.items, "next_cursor": page.next_cursor})
         return 0
-    rows = [
-        (
-            a.workflow_id,
-            a.approval_id,
-            a.action,
-            when(a.requested_at),
-            when(a.timeout_at),
-            a.digest[:19],
-        )
-        for a in page.items
-    ]
-    print(table(("WORKFLOW", "APPROVAL", "ACTION", "REQUESTED", "TIMES OUT", "DIGEST"), rows))
+    rows = []
+    cut = False
+    for a in page.items:
+        details = "-" if a.details is None else json.dumps(jsonable(a.details))
+        if len(details) > _DETAILS_WIDTH:
+            details, cut = details[: _DETAILS_WIDTH - 3] + "...", True
+        # The whole digest: it is what `aion approve --digest` takes.
+        row = (a.workflow_id, a.approval_id, a.action, when(a.requested_at), when(a.timeout_at))
+        rows.append((*row, a.digest, details))
+    header = ("WORKFLOW", "APPROVAL", "ACTION", "REQUESTED", "TIMES OUT", "DIGEST", "DETAILS")
+    print(table(header, rows))
+    if cut:
+        print(f"\ndetails longer than {_DETAILS_WIDTH} characters are cut; --json shows them whole")
     if page.next_cursor:
-        print(f"\nmore: aion approvals --cursor {page.next_cursor}")
+        print("\n" + _more(args, "approvals", page.next_cursor))
     return 0
 
 
@@ -345,21 +383,29 @@ def _decide(args: argparse.Namespace, kind: str) -> int:
         )
         pending = [a for a in approvals if a.status is ApprovalStatus.PENDING]
         if args.approval_id is not None:
-            if not any(a.approval_id == args.approval_id for a in pending):
+            chosen = next((a for a in pending if a.approval_id == args.approval_id), None)
+            if chosen is None:
                 raise NoPendingApproval(
                     f"approval {args.approval_id!r} of workflow {args.workflow_id!r} is not "
                     "pending (decided already, timed out, or unknown)"
                 )
-            return str(args.approval_id)
-        if not pending:
+        elif not pending:
             raise NoPendingApproval(f"workflow {args.workflow_id!r} has no pending approval")
-        if len(pending) > 1:
+        elif len(pending) > 1:
             ids = ", ".join(f"{a.approval_id} ({a.action})" for a in pending)
             raise AmbiguousApproval(
                 f"workflow {args.workflow_id!r} has {len(pending)} pending approvals: {ids}; "
                 "pick one with --approval-id"
             )
-        return pending[0].approval_id
+        else:
+            chosen = pending[0]
+        if args.digest and args.digest != chosen.digest:
+            raise NoPendingApproval(
+                f"approval {chosen.approval_id!r} of workflow {args.workflow_id!r} is for "
+                f"something else than what you saw (--digest {args.digest}, pending "
+                f"{chosen.digest}); nothing was queued"
+            )
+        return chosen.approval_id
 
     approval_id = _read(args, check)
     return _leave(
@@ -372,6 +418,7 @@ def _decide(args: argparse.Namespace, kind: str) -> int:
             user=args.user,
             comment=args.comment,
             target_id=approval_id,
+            digest=args.digest or "",
         ),
     )
 
@@ -396,9 +443,12 @@ def _waitpoints(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
+    header = (
+        "WAITPOINT", "NAME", "CREATED", "EXPIRES", "TOKEN FINGERPRINT", "KEY", "LAST BAD TOKEN",
+    )  # fmt: skip
     print(
         table(
-            ("WAITPOINT", "NAME", "CREATED", "EXPIRES", "TOKEN FINGERPRINT", "LAST BAD TOKEN"),
+            header,
             [
                 (
                     w.waitpoint_id,
@@ -406,6 +456,7 @@ def _waitpoints(args: argparse.Namespace) -> int:
                     when(w.created_at),
                     when(w.expires_at),
                     w.fingerprint,
+                    w.token_kid or "-",
                     when(w.last_failed_validation_at),
                 )
                 for w in rows

@@ -14,6 +14,7 @@ __all__ = [
     "Cancelled",
     "CorruptRecord",
     "DataDirectoryError",
+    "EngineStopped",
     "InvalidArgument",
     "InvalidToken",
     "NoPendingApproval",
@@ -28,6 +29,7 @@ __all__ = [
     "StoreLocked",
     "WaitTimedOut",
     "WaitpointClosed",
+    "WorkflowBlocked",
     "WorkflowCancelled",
     "WorkflowClosed",
     "WorkflowFailed",
@@ -86,7 +88,8 @@ class StoreLocked(StoreError):
     """Another engine already owns this data directory.
 
     Only one engine may run on a data directory at a time. Stop the other engine, or open the
-    store as a client (``LmdbStore.open(path, role="client")``) to read and to leave commands.
+    store as a client (``LmdbStore(path, role="client")``, as the ``aion`` CLI does) to read and
+    to leave commands.
     """
 
 
@@ -137,6 +140,35 @@ class WorkflowNotFound(AionError, LookupError):
 
 class WorkflowClosed(AionError):
     """The workflow has finished, so it can take no more signals, decisions or cancellations."""
+
+
+class WorkflowBlocked(AionError):
+    """The run is parked ``BLOCKED`` (its code diverged from its history, or the engine failed
+    on it repeatedly), and this request needs a running run: a decision on an approval, which
+    must be taken against what the run waits on now.
+
+    Signals, waitpoint completions and cancellations are never refused this way: they are kept
+    durably and applied in arrival order once the run runs again. Fix the cause (``reason``),
+    then ``engine.unblock(workflow_id)`` / ``aion unblock ID`` or restart the engine, and decide
+    again.
+    """
+
+    def __init__(self, workflow_id: str, reason: str, what: str = "this request") -> None:
+        self.workflow_id = workflow_id
+        self.reason = reason
+        super().__init__(
+            f"workflow {workflow_id!r} is BLOCKED ({reason}); {what} was not recorded. Fix the "
+            f"cause, then `aion unblock {workflow_id}` (or restart the engine), and send it again."
+        )
+
+
+class EngineStopped(AionError):
+    """The engine is not running (not entered with ``async with``, already left, or stopped
+    because a service failed for good). Nothing was recorded by the call that raised it.
+
+    Recorded history is intact: start an engine on the data directory (after fixing the cause
+    the message names) and call again.
+    """
 
 
 class WorkflowFailed(AionError):

@@ -164,7 +164,8 @@ class StepCompleted(Event, frozen=True, tag="step.completed"):
 
 class StepFailed(Event, frozen=True, tag="step.failed"):
     """An attempt raised. ``retryable`` classifies the error; ``will_retry`` says whether a
-    ``StepRetryScheduled`` follows (otherwise the step has failed for good)."""
+    ``StepRetryScheduled`` follows (otherwise the step has failed for good). ``traceback`` is
+    the attempt's traceback from the step's own code, at most 8 KiB (its end is kept)."""
 
     step_seq: int
     attempt: int
@@ -172,6 +173,7 @@ class StepFailed(Event, frozen=True, tag="step.failed"):
     message: str
     retryable: bool
     will_retry: bool = False
+    traceback: str = ""
 
 
 class StepRetryScheduled(Event, frozen=True, tag="step.retry_scheduled"):

@@ -90,12 +90,12 @@ def approval_rows(
     if lines == ["(none)"]:
         return [], None
     assert lines[0].split() == [
-        "WORKFLOW", "APPROVAL", "ACTION", "REQUESTED", "TIMES", "OUT", "DIGEST",
+        "WORKFLOW", "APPROVAL", "ACTION", "REQUESTED", "TIMES", "OUT", "DIGEST", "DETAILS",
     ]  # fmt: skip
     rows = []
     cursor = None
     for line in lines[1:]:
-        if line.startswith("more: aion approvals --cursor "):
+        if line.startswith("more: aion approvals "):
             cursor = line.split()[-1]
         elif line.strip():
             wf, approval_id, action, *_ = line.split()

@@ -65,6 +65,7 @@ def sample_events() -> list[ev.Event]:
             message="down",
             retryable=True,
             will_retry=True,
+            traceback="tb",
         ),
         ev.StepRetryScheduled(seq=13, at=T, step_seq=1, next_attempt=3, due=T + timedelta(1)),
         ev.TimerScheduled(seq=14, at=T, timer_seq=1, due=T + timedelta(days=30), name="wait"),

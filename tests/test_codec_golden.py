@@ -46,7 +46,7 @@ GOLDEN_EVENTS = {
     "StepScheduled": "96ae737465702e7363686564756c656409d7ffd438cbe069a7bdbf01ab6368617267655f63617264c4029101",
     "StepStarted": "95ac737465702e737461727465640ad7ffd438cbe069a7bdbf0101",
     "StepCompleted": "96ae737465702e636f6d706c657465640bd7ffd438cbe069a7bdbf0101c404a3636831",
-    "StepFailed": "99ab737465702e6661696c65640cd7ffd438cbe069a7bdbf0102a7494f4572726f72a4646f776ec3c3",
+    "StepFailed": "9aab737465702e6661696c65640cd7ffd438cbe069a7bdbf0102a7494f4572726f72a4646f776ec3c3a27462",
     "StepRetryScheduled": "96b4737465702e72657472795f7363686564756c65640dd7ffd438cbe069a7bdbf0103d7ffd438cbe069a90f3f",
     "TimerScheduled": "96af74696d65722e7363686564756c65640ed7ffd438cbe069a7bdbf01d7ffd438cbe069cf4abfa477616974",
     "TimerFired": "94ab74696d65722e66697265640fd7ffd438cbe069a7bdbf01",
@@ -69,9 +69,9 @@ GOLDEN_ROWS = {
     "WorkflowRecord": "9da461636d65a76f726465722d37a572756e2d61a8636865636b6f7574a7626c6f636b6564d7ffd438cbe069a7bdbfd7ffd438cbe069a7bdbfd7ffd438cbe069a7bdbf91a774696d65723a31a170a27072ae6e6f6e64657465726d696e69736d81a16ba176",
     "RunInfo": "95a572756e2d6101a8636865636b6f7574d7ffd438cbe069a7bdbf09",
     "TimerRow": "95d7ffd438cbe069a7bdbfa461636d65a76f726465722d37a774696d65723a31a572756e2d61",
-    "WaitpointRow": "9ba461636d65a76f726465722d37a477702d31a572756e2d61a863616c6c6261636bd7ffd438cbe069a7bdbfa9636f6d706c65746564d7ffd438cbe069a7bdbfa26670d7ffd438cbe069a7bdbfd7ffd438cbe069a7bdbf",
+    "WaitpointRow": "9ca461636d65a76f726465722d37a477702d31a572756e2d61a863616c6c6261636bd7ffd438cbe069a7bdbfa9636f6d706c65746564d7ffd438cbe069a7bdbfa26670d7ffd438cbe069a7bdbfd7ffd438cbe069a7bdbfa26b31",
     "ApprovalRow": "9da461636d65a76f726465722d37a461702d31a572756e2d61a3706179a97368613235363a6162d7ffd438cbe069a7bdbfa872656a6563746564c40180d7ffd438cbe069a7bdbfa3616e6ea26e6fd7ffd438cbe069a7bdbf",
-    "InboxCommand": "9ba67369676e616ca461636d65a76f726465722d37d7ffd438cbe069a7bdbfa473686970c401c0a3616e6ea163a174a3746f6ba83030303030303031",
+    "InboxCommand": "9ca67369676e616ca461636d65a76f726465722d37d7ffd438cbe069a7bdbfa473686970c401c0a3616e6ea163a174a3746f6ba83030303030303031a97368613235363a6162",
 }
 
 
@@ -106,6 +106,7 @@ def golden_rows() -> dict[str, msgspec.Struct]:
             "fp",
             T,
             T,
+            "k1",
         ),
         "ApprovalRow": ApprovalRow(
             "acme",
@@ -123,7 +124,18 @@ def golden_rows() -> dict[str, msgspec.Struct]:
             T,
         ),
         "InboxCommand": InboxCommand(
-            "signal", "acme", "order-7", T, "ship", b"\xc0", "ann", "c", "t", "tok", "00000001"
+            "signal",
+            "acme",
+            "order-7",
+            T,
+            "ship",
+            b"\xc0",
+            "ann",
+            "c",
+            "t",
+            "tok",
+            "00000001",
+            "sha256:ab",
         ),
     }
 
@@ -165,6 +177,7 @@ OLDER_EVENTS = {
     "ApprovalRequested": "99b2617070726f76616c2e72657175657374656412d7ffd438cbe069a7bdbf01a461702d31b17061796d656e74732e7472616e73666572c40180a97368613235363a6162d7ffd438cbe069a7cbcf",
     "ApprovalDecided": "97b0617070726f76616c2e6465636964656413d7ffd438cbe069a7bdbfa461702d31c2a3616e6ea26e6f",
     "WaitpointCreated": "97b177616974706f696e742e6372656174656414d7ffd438cbe069a7bdbf01a477702d31a863616c6c6261636bd7ffd438cbe069a90f3f",
+    "StepFailed": "99ab737465702e6661696c65640cd7ffd438cbe069a7bdbf0102a7494f4572726f72a4646f776ec3c3",
 }
 
 
@@ -173,6 +186,7 @@ APPENDED = {
     "ApprovalRequested": {"step_seq": 0},
     "ApprovalDecided": {"digest": ""},
     "WaitpointCreated": {"kid": "", "created_at": None},
+    "StepFailed": {"traceback": ""},
 }
 
 
@@ -181,6 +195,27 @@ def test_events_written_before_appended_fields_still_decode(name: str) -> None:
     decoded = decode_event(bytes.fromhex(OLDER_EVENTS[name]))
     current = next(e for e in sample_events() if type(e).__name__ == name)
     assert decoded == msgspec.structs.replace(current, **APPENDED[name])
+
+
+#: Rows written before fields were appended (rule 2), and those fields with their defaults.
+OLDER_ROWS: dict[str, tuple[str, dict[str, str]]] = {
+    "WaitpointRow": (
+        "9ba461636d65a76f726465722d37a477702d31a572756e2d61a863616c6c6261636bd7ffd438cbe069a7bdbfa9636f6d706c65746564d7ffd438cbe069a7bdbfa26670d7ffd438cbe069a7bdbfd7ffd438cbe069a7bdbf",
+        {"kid": ""},
+    ),
+    "InboxCommand": (
+        "9ba67369676e616ca461636d65a76f726465722d37d7ffd438cbe069a7bdbfa473686970c401c0a3616e6ea163a174a3746f6ba83030303030303031",
+        {"digest": ""},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLDER_ROWS))
+def test_rows_written_before_appended_fields_still_decode(name: str) -> None:
+    hex_bytes, appended = OLDER_ROWS[name]
+    current = golden_rows()[name]
+    decoded = msgspec.msgpack.decode(bytes.fromhex(hex_bytes), type=type(current))
+    assert decoded == msgspec.structs.replace(current, **appended)
 
 
 def test_unknown_tag_is_rejected_not_misread() -> None:

@@ -9,6 +9,7 @@ from ._policy import ApprovalRule as ApprovalRule
 from ._steps import current_step as current_step
 from ._types import HistoryEvent as HistoryEvent
 from ._types import PendingApproval as PendingApproval
+from ._types import StepFailure as StepFailure
 from ._types import StepInfo as StepInfo
 from ._types import WaitpointInfo as WaitpointInfo
 from ._types import WorkflowDescription as WorkflowDescription
@@ -27,6 +28,7 @@ __all__ = [
     "PendingApproval",
     "WaitpointInfo",
     "Reader",
+    "StepFailure",
     "StepInfo",
     "WorkflowDescription",
     "WorkflowHandle",

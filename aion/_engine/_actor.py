@@ -49,6 +49,7 @@ from aion.errors import (
     SequenceConflict,
     StoreFull,
     WaitpointClosed,
+    WorkflowBlocked,
     WorkflowClosed,
     WorkflowNotFound,
 )
@@ -56,6 +57,7 @@ from aion.store import (
     Append,
     ApprovalRow,
     ApprovalStatus,
+    InboxCommand,
     Status,
     TimerRow,
     WaitpointRow,
@@ -65,7 +67,7 @@ from aion.store import (
     begin_run,
 )
 
-from ._steps import StepJob
+from ._steps import StepJob, format_failure
 from ._types import PENDING_KINDS, StepInfo
 
 if TYPE_CHECKING:
@@ -140,12 +142,11 @@ class _Batch:
 
     __slots__ = (
         "after",
-        "appends",
         "approvals",
         "at",
+        "children",
         "events",
         "inbox_delete",
-        "records",
         "refused",
         "replies",
         "timers_add",
@@ -155,8 +156,6 @@ class _Batch:
 
     def __init__(self) -> None:
         self.events: list[ev.Event] = []
-        self.appends: list[Append] = []
-        self.records: list[WorkflowRecord] = []
         self.timers_add: list[TimerRow] = []
         self.timers_delete: list[TimerRow] = []
         self.approvals: list[ApprovalRow] = []
@@ -168,6 +167,31 @@ class _Batch:
         # told only once that is recorded; if the commit fails they get its error instead.
         self.refused: list[tuple[Reply, AionError]] = []
         self.at: datetime | None = None  # one timestamp for everything one round records
+        self.children: list[_ChildStart] = []  # started with this write (checked, then merged)
+
+
+@dataclass(slots=True)
+class _ChildStart:
+    """A child run started by a parent's write: its first events, rows and actor."""
+
+    seq: int  # the parent's ChildWorkflowStarted command
+    append: Append
+    batch: _Batch
+    actor: Actor
+    refused: Message  # what the parent gets if the id turns out to be taken
+
+
+def _child_refused(command: c.StartChild) -> Message:
+    return Message(
+        "child",
+        {
+            "seq": command.seq,
+            "error_type": "ChildStartFailed",
+            "message": f"workflow id {command.workflow_id!r} is already in use; a child needs an "
+            "id of its own (pass workflow_id= to ctx.child)",
+            "result": b"",
+        },
+    )
 
 
 class Runtime:
@@ -282,23 +306,50 @@ class Runtime:
             self._drop_mail(actor, error)
             self.actors.pop(actor.key, None)
             return False
+        wake: Message | None = None
+        if record.status is Status.BLOCKED:
+            wake = await self._hold(actor, record)
+            if wake is None:
+                self._parked(actor)  # nothing asked to retry it: it stays parked
+                return False
+        try:
+            blocked = await self._replay_run(actor, record)
+        except BaseException as exc:
+            if wake is not None and wake.reply is not None:
+                wake.reply.set(exc if isinstance(exc, Exception) else None)
+            raise
+        if blocked is not None:
+            if wake is not None and wake.reply is not None:
+                wake.reply.set(WorkflowBlocked(workflow_id, blocked, "the retry"))
+            return False
+        if wake is not None:
+            actor.mailbox.appendleft(wake)  # answered once this round is recorded
+            await self._take_held(actor)
+        return True
+
+    async def _replay_run(self, actor: Actor, record: WorkflowRecord) -> str | None:
+        """Replay the current run segment and record what it issues past its history. None
+        once it runs, or why it is (still) parked BLOCKED."""
+        tenant, workflow_id = actor.key
+        store = self.engine.store
         segment = await store.read_current_run(workflow_id, tenant=tenant)
         actor.record = record
         actor.head = segment[-1].seq if segment else 0
         definition = self.engine.definition(record.workflow_type)
         if definition is None:
+            reason = f"workflow type {record.workflow_type!r} is not registered with this engine"
             await self._block(
                 actor,
-                f"workflow type {record.workflow_type!r} is not registered with this engine",
+                reason,
                 "register it with Engine(..., workflows=[...]) and restart the engine",
             )
-            return False
+            return reason
         driver = self._new_driver(definition)
         try:
             driver.replay(segment)
         except NondeterminismError as exc:
             await self._block(actor, str(exc), "")
-            return False
+            return str(exc)
         driver.take_closed()  # their rows were updated when they happened
         actor.driver = driver
         actor.blocked = False
@@ -314,7 +365,115 @@ class Runtime:
         self._record_commands(actor, batch, driver.take_commands())
         self._resume_in_flight(actor, batch, driver)
         await self._commit(actor, batch)
-        return True
+        return None
+
+    async def _hold(self, actor: Actor, record: WorkflowRecord) -> Message | None:
+        """The run is parked BLOCKED: keep what must not be lost, up to the first ``wake``.
+
+        A ``wake`` (``unblock``, a restart's recovery) retries the run: it is returned (taken
+        out of the mailbox).
+        Until then signals, waitpoint completions and cancellations are kept in the inbox (those
+        that came from it stay there) and applied in arrival order once the run runs again
+        (``_take_held``); a decision is refused with ``WorkflowBlocked``, since it must be
+        taken against what the run waits on then. Timer firings, step results and child
+        outcomes are let go: the replay that unblocks the run re-arms its timers, runs its
+        interrupted steps again and asks its children again. Nothing is appended to the
+        history: a webhook retried every second during an outage does not grow it.
+        """
+        tenant, workflow_id = actor.key
+        keep: list[InboxCommand] = []
+        kept: list[Reply] = []
+        refused: list[tuple[Reply, AionError]] = []
+        at = self.engine.now()
+        while actor.mailbox and actor.mailbox[0].kind != "wake":
+            message = actor.mailbox.popleft()
+            if message.inbox_id is not None:
+                continue  # it waits in the inbox already
+            data = message.data
+            match message.kind:
+                case "signal":
+                    command = InboxCommand(
+                        "signal",
+                        tenant,
+                        workflow_id,
+                        at,
+                        name=data["name"],
+                        payload=data["payload"],
+                    )
+                case "complete":
+                    command = InboxCommand(
+                        "complete_waitpoint",
+                        tenant,
+                        workflow_id,
+                        at,
+                        payload=data["payload"],
+                        token=data["token"],
+                    )
+                case "cancel":
+                    command = InboxCommand(
+                        "cancel", tenant, workflow_id, at, comment=data.get("reason")
+                    )
+                case "decide":
+                    if message.reply is not None:
+                        refusal = WorkflowBlocked(workflow_id, record.reason, "the decision")
+                        refused.append((message.reply, refusal))
+                    continue
+                case _:
+                    continue  # re-derived by the replay that unblocks it
+            keep.append(command)
+            if message.reply is not None:
+                kept.append(message.reply)
+        if keep:
+            try:
+                await self.engine.store.commit(Write(inbox_put=keep))
+            except Exception as exc:
+                log.warning(
+                    "could not keep %d commands for BLOCKED run %s/%s: %s",
+                    len(keep),
+                    tenant,
+                    workflow_id,
+                    exc,
+                )
+                error = exc if isinstance(exc, AionError) else AionError(str(exc))
+                refused += [(reply, error) for reply in kept]
+                kept = []
+        for reply, error in refused:
+            reply.set(error)
+        for reply in kept:
+            reply.set()
+        return actor.mailbox.popleft() if actor.mailbox else None
+
+    async def _take_held(self, actor: Actor) -> None:
+        """The run runs again: what was kept for it while BLOCKED comes first, in arrival
+        order (the inbox's ids are time-ordered)."""
+        store = self.engine.store
+        held: list[Message] = []
+        after: str | None = None
+        while True:
+            rows = await store.read_inbox(limit=500, after=after)
+            for row in rows:
+                if (row.tenant, row.workflow_id) == actor.key and row.kind != "unblock":
+                    message = self.engine.inbox_message(row)
+                    if isinstance(message, Message):
+                        held.append(message)
+            if len(rows) < 500:
+                break
+            after = rows[-1].command_id
+        actor.mailbox.extendleft(reversed(held))
+
+    async def _drop_applied(self, actor: Actor) -> None:
+        """Only inbox commands still in the inbox are applied: one can reach a run twice (the
+        inbox loop retries; a run that unblocks takes its kept commands itself)."""
+        checked: set[str] = set()
+        while True:
+            ids = {m.inbox_id for m in actor.mailbox if m.inbox_id is not None} - checked
+            if not ids:
+                return
+            pending = await self.engine.store.inbox_pending(ids)
+            checked |= ids
+            gone = ids - pending
+            if gone:
+                actor.mailbox = deque(m for m in actor.mailbox if m.inbox_id not in gone)
 
     def _new_driver(self, definition: WorkflowDefinition) -> Driver:
         return Driver(
@@ -368,6 +527,8 @@ class Runtime:
         if actor.driver is None and not await self._activate(actor):
             return
         assert actor.driver is not None and actor.record is not None
+        if any(m.inbox_id is not None for m in actor.mailbox):
+            await self._drop_applied(actor)
         batch = _Batch()
         # actor.driver, not a local: after continue-as-new the successor takes the rest of
         # the mail (a signal sent with the one that ended the run is not "closed").
@@ -376,6 +537,8 @@ class Runtime:
             if message.reply is not None:
                 batch.replies.append(message.reply)
             if message.inbox_id is not None:
+                if message.inbox_id in batch.inbox_delete:
+                    continue  # the same command twice in one round
                 batch.inbox_delete.append(message.inbox_id)
             try:
                 self._handle(actor, batch, message)
@@ -504,6 +667,14 @@ class Runtime:
                 )
             except PayloadError as exc:
                 error = exc
+                log.warning(
+                    "step %r (attempt %d) of workflow %s/%s failed: %s: %s",
+                    step.name,
+                    attempt,
+                    *actor.key,
+                    type(exc).__name__,
+                    exc,
+                )
         if error is None:
             self._feed(
                 actor,
@@ -525,6 +696,7 @@ class Runtime:
             message=str(error),
             retryable=retryable,
             will_retry=will_retry,
+            traceback=format_failure(error),
         )
         if not will_retry:
             self._feed(actor, batch, failed)  # the step failed for good: the code sees it
@@ -716,6 +888,7 @@ class Runtime:
             status=changes.pop("status", status),
             expires_at=state.expires_at,
             fingerprint=state.fingerprint,
+            kid=state.kid,
             **changes,
         )
 
@@ -767,6 +940,17 @@ class Runtime:
 
     def _record_commands(self, actor: Actor, batch: _Batch, commands: list[c.Command]) -> None:
         assert actor.record is not None and actor.driver is not None
+        for command in commands:
+            if isinstance(command, c.StartChild) and (
+                self.engine.definition(command.workflow_type) is None
+            ):
+                # Recoverable, like an unregistered top-level type: nothing of this activation
+                # is recorded, and once the type is registered a replay issues it again.
+                raise _Block(
+                    f"child workflow type {command.workflow_type!r} is not registered with this "
+                    "engine: register it with Engine(..., workflows=[...]) and restart the "
+                    f"engine (or `aion unblock {actor.key[1]}`)"
+                )
         started: list[c.ScheduleStep] = []
         ended = False
         for command in commands:
@@ -868,6 +1052,7 @@ class Runtime:
         self._record(actor, batch, lambda s, at: c.to_event(command, s, at, new_run_id=new_run_id))
         self._drop_all_timers(actor, batch)
         self._close_waits(actor, batch)
+        carried = actor.driver.unconsumed_signals()
         old = actor.record
         definition = self.engine.definition(command.workflow_type)
         assert definition is not None
@@ -892,8 +1077,21 @@ class Runtime:
             old, run_id=new_run_id, run_started_at=started.at, status=Status.RUNNING, reason=""
         )
         actor.driver = self._new_driver(definition)
-        commands = actor.driver.apply(started)
+        try:
+            commands = actor.driver.apply(started)
+        except NondeterminismError as exc:
+            raise _Block(str(exc)) from exc
         self._record_commands(actor, batch, commands)
+        # Signals the run before received and never consumed go to the successor, in arrival
+        # order and in this same write: what engine.signal() acknowledged is never lost.
+        for name, payload in carried:
+            if not _running(actor):
+                break  # the successor ended at once (what it left unread ends with it)
+            self._feed(
+                actor,
+                batch,
+                partial(_make, ev.SignalReceived, name=name, payload=payload),
+            )
 
     def _start_child(self, actor: Actor, batch: _Batch, command: c.StartChild) -> None:
         assert actor.record is not None
@@ -903,25 +1101,10 @@ class Runtime:
             actor, batch, lambda s, at: c.to_event(command, s, at, child_run_id=child_run_id)
         )
         definition = self.engine.definition(command.workflow_type)
+        assert definition is not None  # _record_commands blocks the run otherwise
         child_key = (tenant, command.workflow_id)
-        if definition is None or child_key in self.actors or child_key == actor.key:
-            reason = (
-                f"workflow type {command.workflow_type!r} is not registered"
-                if definition is None
-                else f"workflow id {command.workflow_id!r} is already in use"
-            )
-            failed = Message(
-                "child",
-                {
-                    "seq": command.seq,
-                    "error_type": "ChildStartFailed",
-                    "message": reason,
-                    "result": b"",
-                },
-            )
-            # Only once the ChildStarted is recorded: a start that loses its commit (an
-            # idempotent second start of the parent) must leave no mail behind.
-            batch.after.append(partial(self.send, actor.key, failed))
+        if child_key in self.actors or child_key == actor.key:
+            batch.after.append(partial(self.send, actor.key, _child_refused(command)))
             return
         child = Actor(child_key)
         child.driver = self._new_driver(definition)
@@ -939,19 +1122,28 @@ class Runtime:
         child_batch = _Batch()
         child.head = 1
         child_batch.events.append(started)
-        self._record_commands(child, child_batch, child.driver.apply(started))
-        child.record = self._with_waiting(child)
-        batch.appends.append(Append(command.workflow_id, child_batch.events, 0, tenant))
-        batch.records.append(child.record)
-        batch.timers_add += child_batch.timers_add
-        batch.approvals += child_batch.approvals
-        batch.waitpoints += child_batch.waitpoints
-
-        def register() -> None:
-            self.actors.setdefault(child_key, child)
-
-        batch.after.append(register)
-        batch.after += child_batch.after
+        try:
+            self._record_commands(child, child_batch, child.driver.apply(started))
+            child.record = self._with_waiting(child)
+        except (_Block, NondeterminismError) as exc:
+            # The child's own first step cannot be taken (say, a grandchild type that is not
+            # registered): the child starts parked BLOCKED, as a top-level start would.
+            reason = str(exc)
+            log.error("run %s/%s is BLOCKED: %s", tenant, command.workflow_id, reason)
+            child_batch = _Batch()
+            child_batch.events += [started, ev.WorkflowBlocked(seq=2, at=started.at, reason=reason)]
+            child.head = 2
+            child.record = _replace(child.record, status=Status.BLOCKED, reason=reason)
+            child.driver = None
+        batch.children.append(
+            _ChildStart(
+                seq=command.seq,
+                append=Append(command.workflow_id, child_batch.events, 0, tenant),
+                batch=child_batch,
+                actor=child,
+                refused=_child_refused(command),
+            )
+        )
 
     async def commit_blocked(self, actor: Actor, batch: _Batch, reason: str) -> None:
         """Commit what the batch recorded so far, then park the run BLOCKED with ``reason``.
@@ -961,14 +1153,33 @@ class Runtime:
         assert actor.record is not None
         log.error("run %s/%s is BLOCKED: %s", actor.key[0], actor.key[1], reason)
         self._record(actor, batch, partial(_make, ev.WorkflowBlocked, reason=reason))
+        if actor.driver is not None:
+            actor.record = self._with_waiting(actor)  # what it waits on after this round
         actor.record = _replace(actor.record, status=Status.BLOCKED, reason=reason)
         try:
             await self._commit(actor, batch)
-        finally:
-            actor.driver = None
-            actor.blocked = True
-            self._drop_mail(actor, _blocked(actor, reason))
-            self.actors.pop(actor.key, None)
+        except BaseException:
+            self._parked(actor)
+            raise
+        await self._after_block(actor, actor.record)
+
+    async def _after_block(self, actor: Actor, record: WorkflowRecord) -> None:
+        """The run was just parked BLOCKED: the mail left is kept or refused now. A retry
+        asked for before it blocked (again) is answered with ``WorkflowBlocked``: the run is
+        not retried at once, which would spin on a cause that is still there."""
+        while actor.mailbox:
+            wake = await self._hold(actor, record)
+            if wake is not None and wake.reply is not None:
+                wake.reply.set(WorkflowBlocked(actor.key[1], record.reason, "the retry"))
+        self._parked(actor)
+
+    def _parked(self, actor: Actor) -> None:
+        """The run is parked BLOCKED: no driver; an actor with no mail leaves memory (mail
+        that comes later activates a fresh one, which keeps or refuses it)."""
+        actor.driver = None
+        actor.blocked = True
+        if not actor.mailbox and self.actors.get(actor.key) is actor:
+            del self.actors[actor.key]
 
     # --- commit and side effects ------------------------------------------------------------------
 
@@ -988,16 +1199,27 @@ class Runtime:
         expected = actor.head - len(batch.events)
         if actor.driver is not None and actor.record.status is not Status.BLOCKED:
             actor.record = self._with_waiting(actor)
-        appends = list(batch.appends)
+        if batch.children:
+            await self._check_children(actor, batch)
+        appends: list[Append] = []
         if batch.events:
-            appends.insert(0, Append(actor.key[1], batch.events, expected, actor.key[0]))
+            appends.append(Append(actor.key[1], batch.events, expected, actor.key[0]))
+        records = [actor.record]
+        timers_add, approvals, waitpoints = batch.timers_add, batch.approvals, batch.waitpoints
+        for child in batch.children:
+            assert child.actor.record is not None
+            appends.append(child.append)
+            records.append(child.actor.record)
+            timers_add = [*timers_add, *child.batch.timers_add]
+            approvals = [*approvals, *child.batch.approvals]
+            waitpoints = [*waitpoints, *child.batch.waitpoints]
         write = Write(
             appends=appends,
-            workflows=[actor.record, *batch.records],
-            timers_add=batch.timers_add,
+            workflows=records,
+            timers_add=timers_add,
             timers_delete=batch.timers_delete,
-            approvals=batch.approvals,
-            waitpoints=batch.waitpoints,
+            approvals=approvals,
+            waitpoints=waitpoints,
             inbox_delete=batch.inbox_delete,
         )
         try:
@@ -1009,7 +1231,31 @@ class Runtime:
                 raise
         for action in batch.after:
             action()
+        for child in batch.children:
+            if child.actor.driver is not None:
+                self.actors.setdefault(child.actor.key, child.actor)
+            for action in child.batch.after:
+                action()
         _answer(batch)
+
+    async def _check_children(self, actor: Actor, batch: _Batch) -> None:
+        """A child whose id is taken (a run in the store, or a sibling in this write) is not
+        started: the parent's ``ctx.child`` gets an error naming the id once this is recorded.
+
+        (A start that races this check makes the write fail with SequenceConflict; the parent
+        restarts by replay and this check then sees the id taken.)
+        """
+        store = self.engine.store
+        kept: list[_ChildStart] = []
+        taken: set[str] = set()
+        for child in batch.children:
+            workflow_id = child.append.workflow_id
+            if workflow_id in taken or await store.head(workflow_id, tenant=child.append.tenant):
+                batch.after.append(partial(self.send, actor.key, child.refused))
+            else:
+                taken.add(workflow_id)
+                kept.append(child)
+        batch.children = kept
 
     async def _landed(self, append: Append, error: Exception) -> bool:
         """Lost acknowledgement: the commit reported ``error`` but may have happened. Re-read
@@ -1130,20 +1376,21 @@ class Runtime:
         record = await store.get_workflow(workflow_id, tenant=tenant)
         if record is None:
             return
-        head = await store.head(workflow_id, tenant=tenant)
         detail = f"{reason} {hint}".strip()
-        log.error("run %s/%s is BLOCKED: %s", tenant, workflow_id, detail)
-        blocked = ev.WorkflowBlocked(seq=head + 1, at=self.engine.now(), reason=reason, detail=hint)
-        await store.commit(
-            Write(
-                appends=[Append(workflow_id, [blocked], head, tenant)],
-                workflows=[_replace(record, status=Status.BLOCKED, reason=reason)],
+        if record.status is Status.BLOCKED and record.reason == reason:
+            # A retry (unblock, restart) found the same cause: one marker per blocking.
+            log.warning("run %s/%s is still BLOCKED: %s", tenant, workflow_id, detail)
+        else:
+            head = await store.head(workflow_id, tenant=tenant)
+            log.error("run %s/%s is BLOCKED: %s", tenant, workflow_id, detail)
+            blocked = ev.WorkflowBlocked(
+                seq=head + 1, at=self.engine.now(), reason=reason, detail=hint
             )
-        )
-        self._drop_mail(actor, _blocked(actor, reason))
-        actor.driver = None
-        actor.blocked = True
-        self.actors.pop(actor.key, None)
+            record = _replace(record, status=Status.BLOCKED, reason=reason)
+            await store.commit(
+                Write(appends=[Append(workflow_id, [blocked], head, tenant)], workflows=[record])
+            )
+        await self._after_block(actor, record)
 
     def _drop_mail(self, actor: Actor, error: AionError | None) -> None:
         while actor.mailbox:
@@ -1204,14 +1451,6 @@ def _closed_error(actor: Actor, message: Message) -> AionError:
             "recorded"
         )
     return WorkflowClosed(f"workflow {workflow_id!r} has finished")
-
-
-def _blocked(actor: Actor, reason: str) -> AionError:
-    """What a request that reaches a run parked BLOCKED gets: it was not recorded."""
-    return AionError(
-        f"workflow {actor.key[1]!r} is BLOCKED ({reason}); this was not recorded. Fix the "
-        f"cause, then `aion unblock {actor.key[1]}` or restart the engine, and send it again."
-    )
 
 
 def _finished(actor: Actor) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
 import random
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -45,6 +47,7 @@ from aion._tokens import KeyRing, load_or_create, peek_claims
 from aion.errors import (
     AionError,
     DataDirectoryError,
+    EngineStopped,
     InvalidArgument,
     InvalidToken,
     NondeterminismError,
@@ -66,7 +69,7 @@ from aion.store import (
     begin_run,
 )
 
-from ._actor import Actor, Message, Reply, Runtime, _Batch
+from ._actor import Actor, Message, Reply, Runtime, _Batch, _Block
 from ._policy import ApprovalPolicy, ApprovalRule
 from ._steps import StepExecutor
 from ._types import (
@@ -83,6 +86,9 @@ __all__ = ["Engine"]
 log = logging.getLogger("aion.engine")
 
 TimerKey = tuple[str, str, str]
+
+#: The longest wait before an inbox command that has not applied yet is handed over again.
+INBOX_MAX_BACKOFF = 30.0
 
 #: Key rings of stores without a data directory (in-memory stores), shared by the engines that
 #: run on one store in turn, for as long as the store lives.
@@ -203,7 +209,7 @@ class Engine:
     @property
     def store(self) -> EventStore:
         if self._store is None:
-            raise AionError("the engine is not running: use it as `async with Engine(...)`")
+            raise EngineStopped("the engine is not running: use it as `async with Engine(...)`")
         return self._store
 
     async def __aenter__(self) -> Engine:
@@ -325,7 +331,7 @@ class Engine:
         a service built on the engine does not carry on, or hang, on a dead engine.
         """
         log.critical("the engine stopped: %s", cause)
-        self._failure = AionError(
+        self._failure = EngineStopped(
             f"the engine stopped because a service failed: {cause} Recorded history is intact; "
             "fix the cause and start the engine again."
         )
@@ -405,7 +411,7 @@ class Engine:
 
     def _release_waiters(self, failure: AionError | None = None) -> None:
         """Nobody waits forever on a stopped engine: results and replies fail with a reason."""
-        stopped = failure or AionError(
+        stopped = failure or EngineStopped(
             "the engine stopped before this completed; what was recorded is kept and the "
             "next engine on this data directory continues it"
         )
@@ -601,8 +607,11 @@ class Engine:
         workflow_id = workflow_id or new_id()
         encoded = definition.encode_input(args, limit=self.max_payload_bytes)
         key = (tenant, workflow_id)
-        if key in self.runtime.actors:
-            return self.handle(workflow_id, tenant=tenant)
+        resident = self.runtime.actors.get(key)
+        if resident is not None:
+            if resident.record is not None:
+                return self._same_run(resident.record, definition)
+            return await self._existing(workflow_id, tenant, definition)
         with self._busy():
             run_id = new_id()
             now = self.now()
@@ -621,25 +630,32 @@ class Engine:
             batch = _Batch()
             actor.head = 1
             batch.events.append(started)
+            blocked: str | None = None
             try:
-                commands = actor.driver.apply(started)
-            except NondeterminismError as exc:
-                with contextlib.suppress(SequenceConflict):  # it existed: idempotent start
-                    await self.runtime.commit_blocked(actor, batch, str(exc))
-                return self.handle(workflow_id, tenant=tenant)
-            self.runtime._record_commands(actor, batch, commands)
+                self.runtime._record_commands(actor, batch, actor.driver.apply(started))
+            except (NondeterminismError, _Block) as exc:
+                blocked = str(exc)  # recorded as started, parked BLOCKED
             try:
-                await self.runtime._commit(actor, batch)
-            except SequenceConflict:
-                # Idempotent start: the workflow exists. Mail that arrived meanwhile goes to
-                # an actor that activates from the store.
-                self.runtime.actors.pop(key, None)
+                if blocked is None:
+                    await self.runtime._commit(actor, batch)
+                else:
+                    await self.runtime.commit_blocked(actor, batch, blocked)
+            except SequenceConflict as exc:
+                # The id was taken: mail that arrived meanwhile goes to an actor that activates
+                # from the store.
+                if self.runtime.actors.get(key) is actor:
+                    del self.runtime.actors[key]
                 for message in actor.mailbox:
                     self.runtime.send(key, message)
-                return self.handle(workflow_id, tenant=tenant)
+                if (exc.tenant, exc.workflow_id) != key:
+                    raise  # a child's id, taken by a start that raced ours: nothing recorded
+                return await self._existing(workflow_id, tenant, definition)
             except BaseException:
-                self.runtime.actors.pop(key, None)
+                if self.runtime.actors.get(key) is actor:
+                    del self.runtime.actors[key]
                 raise
+            if blocked is not None:
+                return self.handle(workflow_id, tenant=tenant)
             actor.queued = False
             if actor.mailbox:
                 self.runtime._schedule(actor)
@@ -648,6 +664,27 @@ class Engine:
             else:
                 self.runtime._maybe_evict()
         return self.handle(workflow_id, tenant=tenant)
+
+    async def _existing(
+        self, workflow_id: str, tenant: str, definition: WorkflowDefinition
+    ) -> WorkflowHandle:
+        """``start`` of an id that exists: idempotent for the same type, refused otherwise."""
+        record = await self.store.get_workflow(workflow_id, tenant=tenant)
+        if record is None:
+            raise AionError(
+                f"workflow {workflow_id!r} could not be started: its id is being claimed "
+                "concurrently; nothing was recorded, call start again"
+            )
+        return self._same_run(record, definition)
+
+    def _same_run(self, record: WorkflowRecord, definition: WorkflowDefinition) -> WorkflowHandle:
+        if record.workflow_type != definition.name:
+            raise InvalidArgument(
+                f"workflow id {record.workflow_id!r} is taken by a run of type "
+                f"{record.workflow_type!r}; it cannot start a {definition.name!r} run. Nothing "
+                "was recorded: use another workflow_id"
+            )
+        return self.handle(record.workflow_id, tenant=record.tenant)
 
     def handle(self, workflow_id: str, *, tenant: str = "default") -> WorkflowHandle:
         """A handle to an existing workflow (not checked until used)."""
@@ -672,7 +709,7 @@ class Engine:
                 if self._failure is not None:
                     raise self._failure
                 if self._tg is None:
-                    raise AionError(
+                    raise EngineStopped(
                         f"the engine stopped before workflow {workflow_id!r} finished; the run "
                         "continues when an engine next runs on this data directory"
                     )
@@ -877,20 +914,20 @@ class Engine:
         encoded = encode_payload(
             payload, limit=self.max_payload_bytes, what=f"completion of waitpoint {row.name!r}"
         )
-        data = {"waitpoint_id": claims.waitpoint_id, "payload": encoded}
+        data = {"waitpoint_id": claims.waitpoint_id, "payload": encoded, "token": token}
         try:
             await self._deliver(workflow_id, tenant, Message("complete", data))
         except WorkflowClosed as exc:
             raise WaitpointClosed(f"{exc}; its waitpoints are closed") from exc
 
-    def _verify_token(self, token: str) -> Any:
+    def _verify_token(self, token: str, at: datetime | None = None) -> Any:
         keys = self._keys
         if keys is None:
-            raise AionError("the engine is not running: use it as `async with Engine(...)`")
+            raise EngineStopped("the engine is not running: use it as `async with Engine(...)`")
         if not isinstance(token, str):
             raise InvalidToken(f"a waitpoint token is text, not {type(token).__name__}")
         try:
-            return keys.verify(token, now=self.now())
+            return keys.verify(token, now=at or self.now())
         except InvalidToken:
             self._note_failed_validation(token)
             raise
@@ -949,34 +986,58 @@ class Engine:
     # --- inbox ----------------------------------------------------------------------------------
 
     async def _inbox_loop(self) -> None:
-        seen: set[str] = set()
+        """Hand commands left by other processes to their runs, until each is applied.
+
+        A command stays in the inbox until the write that applies it deletes it. One whose
+        application failed (a crash of its run, a full disk) is handed over again, with a
+        backoff per command; one for a BLOCKED run waits there until the run runs again (the
+        run takes it itself when it is unblocked); one that can never apply is removed with a
+        log line.
+        """
+        tries: dict[str, tuple[int, float]] = {}  # command id -> (hand-overs, next at)
         while True:
-            commands = await self.store.read_inbox(limit=500)
+            commands = await self._read_inbox()
+            now = time.monotonic()
             for command in commands:
-                if command.command_id in seen:
+                count, due = tries.get(command.command_id, (0, 0.0))
+                if due > now:
                     continue
-                seen.add(command.command_id)
+                delay = min(max(self._inbox_interval, 0.05) * 2**count, INBOX_MAX_BACKOFF)
+                tries[command.command_id] = (count + 1, now + delay)
                 await self._apply_inbox(command)
-            if len(seen) > 100_000:
-                seen = {c.command_id for c in commands}
+            present = {command.command_id for command in commands}
+            tries = {i: t for i, t in tries.items() if i in present}
             await anyio.sleep(self._inbox_interval)
 
-    async def _apply_inbox(self, command: InboxCommand) -> None:
-        """Hand a command left by another process to its run; the write that applies it
-        deletes it. One that cannot apply is logged and deleted."""
-        kind = command.kind
-        tenant, workflow_id = command.tenant, command.workflow_id
+    async def _read_inbox(self) -> builtins.list[InboxCommand]:
+        out: builtins.list[InboxCommand] = []
+        while True:
+            rows = await self.store.read_inbox(limit=500, after=out[-1].command_id if out else None)
+            out += rows
+            if len(rows) < 500:
+                return out
+
+    def inbox_message(self, command: InboxCommand) -> Message | str:
+        """The message that applies an inbox command, or why it can never apply.
+
+        A waitpoint token is checked as of the time the command was accepted: a completion
+        kept while its run was BLOCKED still applies after the token's expiry.
+        """
         data: dict[str, Any]
-        problem: str | None = None
+        kind = command.kind
         if kind == "complete_waitpoint":
             try:
-                claims = self._verify_token(command.token)
-                tenant, workflow_id = claims.tenant, claims.workflow_id
+                claims = self._verify_token(command.token, at=command.created_at)
             except InvalidToken as exc:
-                problem = str(exc)
-            else:
-                kind = "complete"
-                data = {"waitpoint_id": claims.waitpoint_id, "payload": command.payload}
+                return str(exc)
+            if (claims.tenant, claims.workflow_id) != (command.tenant, command.workflow_id):
+                return "the token is for another workflow than the command names"
+            kind = "complete"
+            data = {
+                "waitpoint_id": claims.waitpoint_id,
+                "payload": command.payload,
+                "token": command.token,
+            }
         elif kind == "signal":
             data = {"name": command.name, "payload": command.payload}
         elif kind == "cancel":
@@ -988,15 +1049,23 @@ class Engine:
                 "user": command.user,
                 "comment": command.comment,
                 "approval_id": command.target_id or None,
-                "digest": None,
+                "digest": command.digest or None,
             }
         elif kind == "unblock":
             kind, data = "wake", {}
         else:
-            problem = f"kind {kind!r} is not understood"
+            return f"kind {kind!r} is not understood"
+        return Message(kind, data, inbox_id=command.command_id)
+
+    async def _apply_inbox(self, command: InboxCommand) -> None:
+        """Hand a command left by another process to its run; the write that applies it
+        deletes it. One that cannot apply is logged and deleted."""
+        key = (command.tenant, command.workflow_id)
+        message = self.inbox_message(command)
+        problem = message if isinstance(message, str) else None
         record = None
         if problem is None:
-            record = await self.store.get_workflow(workflow_id, tenant=tenant)
+            record = await self.store.get_workflow(command.workflow_id, tenant=command.tenant)
             if record is None:
                 problem = "the workflow does not exist"
             elif record.status.is_terminal:
@@ -1006,18 +1075,19 @@ class Engine:
                 "inbox command %s (%s for %s/%s) dropped: %s",
                 command.command_id,
                 command.kind,
-                tenant,
-                workflow_id,
+                *key,
                 problem,
             )
             await self.store.commit(Write(inbox_delete=[command.command_id]))
             return
+        assert isinstance(message, Message) and record is not None
         if command.kind == "unblock":
             await self.store.commit(Write(inbox_delete=[command.command_id]))
-            self.runtime.send((tenant, workflow_id), Message("wake"))
+            self.runtime.send(key, Message("wake"))
             return
-        message = Message(kind, data, inbox_id=command.command_id)
-        self.runtime.send((tenant, workflow_id), message)
+        if record.status is Status.BLOCKED and key not in self.runtime.actors:
+            return  # kept: the run takes it when it runs again
+        self.runtime.send(key, message)
 
     def _resolve(self, workflow: Any) -> WorkflowDefinition:
         if isinstance(workflow, str):

@@ -9,9 +9,14 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import logging
+import os
+import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -21,7 +26,16 @@ from aion._loop import WorkQueue
 
 from ._types import StepInfo
 
-__all__ = ["StepExecutor", "StepJob", "current_step"]
+__all__ = ["StepExecutor", "StepJob", "current_step", "format_failure"]
+
+log = logging.getLogger("aion.engine")
+
+#: Frames of the executor and of anyio's thread hand-off that lead into a step: left out of a
+#: recorded traceback, which starts at the step's own code.
+_PLUMBING = (str(Path(__file__)), str(Path(anyio.__file__).parent) + os.sep)
+
+#: At most this many frames are formatted (the innermost ones): bounds the work for deep stacks.
+_MAX_FRAMES = 100
 
 _CURRENT: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
     "aion_current_step", default=None
@@ -96,29 +110,83 @@ class StepExecutor:
                 value, error = await self._execute(job)
             self._running.discard(job)
             self._pending -= 1
+            if error is not None:
+                _log_failure(job.info, error)
             job.done(job, value, error)
 
     async def _execute(self, job: StepJob) -> tuple[Any, BaseException | None]:
         token = _CURRENT.set(job.info)
         try:
-            with anyio.fail_after(job.timeout) if job.timeout else nullcontext():
-                if inspect.iscoroutinefunction(job.fn):
-                    return await job.fn(*job.args, **job.kwargs), None
-                call = functools.partial(job.fn, *job.args, **job.kwargs)
-                ctx = contextvars.copy_context()
-                result = await anyio.to_thread.run_sync(
-                    ctx.run, call, limiter=self._limiter, abandon_on_cancel=True
-                )
-                if inspect.isawaitable(result):  # a sync callable returning an awaitable
-                    result = await _await(result)
-                return result, None
-        except TimeoutError:
+            if not job.timeout:  # no cancel scope: entering one costs ~2.5 us
+                return await self._call(job), None
+            # A cancel scope of our own, not fail_after: only its expiry is the step's
+            # timeout=; a TimeoutError the step's code raises is that code's own error.
+            with anyio.CancelScope(deadline=anyio.current_time() + job.timeout):
+                return await self._call(job), None
+            # Reached only when the deadline cancelled the step (the scope swallowed that).
             return None, TimeoutError(f"step {job.info.name!r} timed out after {job.timeout}s")
         except Exception as exc:
             return None, exc
         finally:
             _CURRENT.reset(token)
 
+    async def _call(self, job: StepJob) -> Any:
+        if inspect.iscoroutinefunction(job.fn):
+            return await job.fn(*job.args, **job.kwargs)
+        call = functools.partial(job.fn, *job.args, **job.kwargs)
+        ctx = contextvars.copy_context()
+        result = await anyio.to_thread.run_sync(
+            ctx.run, call, limiter=self._limiter, abandon_on_cancel=True
+        )
+        if inspect.isawaitable(result):  # a sync callable returning an awaitable
+            result = await _await(result)
+        return result
+
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+def format_failure(error: BaseException, limit: int = 8192) -> str:
+    """The traceback of a failed step attempt, as recorded in ``StepFailed.traceback``.
+
+    The frames of the executor and of anyio that lead into the step are left out, so the text
+    starts at the step's own code. At most ``limit`` bytes of UTF-8: a longer traceback keeps
+    its end (the innermost frames and the error line) behind a line saying what was left out.
+    """
+    tb = _skip_plumbing(error.__traceback__)
+    try:
+        text = "".join(traceback.format_exception(type(error), error, tb, limit=-_MAX_FRAMES))
+    except Exception:  # a broken __str__ or __repr__ must not cost the record
+        text = f"{type(error).__name__}: <the traceback could not be formatted>\n"
+    data = text.encode("utf-8", "replace")  # no lone surrogates reach the encoder
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    marker = "[... {} bytes of the traceback left out ...]\n"
+    keep = max(limit - len(marker.format(len(data))), 0)
+    tail = data[len(data) - keep :].decode("utf-8", "ignore")  # no split character
+    newline = tail.find("\n")
+    if 0 <= newline < len(tail) - 1:
+        tail = tail[newline + 1 :]  # start at a whole line
+    cut = len(data) - len(tail.encode("utf-8"))
+    return marker.format(cut) + tail
+
+
+def _skip_plumbing(tb: TracebackType | None) -> TracebackType | None:
+    first = tb
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PLUMBING):
+        tb = tb.tb_next
+    return first if tb is None else tb  # nothing but plumbing: keep it all
+
+
+def _log_failure(info: StepInfo, error: BaseException) -> None:
+    # One line per failed attempt; the traceback is in the history (step.failed).
+    log.warning(
+        "step %r (attempt %d) of workflow %s/%s failed: %s: %s",
+        info.name,
+        info.attempt,
+        info.tenant,
+        info.workflow_id,
+        type(error).__name__,
+        error,
+    )

@@ -14,6 +14,7 @@ __all__ = [
     "PENDING_KINDS",
     "HistoryEvent",
     "PendingApproval",
+    "StepFailure",
     "StepInfo",
     "WaitpointInfo",
     "WorkflowDescription",
@@ -50,12 +51,43 @@ class HistoryEvent(msgspec.Struct, frozen=True):
     raw: bytes = b""
 
 
+class StepFailure(msgspec.Struct, frozen=True):
+    """A failed step attempt, as ``WorkflowDescription.last_step_failure`` reports it.
+
+    Attributes:
+        step_name: the step's recorded name.
+        step_seq: the step's number in its run (from 1).
+        attempt: which attempt failed (from 1).
+        error_type: the exception's type name, e.g. ``"ConnectionError"``.
+        message: the exception's message.
+        traceback: the traceback from the step's own code (at most 8 KiB, its end kept);
+            empty for failures recorded before aion kept tracebacks.
+        retryable: whether the retry policy allows retrying this error at all.
+        will_retry: another attempt is scheduled; ``False``: the step failed for good, and
+            the workflow saw :class:`aion.StepError` at its ``await``.
+        failed_at: when the failure was recorded (UTC).
+    """
+
+    step_name: str
+    step_seq: int
+    attempt: int
+    error_type: str
+    message: str
+    traceback: str
+    retryable: bool
+    will_retry: bool
+    failed_at: datetime
+
+
 class WorkflowDescription(msgspec.Struct, frozen=True):
     """What ``engine.describe()`` (and each item of ``engine.list()``) reports about a workflow.
 
     ``pending`` maps kinds (``timers``, ``signals``, ``steps``, ``children``, ``approvals``,
     ``waitpoints``) to what the run waits on. ``reason`` says why a run is ``BLOCKED``;
     ``detail`` adds what to do, or the last traceback of an engine crash loop.
+    ``last_step_failure`` is the current run's most recent failed step attempt, with its
+    traceback, unless that step succeeded later: a step waiting to retry, or one that failed
+    for good (``describe()`` only; ``None`` in ``list()`` items and when nothing failed).
     """
 
     workflow_id: str
@@ -74,6 +106,7 @@ class WorkflowDescription(msgspec.Struct, frozen=True):
     parent_workflow_id: str | None = None
     search_attributes: dict[str, Any] = {}
     detail: str = ""
+    last_step_failure: StepFailure | None = None
 
 
 class PendingApproval(msgspec.Struct, frozen=True):
@@ -99,7 +132,9 @@ class PendingApproval(msgspec.Struct, frozen=True):
 
 class WaitpointInfo(msgspec.Struct, frozen=True):
     """A waitpoint of a workflow (``engine.pending_waitpoints()``): never its token, only a
-    fingerprint of it (the first 16 hex digits of its SHA-256)."""
+    fingerprint of it (the first 16 hex digits of its SHA-256), and ``token_kid``, the id of
+    the key that signed it (during a key rotation: which tokens still depend on a retired key).
+    """
 
     workflow_id: str
     waitpoint_id: str
@@ -112,6 +147,7 @@ class WaitpointInfo(msgspec.Struct, frozen=True):
     tenant: str
     completed_at: datetime | None = None
     last_failed_validation_at: datetime | None = None
+    token_kid: str = ""
 
 
 class StepInfo(msgspec.Struct, frozen=True):

@@ -40,6 +40,7 @@ from ._types import (
     PENDING_KINDS,
     HistoryEvent,
     PendingApproval,
+    StepFailure,
     WaitpointInfo,
     WorkflowDescription,
 )
@@ -49,6 +50,7 @@ _PLURAL = {singular: plural for plural, singular in PENDING_KINDS.items()}
 __all__ = [
     "Reader",
     "history_event",
+    "last_step_failure",
     "pending_approval",
     "refuse_completion",
     "waitpoint_info",
@@ -85,29 +87,33 @@ class Reader:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WaitpointInfo]:
-        """The workflow's pending waitpoints by id, keyset-paginated.
+        """The workflow's pending waitpoints in creation order, keyset-paginated
+        (``next_cursor`` only when more follow).
 
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
-            InvalidArgument: ``limit`` is below 1.
+            InvalidArgument: ``limit`` is below 1, or a cursor of another query.
         """
         await self.record(workflow_id, tenant)
         if limit < 1:
             raise InvalidArgument(f"limit must be at least 1, not {limit}")
-        items: list[WaitpointInfo] = []
-        while True:
-            # Asking for no more rows than are still wanted keeps the store's cursor exact.
-            page = await self.store.list_waitpoints(
-                workflow_id, tenant=tenant, limit=limit - len(items), cursor=cursor
-            )
-            items += [waitpoint_info(r) for r in page.items if r.status is WaitpointStatus.PENDING]
-            if page.next_cursor is None or len(items) >= limit:
-                return Page(items, page.next_cursor)
-            cursor = page.next_cursor
+        page = await self.store.pending_waitpoints(
+            workflow_id, tenant=tenant, limit=limit, cursor=cursor
+        )
+        kids: dict[str, str] = {}
+        if any(r.fingerprint and not r.kid for r in page.items):
+            # Rows written before aion kept the key id: the history recorded it.
+            events = await self.store.read_current_run(workflow_id, tenant=tenant)
+            kids = {e.waitpoint_id: e.kid for e in events if isinstance(e, ev.WaitpointCreated)}
+        items = [waitpoint_info(r, kids.get(r.waitpoint_id, "")) for r in page.items]
+        return Page(items, page.next_cursor)
 
     async def outcome(self, record: WorkflowRecord) -> Any:
         events = await self.store.read_current_run(record.workflow_id, tenant=record.tenant)
-        last = events[-1]
+        return self._outcome_in(record, events)
+
+    def _outcome_in(self, record: WorkflowRecord, events: list[ev.AnyEvent]) -> Any:
+        last = events[-1] if events else None
         match last:
             case ev.WorkflowCompleted():
                 return self._result_value(record, last.result)
@@ -160,11 +166,16 @@ class Reader:
         head = await self.store.head(record.workflow_id, tenant=record.tenant)
         result: Any = None
         error: str | None = None
-        if with_outcome and record.status.is_terminal:
-            try:
-                result = await self.outcome(record)
-            except (WorkflowFailed, WorkflowCancelled) as exc:
-                error = str(exc)
+        failure: StepFailure | None = None
+        if with_outcome:
+            # One read of the current run (continue-as-new bounds it) serves both.
+            events = await self.store.read_current_run(record.workflow_id, tenant=record.tenant)
+            failure = last_step_failure(events)
+            if record.status.is_terminal:
+                try:
+                    result = self._outcome_in(record, events)
+                except (WorkflowFailed, WorkflowCancelled) as exc:
+                    error = str(exc)
         detail = ""
         if record.status is Status.BLOCKED:
             last = await self.store.read_history(
@@ -193,6 +204,7 @@ class Reader:
             parent_workflow_id=record.parent_workflow_id,
             search_attributes=dict(record.search_attributes),
             detail=detail,
+            last_step_failure=failure,
         )
 
     async def history(
@@ -250,6 +262,40 @@ def history_event(event: ev.Event) -> HistoryEvent:
     )
 
 
+def last_step_failure(events: list[ev.AnyEvent]) -> StepFailure | None:
+    """The most recent ``StepFailed`` of a run's events that its step's success did not
+    follow (the step waits to retry, or failed for good), with the step's name."""
+    failed: ev.StepFailed | None = None
+    succeeded: set[int] = set()
+    for event in reversed(events):
+        if isinstance(event, ev.StepCompleted):
+            succeeded.add(event.step_seq)
+        elif isinstance(event, ev.StepFailed) and event.step_seq not in succeeded:
+            failed = event
+            break
+    if failed is None:
+        return None
+    name = next(
+        (
+            e.name
+            for e in events
+            if isinstance(e, ev.StepScheduled) and e.step_seq == failed.step_seq
+        ),
+        "",
+    )
+    return StepFailure(
+        step_name=name,
+        step_seq=failed.step_seq,
+        attempt=failed.attempt,
+        error_type=failed.error_type,
+        message=failed.message,
+        traceback=failed.traceback,
+        retryable=failed.retryable,
+        will_retry=failed.will_retry,
+        failed_at=failed.at,
+    )
+
+
 def _return_annotation(definition: WorkflowDefinition) -> Any:
     return _return_type(definition.fn)
 
@@ -274,8 +320,9 @@ def pending_approval(row: ApprovalRow) -> PendingApproval:
     )
 
 
-def waitpoint_info(row: WaitpointRow) -> WaitpointInfo:
-    """The public view of a waitpoint row: a fingerprint of its token, never the token."""
+def waitpoint_info(row: WaitpointRow, kid: str = "") -> WaitpointInfo:
+    """The public view of a waitpoint row: a fingerprint of its token, never the token.
+    ``kid`` stands in for the signing key's id of a row that does not carry it."""
     return WaitpointInfo(
         workflow_id=row.workflow_id,
         waitpoint_id=row.waitpoint_id,
@@ -288,6 +335,7 @@ def waitpoint_info(row: WaitpointRow) -> WaitpointInfo:
         tenant=row.tenant,
         completed_at=row.completed_at,
         last_failed_validation_at=row.last_failed_validation_at,
+        token_kid=row.kid or kid,
     )
 
 

@@ -160,6 +160,8 @@ class Context:
         """Start a child workflow and (when awaited) return its result.
 
         Raises:
+            PayloadError: (at the call) an argument does not match the child's annotations,
+                cannot be encoded, or is too large; no child is started.
             WorkflowFailed / WorkflowCancelled: (when awaited) the child failed or was cancelled.
         """
         return self._driver.start_child(workflow, args, workflow_id)
@@ -172,7 +174,12 @@ class Context:
         return self._driver.gather(awaitables)
 
     def continue_as_new(self, *args: Any) -> NoReturn:
-        """End this run and start a fresh run of the same workflow id with ``args``."""
+        """End this run and start a fresh run of the same workflow id with ``args``.
+
+        Raises:
+            PayloadError: an argument does not match the workflow's annotations, cannot be
+                encoded, or is too large; the run goes on.
+        """
         self._driver.continue_as_new(args)
 
     def now(self) -> datetime:

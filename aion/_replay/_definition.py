@@ -64,6 +64,10 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
+#: Types whose values need no conversion when ``type(value) is`` the annotation.
+_EXACT = frozenset({int, float, str, bytes, bool})
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowDefinition:
     """A registered workflow: its stable type name and its function."""
@@ -73,13 +77,80 @@ class WorkflowDefinition:
     param_types: tuple[Any, ...] = field(default=(), compare=False)
     min_args: int = field(default=0, compare=False)
     max_args: int | None = field(default=None, compare=False)
+    param_names: tuple[str, ...] = field(default=(), compare=False)
+    #: (position, annotation) of the parameters whose arguments are converted: none for a
+    #: workflow whose parameters are all unannotated or ``Any``, which skips conversion.
+    typed: tuple[tuple[int, Any], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        typed = tuple(
+            (i, tp)
+            for i, tp in enumerate(self.param_types)
+            if tp is not Any and tp is not object and tp is not inspect.Parameter.empty
+        )
+        object.__setattr__(self, "typed", typed)
 
     def encode_input(self, args: Sequence[Any], *, limit: int) -> bytes:
-        """Encode workflow arguments; raises PayloadError (or InvalidArgument on arity)."""
+        """Check workflow arguments against the parameter annotations and encode them.
+
+        Called before anything is recorded (``start``, ``ctx.child``, ``ctx.continue_as_new``).
+        Each annotated argument is converted with msgspec's strict rules (no parsing of
+        strings into numbers, no rounding; an int for a float, a dict for a Struct or a
+        dataclass, an ISO string for a datetime are fine) and the converted value is recorded,
+        so the run receives it as annotated.
+
+        Raises:
+            InvalidArgument: the number of arguments does not fit the signature.
+            PayloadError: an argument does not match its annotation, cannot be encoded, or the
+                encoding is larger than ``limit``.
+        """
         self.check_arity(args)
-        return encode_payload(
-            list(args), limit=limit, what=lambda: f"input of workflow {self.name!r}"
-        )
+        values = list(args)
+        what = self._what_input
+        if not self.typed:  # an untyped workflow converts nothing
+            return encode_payload(values, limit=limit, what=what)
+        checked: list[tuple[int, Any]] = []
+        for i, tp in self.typed:
+            if i >= len(values):
+                break  # the rest take their defaults
+            value = values[i]
+            if type(value) is tp and tp in _EXACT:
+                continue
+            values[i] = self._check(i, value, tp)
+            checked.append((i, tp))
+        data = encode_payload(values, limit=limit, what=what)
+        if checked:
+            # Structs and dataclasses are not validated when they are built, so their fields
+            # were not checked above: check what the run will decode.
+            recorded = decode_payload(data)
+            for i, tp in checked:
+                self._check(i, recorded[i], tp)
+        return data
+
+    def _check(self, i: int, value: Any, tp: Any) -> Any:
+        try:
+            return msgspec.convert(value, tp, strict=True)
+        except (ValueError, OverflowError) as exc:  # msgspec.ValidationError is a ValueError
+            given = repr(value)
+            if len(given) > 40:
+                given = given[:37] + "..."
+            raise PayloadError(
+                f"{self._argument(i)} must be {_type_name(tp)}, not {type(value).__name__} "
+                f"({given}): {exc}. Convert it before the call: arguments are checked against "
+                "the annotations strictly (no parsing of strings into numbers, no rounding)."
+            ) from exc
+        except TypeError as exc:  # an annotation msgspec cannot convert to
+            raise PayloadError(
+                f"{self._argument(i)} is annotated {_type_name(tp)}, which msgspec cannot "
+                f"convert to ({exc}). Annotate it with a type msgspec supports, or Any."
+            ) from exc
+
+    def _what_input(self) -> str:
+        return f"input of workflow {self.name!r}"
+
+    def _argument(self, i: int) -> str:
+        name = f" ({self.param_names[i]!r})" if i < len(self.param_names) else ""
+        return f"argument {i + 1}{name} of workflow {self.name!r}"
 
     def check_arity(self, args: Sequence[Any]) -> None:
         """Refuse a wrong number of arguments at the call site, not inside the run."""
@@ -91,19 +162,21 @@ class WorkflowDefinition:
             )
 
     def decode_input(self, data: bytes) -> list[Any]:
-        """Decode recorded input into the types of the function's parameters."""
-        values = decode_payload(data, what=lambda: f"input of workflow {self.name!r}")
+        """Decode recorded input into the types of the function's parameters.
+
+        Lenient (msgspec's non-strict conversion), unlike :meth:`encode_input`: inputs that
+        earlier versions recorded without checking them still decode as they did.
+        """
+        values = decode_payload(data, what=self._what_input)
         if not isinstance(values, list):
             raise PayloadError(f"input of workflow {self.name!r} is not an argument list")
-        types = self.param_types
-        out = []
-        for i, value in enumerate(values):
-            tp = types[i] if i < len(types) else Any
-            if tp is Any or tp is inspect.Parameter.empty:
-                out.append(value)
-            else:
-                out.append(convert(value, tp, what=f"argument {i + 1} of workflow {self.name!r}"))
-        return out
+        for i, tp in self.typed:  # nothing to do for an untyped workflow
+            if i >= len(values):
+                break
+            value = values[i]
+            if type(value) is not tp or tp not in _EXACT:
+                values[i] = convert(value, tp, what=self._argument(i))
+        return values
 
 
 def convert(value: Any, tp: Any, *, what: str) -> Any:
@@ -114,6 +187,10 @@ def convert(value: Any, tp: Any, *, what: str) -> Any:
         return msgspec.convert(value, tp, strict=False)
     except (msgspec.ValidationError, TypeError) as exc:
         raise PayloadError(f"{what} does not match its annotation {tp!r}: {exc}") from exc
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__qualname__ if isinstance(tp, type) else repr(tp).replace("typing.", "")
 
 
 def _build(fn: Callable[..., Coroutine[Any, Any, Any]], name: str | None) -> WorkflowDefinition:
@@ -130,6 +207,7 @@ def _build(fn: Callable[..., Coroutine[Any, Any, Any]], name: str | None) -> Wor
     except Exception:  # unresolvable annotations: take values untyped
         hints = {}
     param_types: list[Any] = []
+    param_names: list[str] = []
     min_args = 0
     max_args: int | None = 0
     for p in params[1:]:
@@ -139,6 +217,7 @@ def _build(fn: Callable[..., Coroutine[Any, Any, Any]], name: str | None) -> Wor
         if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD):
             break
         param_types.append(hints.get(p.name, Any))
+        param_names.append(p.name)
         max_args = len(param_types)
         if p.default is inspect.Parameter.empty:
             min_args = len(param_types)
@@ -148,6 +227,7 @@ def _build(fn: Callable[..., Coroutine[Any, Any, Any]], name: str | None) -> Wor
         param_types=tuple(param_types),
         min_args=min_args,
         max_args=max_args,
+        param_names=tuple(param_names),
     )
 
 

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aion import events as ev
-from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode, encode_payload
 from aion._tokens import fingerprint as token_fingerprint
 from aion.errors import (
     ApprovalRejected,
@@ -206,7 +206,9 @@ class Driver:
         self._steps: dict[int, PendingStep] = {}
         self._timers: dict[int, _TimerFuture] = {}
         self._children: dict[int, _Child] = {}
-        self._signals: dict[str, deque[bytes]] = {}
+        # Signals received and not yet consumed, by name: (arrival ordinal, payload).
+        self._signals: dict[str, deque[tuple[int, bytes]]] = {}
+        self._signal_ordinal = 0
         self._signal_waiters: dict[str, deque[_SignalWait]] = {}
         self._patches: dict[str, bool] = {}
         self._approvals: dict[str, ApprovalState] = {}  # pending, by approval id
@@ -554,6 +556,14 @@ class Driver:
         while self._pos < len(history) and isinstance(history[self._pos], _MARKERS):
             self._pos += 1
 
+    def _recorded_next(self) -> ev.Event | None:
+        """Replaying, the event the next command must match (markers passed over, not
+        consumed); live, None."""
+        history, pos = self._history, self._pos
+        while pos < len(history) and isinstance(history[pos], _MARKERS):
+            pos += 1
+        return history[pos] if pos < len(history) else None
+
     def _diverge(
         self, event: ev.Event | None, command: Command | None, *, detail: str | None = None
     ) -> typing.NoReturn:
@@ -634,7 +644,7 @@ class Driver:
     def wait_signal(self, name: str, timeout: float | None) -> DurableFuture:
         buffered = self._signals.get(name)
         if buffered:
-            return _done(self._decode(buffered.popleft(), Any, f"signal {name!r}"))
+            return _done(self._decode(buffered.popleft()[1], Any, f"signal {name!r}"))
         if timeout is not None and timeout <= 0:
             future = DurableFuture()
             _fail(future, WaitTimedOut(f"no signal {name!r} had arrived (timeout {timeout}s)"))
@@ -661,7 +671,17 @@ class Driver:
                 self.cancel_timer(wait.timer)
             _resolve(wait, self._decode(payload, Any, f"signal {name!r}"))
         else:
-            self._signals.setdefault(name, deque()).append(payload)
+            self._signal_ordinal += 1
+            self._signals.setdefault(name, deque()).append((self._signal_ordinal, payload))
+
+    def unconsumed_signals(self) -> list[tuple[str, bytes]]:
+        """Signals received and not consumed by a wait, in arrival order: (name, payload).
+
+        ``continue_as_new`` hands them to the successor run.
+        """
+        items = [(n, name, p) for name, queue in self._signals.items() for n, p in queue]
+        items.sort(key=lambda item: item[0])
+        return [(name, payload) for _, name, payload in items]
 
     def start_child(
         self, workflow: Any, args: tuple[Any, ...], workflow_id: str | None
@@ -674,7 +694,17 @@ class Driver:
             definition = definition_of(workflow)
             type_name = definition.name
         if definition is not None:
-            encoded = definition.encode_input(args, limit=self.max_payload_bytes)
+            try:
+                encoded = definition.encode_input(args, limit=self.max_payload_bytes)
+            except PayloadError:
+                recorded = self._recorded_next()
+                if not (
+                    isinstance(recorded, ev.ChildStarted)
+                    and recorded.child_seq == self._counters["child"] + 1
+                    and _unchecked(recorded.input, args)
+                ):
+                    raise
+                encoded = recorded.input  # the child started with it: the call stands
         else:
             encoded = encode_payload(
                 list(args), limit=self.max_payload_bytes, what=f"input of child {type_name!r}"
@@ -866,7 +896,15 @@ class Driver:
         self._issue(UpsertSearchAttributes(dict(attributes)))
 
     def continue_as_new(self, args: tuple[Any, ...]) -> typing.NoReturn:
-        encoded = self.definition.encode_input(args, limit=self.max_payload_bytes)
+        try:
+            encoded = self.definition.encode_input(args, limit=self.max_payload_bytes)
+        except PayloadError:
+            recorded = self._recorded_next()
+            if not (
+                isinstance(recorded, ev.WorkflowContinuedAsNew) and _unchecked(recorded.input, args)
+            ):
+                raise
+            encoded = recorded.input  # the successor started with it: the call stands
         raise _ContinueAsNewRequest(encoded)
 
     def gather(self, awaitables: Sequence[Any]) -> DurableFuture:
@@ -967,6 +1005,17 @@ def _done(value: Any) -> DurableFuture:
 
 async def _raise(exc: BaseException) -> Any:
     raise exc
+
+
+def _unchecked(recorded: bytes, args: tuple[Any, ...]) -> bool:
+    """Whether ``recorded`` is ``args`` encoded as-is, the way versions that did not check
+    arguments against the annotations recorded a child's or a successor's input. Such a
+    call stands on replay; one whose PayloadError the code caught (and recorded something
+    else after) does not."""
+    try:
+        return encode(list(args)) == recorded
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 _RETURN_TYPES: dict[Any, Any] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -710,6 +710,50 @@ def list_children(
     return _page(kv, table, typ, lo, k.prefix_end(prefix), limit, query)
 
 
+def pending_waitpoints(
+    kv: KV, tenant: str, workflow_id: str, limit: int, cursor: str | None
+) -> Page[WaitpointRow]:
+    """Pending waitpoints of one workflow in creation order, keyset-paginated.
+
+    A run numbers its waitpoints (``<run>-w1``, ``-w2``, ... ``-w10``), so creation order is id
+    order with the trailing number compared as a number: :func:`_creation_order`. The table's
+    keys sort ``-w10`` before ``-w2``, and the keys are left as they are (they are on disk, and
+    the ids are recorded in histories), so this reads the workflow's rows (one key range,
+    inside its tenant), keeps the pending ones and orders them here. The cursor is the id of the
+    last row returned; that order key is immutable and unique, so a page never skips or repeats
+    a row that stays pending. ``next_cursor`` is set only when another pending row follows.
+    """
+    _check_limit(limit)
+    prefix = k.workflow_key(tenant, workflow_id) + k.SEP
+    query = ["waitpoints_pending", tenant, workflow_id]
+    after = None
+    if cursor is not None:
+        try:
+            after = _creation_order(decode_cursor(cursor, query).decode())
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(f"cursor {cursor[:24]!r} is not a valid cursor") from exc
+    rows: list[tuple[tuple[str, int, str], WaitpointRow]] = []
+    for key, value in kv.scan("waitpoints", prefix, k.prefix_end(prefix)):
+        row = decode_row("waitpoints", key, value, WaitpointRow)
+        if row.status is WaitpointStatus.PENDING:
+            order = _creation_order(row.waitpoint_id)
+            if after is None or order > after:
+                rows.append((order, row))
+    rows.sort(key=lambda pair: pair[0])
+    items = [row for _, row in rows[:limit]]
+    if len(rows) <= limit:
+        return Page(items, None)
+    return Page(items, encode_cursor(query, items[-1].waitpoint_id.encode()))
+
+
+def _creation_order(waitpoint_id: str) -> tuple[str, int, str]:
+    """Sort key of a waitpoint id: its trailing number compared as a number (``w2 < w10``),
+    then the id itself, which keeps keys unique (``w01`` and ``w1``)."""
+    stem = waitpoint_id.rstrip("0123456789")
+    digits = waitpoint_id[len(stem) :]
+    return (stem, int(digits) if digits else -1, waitpoint_id)
+
+
 def pending_approvals(kv: KV, tenant: str, limit: int, cursor: str | None) -> Page[ApprovalRow]:
     """Pending approvals of ``tenant`` across runs, oldest request first."""
     _check_limit(limit)
@@ -748,15 +792,23 @@ def scan_index(
     return Page(items, None)
 
 
-def read_inbox(kv: KV, limit: int) -> list[InboxCommand]:
-    """Inbox commands, oldest first."""
+def read_inbox(kv: KV, limit: int, after: str | None = None) -> list[InboxCommand]:
+    """Inbox commands, oldest first; with ``after``, those whose id sorts after it."""
     _check_limit(limit)
+    lo = b""
+    if after is not None:
+        lo = k.ident(after, "inbox command id") + b"\x00"
     rows: list[InboxCommand] = []
-    for key, value in kv.scan("inbox", b"", b"\xff"):
+    for key, value in kv.scan("inbox", lo, b"\xff"):
         rows.append(decode_row("inbox", key, value, InboxCommand))
         if len(rows) == limit:
             break
     return rows
+
+
+def inbox_pending(kv: KV, command_ids: Iterable[str]) -> set[str]:
+    """Which of ``command_ids`` are still in the inbox (not applied, not dropped)."""
+    return {i for i in command_ids if kv.get("inbox", k.ident(i, "inbox command id")) is not None}
 
 
 def _page(

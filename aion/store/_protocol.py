@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -123,6 +123,13 @@ class EventStore(Protocol):
         self, workflow_id: str, *, tenant: str = ..., limit: int = 100, cursor: str | None = None
     ) -> Page[WaitpointRow]: ...
 
+    async def pending_waitpoints(
+        self, workflow_id: str, *, tenant: str = ..., limit: int = 100, cursor: str | None = None
+    ) -> Page[WaitpointRow]:
+        """The workflow's pending waitpoints in creation order (``-w2`` before ``-w10``);
+        ``next_cursor`` only when more pending ones follow."""
+        ...
+
     async def get_approval(
         self, workflow_id: str, approval_id: str, *, tenant: str = ...
     ) -> ApprovalRow | None: ...
@@ -153,8 +160,12 @@ class EventStore(Protocol):
         """Leave a command for the engine; returns its id. Allowed for client-role stores."""
         ...
 
-    async def read_inbox(self, *, limit: int = 100) -> list[InboxCommand]:
-        """Commands waiting in the inbox, oldest first."""
+    async def read_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxCommand]:
+        """Commands waiting in the inbox, oldest first (after the command id ``after``)."""
+        ...
+
+    async def inbox_pending(self, command_ids: Iterable[str]) -> set[str]:
+        """Which of ``command_ids`` are still waiting in the inbox."""
         ...
 
     async def aclose(self) -> None:
@@ -281,6 +292,18 @@ class KVStore:
             )
         )
 
+    async def pending_waitpoints(
+        self,
+        workflow_id: str,
+        *,
+        tenant: str = "default",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WaitpointRow]:
+        return self._read(
+            lambda kv: _core.pending_waitpoints(kv, tenant, workflow_id, limit, cursor)
+        )
+
     async def get_approval(
         self, workflow_id: str, approval_id: str, *, tenant: str = "default"
     ) -> ApprovalRow | None:
@@ -321,5 +344,9 @@ class KVStore:
         result = await self.commit(Write(inbox_put=[command]))
         return result.inbox_ids[0]
 
-    async def read_inbox(self, *, limit: int = 100) -> list[InboxCommand]:
-        return self._read(lambda kv: _core.read_inbox(kv, limit))
+    async def read_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxCommand]:
+        return self._read(lambda kv: _core.read_inbox(kv, limit, after))
+
+    async def inbox_pending(self, command_ids: Iterable[str]) -> set[str]:
+        ids = list(command_ids)
+        return self._read(lambda kv: _core.inbox_pending(kv, ids))

@@ -111,7 +111,11 @@ class WaitpointStatus(enum.Enum):
 
 
 class WaitpointRow(msgspec.Struct, frozen=True, array_like=True):
-    """A waitpoint an outside system can complete. Identity: (tenant, workflow_id, waitpoint_id)."""
+    """A waitpoint an outside system can complete. Identity: (tenant, workflow_id, waitpoint_id).
+
+    ``kid`` names the key that signed its token (empty in rows written before it was kept: the
+    history's ``WaitpointCreated`` has it).
+    """
 
     tenant: str
     workflow_id: str
@@ -124,6 +128,7 @@ class WaitpointRow(msgspec.Struct, frozen=True, array_like=True):
     fingerprint: str = ""
     completed_at: datetime | None = None
     last_failed_validation_at: datetime | None = None
+    kid: str = ""
 
 
 class ApprovalStatus(enum.Enum):
@@ -162,7 +167,8 @@ class InboxCommand(msgspec.Struct, frozen=True, array_like=True):
 
     ``kind`` is one of ``signal``, ``cancel``, ``approve``, ``reject``, ``complete_waitpoint``,
     ``unblock``. ``command_id`` is assigned by the store (time-ordered); the engine deletes the
-    command in the same transaction that applies it.
+    command in the same transaction that applies it. ``digest`` (approve, reject): the decision
+    applies only to an approval of exactly this digest; empty: any.
     """
 
     kind: str
@@ -176,6 +182,7 @@ class InboxCommand(msgspec.Struct, frozen=True, array_like=True):
     target_id: str = ""
     token: str = ""
     command_id: str = ""
+    digest: str = ""
 
 
 class IndexRow(msgspec.Struct, frozen=True):

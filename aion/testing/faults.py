@@ -59,7 +59,7 @@ import enum
 import os
 import signal
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -529,6 +529,19 @@ class FaultyStore:
             workflow_id, tenant=tenant, limit=limit, cursor=cursor
         )
 
+    async def pending_waitpoints(
+        self,
+        workflow_id: str,
+        *,
+        tenant: str = "default",
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WaitpointRow]:
+        self._alive()
+        return await self.inner.pending_waitpoints(
+            workflow_id, tenant=tenant, limit=limit, cursor=cursor
+        )
+
     async def get_approval(
         self, workflow_id: str, approval_id: str, *, tenant: str = "default"
     ) -> ApprovalRow | None:
@@ -568,9 +581,13 @@ class FaultyStore:
             index, tenant=tenant, prefix=prefix, limit=limit, cursor=cursor
         )
 
-    async def read_inbox(self, *, limit: int = 100) -> list[InboxCommand]:
+    async def read_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxCommand]:
         self._alive()
-        return await self.inner.read_inbox(limit=limit)
+        return await self.inner.read_inbox(limit=limit, after=after)
+
+    async def inbox_pending(self, command_ids: Iterable[str]) -> set[str]:
+        self._alive()
+        return await self.inner.inbox_pending(command_ids)
 
 
 # --- tearing a write inside its transaction ------------------------------------------------------

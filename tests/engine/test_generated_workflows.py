@@ -186,6 +186,22 @@ def segments(history: list[ev.Event]) -> list[list[ev.Event]]:
     return out
 
 
+def sent_signals(history: list[ev.Event]) -> int:
+    """How many signals were sent: those recorded, less the copies continue-as-new handed to
+    the successor (what a run received and never consumed)."""
+    global _SINK
+    received = sum(isinstance(e, ev.SignalReceived) for e in history)
+    sink, _SINK = _SINK, None  # this replay captures nothing
+    try:
+        for segment in segments(history)[:-1]:
+            driver = Driver(DEFINITION)
+            driver.replay(segment)
+            received -= len(driver.unconsumed_signals())
+    finally:
+        _SINK = sink
+    return received
+
+
 def check_randoms(history: list[ev.Event]) -> None:
     """The random values in a completed run's result are those of its identity."""
     for segment in segments(history):
@@ -418,9 +434,19 @@ class World:
                     self.reports.append(run)
             case c.ContinueAsNew():
                 previous = run.run_id
+                carried = run.driver.unconsumed_signals()  # they follow, in arrival order
                 run.generation += 1
                 run.driver = Driver(DEFINITION)
                 self._feed(run, self._started(run, command.input, previous))
+                for name, payload in carried:
+                    if run.driver.outcome is not None:
+                        break
+                    self._feed(
+                        run,
+                        lambda s, at, n=name, p=payload: ev.SignalReceived(
+                            seq=s, at=at, name=n, payload=p
+                        ),
+                    )
 
     def _at(self, when: datetime, kind: str, what: Any) -> None:
         self._n += 1
@@ -716,8 +742,7 @@ async def _drive(
         for _ in range(crash.checkpoints):
             await anyio.lowlevel.checkpoint()
         return actions, True
-    recorded = sum(isinstance(e, ev.SignalReceived) for e in await engine.store.read_history(ROOT))
-    pending = signals[recorded:]
+    pending = signals[sent_signals(await engine.store.read_history(ROOT)) :]
     while True:
         await engine.wait_idle()
         if await _root_closed(engine):

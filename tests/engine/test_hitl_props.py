@@ -360,7 +360,7 @@ class Scenario:
             return exc
         except aion.AionError as exc:
             # Only a call cut off by the engine stopping: it may or may not have landed.
-            assert self.stopping and type(exc) is aion.AionError, f"undocumented error {exc!r}"
+            assert self.stopping and type(exc) is aion.EngineStopped, f"undocumented error {exc!r}"
             assert "stopped" in str(exc) or "not running" in str(exc), exc
             call.outcome = "maybe"
             self.stats["interrupted"] += 1
