@@ -35,6 +35,7 @@ from aion.errors import (
     InvalidToken,
     NondeterminismError,
     NoPendingApproval,
+    WorkflowBlocked,
     WorkflowClosed,
 )
 from aion.store import (
@@ -43,6 +44,7 @@ from aion.store import (
     LmdbStore,
     Status,
     WaitpointStatus,
+    WorkflowRecord,
     collect_pages,
 )
 from aion.testing import replay
@@ -274,7 +276,7 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _leave(args: argparse.Namespace, command: InboxCommand) -> int:
-    async def go() -> str:
+    async def go() -> tuple[str, WorkflowRecord]:
         store = _open(args)
         try:
             record = await Reader(lambda: store).record(args.workflow_id, args.tenant)
@@ -282,11 +284,18 @@ def _leave(args: argparse.Namespace, command: InboxCommand) -> int:
                 raise WorkflowClosed(
                     f"workflow {args.workflow_id!r} has finished ({record.status.value})"
                 )
-            return await store.put_inbox(command)
+            return await store.put_inbox(command), record
         finally:
             await store.aclose()
 
-    command_id = anyio.run(go)
+    command_id, record = anyio.run(go)
+    if record.status is Status.BLOCKED and command.kind != "unblock":
+        print(
+            f"queued {command.kind} for {args.workflow_id} (command {command_id}); the run is "
+            f"BLOCKED ({record.reason}): it is kept and applied, in arrival order, once the run "
+            f"runs again (after a fix: aion unblock {args.workflow_id})"
+        )
+        return 0
     print(
         f"queued {command.kind} for {args.workflow_id} (command {command_id}); a running engine "
         "applies it within a second, otherwise the next engine to start does"
@@ -376,6 +385,9 @@ def _decide(args: argparse.Namespace, kind: str) -> int:
                 f"workflow {args.workflow_id!r} has finished ({record.status.value}); its "
                 "approvals are closed"
             )
+        if record.status is Status.BLOCKED:
+            # Decided against what the run waits on once it runs again, not now.
+            raise WorkflowBlocked(args.workflow_id, record.reason, "the decision")
         approvals = await collect_pages(
             lambda cursor: store.list_approvals(
                 args.workflow_id, tenant=args.tenant, limit=100, cursor=cursor
