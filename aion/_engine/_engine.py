@@ -600,8 +600,10 @@ class Engine:
         """Start a workflow, or return a handle to the existing one with this ``workflow_id``.
 
         Raises:
-            PayloadError: the arguments cannot be encoded or exceed the payload limit.
-            InvalidArgument: unknown workflow type, malformed id, wrong number of arguments.
+            PayloadError: the arguments cannot be encoded, exceed the payload limit, or do not
+                match the workflow's parameter annotations (nothing is recorded).
+            InvalidArgument: unknown workflow type, malformed id, wrong number of arguments, or
+                an id taken by a run of another workflow type.
         """
         definition = self._resolve(workflow)
         workflow_id = workflow_id or new_id()

@@ -22,7 +22,10 @@ def aion_clock() -> ManualClock:
 async def aion_engine(aion_clock: ManualClock) -> AsyncIterator[Engine]:
     """A running engine on an in-memory store with ``aion_clock``.
 
-    Workflows need no registration: ``engine.start(fn, ...)`` registers a decorated function.
+    ``engine.start(fn, ...)`` registers the decorated function it starts. Workflows that only
+    run as children (``ctx.child``) are not registered that way: a parent whose child type is
+    unknown parks ``BLOCKED``. For those, make your own fixture with
+    ``Engine(MemoryStore(), clock=aion_clock, workflows=[parent, child])``.
     """
     async with Engine(MemoryStore(), clock=aion_clock) as engine:
         yield engine
