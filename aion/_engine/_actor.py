@@ -133,7 +133,11 @@ class Actor:
 
     @property
     def idle(self) -> bool:
-        return not self.mailbox and not self.steps_in_flight and not self.queued
+        """Nothing to do and nothing under way: the run may be evicted. A run being processed
+        is busy even with an empty mailbox: its write may be in flight, and the steps it
+        dispatches after the commit belong to this actor (an evicted copy would replay and
+        dispatch them again)."""
+        return not (self.mailbox or self.steps_in_flight or self.queued or self.busy)
 
 
 class _Batch:
