@@ -36,10 +36,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
 
 from aion import events as ev
 from aion.errors import AionError, SequenceConflict
-from aion.store import Append, EventStore, Status, TimerRow, WorkflowRecord, Write, begin_run
+from aion.store import (
+    Append,
+    DamagedRow,
+    EventStore,
+    Status,
+    TimerRow,
+    WorkflowRecord,
+    Write,
+    begin_run,
+)
+from aion.store._keys import from_micros, read_be64
 
 __all__ = ["RecoveryError", "RecoveryReport", "Repair", "sweep"]
 
@@ -114,8 +127,12 @@ async def sweep(
     apply: bool = True,
     code_version: str | None = None,
     on_repair: Callable[[Repair], None] | None = None,
+    full: bool = False,
 ) -> RecoveryReport:
     """Walk the store, repair half-done shapes (unless ``apply`` is false), and report.
+
+    Rows that cannot be decoded are quarantined first (``full``: looked for in every row, as
+    ``aion recover`` does; otherwise in what an engine reads when it starts).
 
     Raises:
         RecoveryError: a repair failed and a re-read shows it is still needed.
@@ -136,6 +153,8 @@ async def sweep(
         if on_repair is not None:
             on_repair(repair)
 
+    for damaged in await store.damaged_rows(full=full):
+        await _quarantine(store, damaged, apply, found)
     scanned = blocked = 0
     reactivate: list[tuple[str, str]] = []
     pending_timers: set[str] = set()
@@ -171,6 +190,92 @@ async def sweep(
     )
     log.info("%s", report.summary())
     return report
+
+
+async def _quarantine(
+    store: EventStore, damaged: DamagedRow, apply: bool, found: Callable[[Repair], None]
+) -> None:
+    """Move an undecodable row aside; a projection row or a timer row is rebuilt (the run is
+    parked BLOCKED with the reason, and retried like every blocked run)."""
+    tenant, workflow_id = "?", "?"
+    replacement: WorkflowRecord | TimerRow | None = None
+    try:
+        if damaged.table == "workflows":
+            tenant, workflow_id = _split(damaged.key)
+            replacement = await _rebuilt_record(store, tenant, workflow_id, damaged.reason)
+        elif damaged.table == "timers":
+            tenant, workflow_id, timer_id = _split(damaged.key[8:], parts=3)
+            record = await store.get_workflow(workflow_id, tenant=tenant)
+            if record is not None and not record.status.is_terminal:
+                due = from_micros(read_be64(damaged.key))
+                replacement = TimerRow(due, tenant, workflow_id, timer_id, record.run_id)
+        elif damaged.table in ("approvals", "waitpoints"):
+            tenant, workflow_id = _split(damaged.key, parts=3)[:2]
+    except (AionError, ValueError, UnicodeDecodeError):
+        replacement = None  # the history is damaged too: the row goes, the report says so
+    if isinstance(replacement, WorkflowRecord):
+        what = "moved aside, the run's row rebuilt from its history (BLOCKED, then retried)"
+    elif replacement is not None:
+        what = "moved aside and rebuilt from its key"
+    else:
+        what = "moved aside; nothing could be rebuilt (restore it from a backup if it matters)"
+    found(
+        Repair(
+            "quarantine",
+            tenant,
+            workflow_id,
+            f"undecodable {damaged.table} row {damaged.key!r} ({damaged.reason}): {what}",
+        )
+    )
+    if apply:
+        await store.commit(
+            Write(quarantine=[msgspec.structs.replace(damaged, replacement=replacement)])
+        )
+
+
+def _split(key: bytes, parts: int = 2) -> list[str]:
+    fields = key.split(b"\x00", parts - 1)
+    if len(fields) != parts:
+        raise ValueError(f"key {key!r} does not hold {parts} ids")
+    return [f.decode() for f in fields]
+
+
+async def _rebuilt_record(
+    store: EventStore, tenant: str, workflow_id: str, reason: str
+) -> WorkflowRecord | None:
+    """A projection row rebuilt from the history: the current run's identity, parked BLOCKED
+    (a terminal run keeps its outcome)."""
+    events = await store.read_history(workflow_id, tenant=tenant)
+    starts = [e for e in events if isinstance(e, ev.WorkflowStarted)]
+    if not starts:
+        return None
+    first, current = starts[0], starts[-1]
+    attributes: dict[str, Any] = {}
+    for event in events:
+        if isinstance(event, ev.SearchAttributesUpserted):
+            attributes.update(event.attributes)
+    last = events[-1]
+    closed = {
+        ev.WorkflowCompleted: Status.COMPLETED,
+        ev.WorkflowFailed: Status.FAILED,
+        ev.WorkflowCancelled: Status.CANCELLED,
+    }.get(type(last))
+    return WorkflowRecord(
+        tenant=tenant,
+        workflow_id=workflow_id,
+        run_id=current.run_id,
+        workflow_type=current.workflow_type,
+        status=closed or Status.BLOCKED,
+        created_at=first.at,
+        run_started_at=current.at,
+        closed_at=last.at if closed else None,
+        parent_workflow_id=current.parent_workflow_id,
+        parent_run_id=current.parent_run_id,
+        reason=""
+        if closed
+        else f"its projection row was damaged ({reason}); rebuilt from its history",
+        search_attributes=attributes,
+    )
 
 
 def _in_flight(record: WorkflowRecord) -> bool:

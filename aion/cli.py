@@ -21,7 +21,8 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
-from aion._codec import encode_payload
+from aion import _validate
+from aion._codec import MAX_PAYLOAD_DEPTH, encode_payload
 from aion._demo import run_demo
 from aion._engine import Reader, WaitpointInfo, refuse_completion
 from aion._format import describe_text, history_table, jsonable, table, waiting, when
@@ -35,6 +36,7 @@ from aion.errors import (
     InvalidToken,
     NondeterminismError,
     NoPendingApproval,
+    PayloadError,
     WorkflowBlocked,
     WorkflowClosed,
 )
@@ -62,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_ids(args)
         return int(args.run(args) or 0)
     except AionError as exc:
         print(f"aion: {exc}", file=sys.stderr)
@@ -174,6 +177,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", default=None, help="only this tenant (default: all)")
     p.add_argument("--json", action="store_true")
     return parser
+
+
+def _check_ids(args: argparse.Namespace) -> None:
+    """The checks the engine's methods make on ids, before anything is read or queued (an
+    argument the shell could not decode holds lone surrogates, say)."""
+    for attr, what in (("workflow_id", "workflow id"), ("tenant", "tenant")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            _validate.identifier(value, what)
+    if getattr(args, "limit", None) is not None:
+        _validate.page_limit(args.limit)
+    _validate.cursor(getattr(args, "cursor", None))
+
+
+def _json_payload(text: str) -> bytes:
+    """A payload given as JSON on the command line, encoded as the engine encodes one
+    (checked against the default ``max_payload_bytes``)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise PayloadError(
+            f"the payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep; flatten it"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of too many digits
+        raise InvalidArgument(f"the payload is not valid JSON: {exc}") from exc
+    return encode_payload(value, what="the payload")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -304,10 +333,8 @@ def _leave(args: argparse.Namespace, command: InboxCommand) -> int:
 
 
 def _signal(args: argparse.Namespace) -> int:
-    try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"the payload is not valid JSON: {exc}") from exc
+    name = _validate.name(args.name, "signal name")
+    payload = _json_payload(args.payload)
     return _leave(
         args,
         InboxCommand(
@@ -315,13 +342,14 @@ def _signal(args: argparse.Namespace) -> int:
             args.tenant,
             args.workflow_id,
             datetime.now(UTC),
-            name=args.name,
-            payload=encode_payload(payload),
+            name=name,
+            payload=payload,
         ),
     )
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    _validate.optional_text(args.reason, "cancel reason")
     return _leave(
         args,
         InboxCommand(
@@ -378,6 +406,13 @@ def _approvals(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, kind: str) -> int:
+    _validate.user(args.user)
+    _validate.optional_text(args.comment, "comment")
+    if args.comment is not None and kind == "reject" and not args.comment.strip():
+        raise InvalidArgument("a rejection says why: --comment '...' (not empty)")
+    _validate.optional_identifier(args.approval_id, "approval_id")
+    _validate.optional_text(args.digest, "digest", limit=_validate.MAX_NAME_BYTES)
+
     async def check(reader: Reader, store: LmdbStore) -> str:
         record = await reader.record(args.workflow_id, args.tenant)  # WorkflowNotFound
         if record.status.is_terminal:
@@ -479,10 +514,7 @@ def _waitpoints(args: argparse.Namespace) -> int:
 
 
 def _complete(args: argparse.Namespace) -> int:
-    try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"the payload is not valid JSON: {exc}") from exc
+    payload = _json_payload(args.payload)
     claims = peek_claims(args.token)
     if claims is None:
         raise InvalidToken("the token is malformed (it names no waitpoint); nothing was queued")
@@ -512,14 +544,16 @@ def _complete(args: argparse.Namespace) -> int:
             claims.tenant,
             claims.workflow_id,
             datetime.now(UTC),
-            payload=encode_payload(payload),
+            payload=payload,
             token=args.token,
         ),
     )
 
 
 def _rotate_keys(args: argparse.Namespace) -> int:
-    grace = None if args.grace is None else timedelta(seconds=args.grace)
+    grace = None
+    if args.grace is not None:
+        grace = timedelta(seconds=_validate.seconds(args.grace, "--grace"))
     key = rotate_file(Path(args.data), now=datetime.now(UTC), grace=grace)
     print(
         f"new current waitpoint key {key.kid}; tokens signed with the previous key keep working "
@@ -536,7 +570,7 @@ def _recover(args: argparse.Namespace) -> int:
         role: Literal["engine", "client"] = "engine" if args.apply else "client"
         store = LmdbStore(Path(args.data), role=role)
         try:
-            return await sweep(store, now=datetime.now(UTC), apply=args.apply)
+            return await sweep(store, now=datetime.now(UTC), apply=args.apply, full=True)
         finally:
             await store.aclose()
 
@@ -557,7 +591,14 @@ def _recover(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path.cwd()))
-    module = importlib.import_module(args.app)
+    try:
+        module = importlib.import_module(args.app)
+    except Exception as exc:  # not found, or its own import failed: either way, say which
+        raise InvalidArgument(
+            f"--app {args.app!r} cannot be imported ({type(exc).__name__}: {exc}); pass the "
+            "dotted name of the module that defines the workflows, importable from the "
+            "current directory or PYTHONPATH"
+        ) from exc
     definitions: dict[str, WorkflowDefinition] = {}
     for value in vars(module).values():
         try:

@@ -8,6 +8,7 @@ raised and what to do about it. Errors that refine a standard error also derive 
 from __future__ import annotations
 
 __all__ = [
+    "ActivationFailed",
     "AionError",
     "AmbiguousApproval",
     "ApprovalRejected",
@@ -54,8 +55,9 @@ class PayloadError(AionError, ValueError):
 
 
 class InvalidArgument(AionError, ValueError):
-    """An argument is malformed: an empty id, an id with a NUL character, a cursor from another
-    query, a non-contiguous event sequence. The message says which and why; nothing was written.
+    """An argument is malformed: an empty id, an id with a NUL character, a cursor not issued
+    for this query (pass ``next_cursor`` exactly as returned), a non-contiguous event sequence.
+    The message says which and why; nothing was written.
     """
 
 
@@ -94,7 +96,9 @@ class StoreLocked(StoreError):
 
 
 class StoreFormatError(StoreError):
-    """The store on disk has a format this version of aion cannot read (or is not a store)."""
+    """The store on disk has a format this version of aion cannot read, is not a store, or is
+    damaged: its data file is shorter than its pages, or missing or empty beside the files of a
+    store ("damaged or missing store: restore from backup"). Nothing was opened or written."""
 
 
 class StoreFull(StoreError):
@@ -220,6 +224,23 @@ class NondeterminismError(AionError):
 
     The run is parked ``BLOCKED``. Restore the old code path (guard new code with
     ``ctx.patched()``), then restart the engine; the run resumes from where it stopped.
+    """
+
+
+class ActivationFailed(NondeterminismError):
+    """An activation of the workflow's code ended in a way that is neither a result nor a
+    failure, so the engine parks the run ``BLOCKED`` instead of recording an outcome:
+
+    - the code raised a ``BaseException`` that is not an ``Exception`` and not
+      :class:`Cancelled` (``asyncio.CancelledError``, ``KeyboardInterrupt``, ``SystemExit``,
+      ``GeneratorExit``, ``BaseException`` itself): a bug or a misuse, not the run's outcome;
+    - the code held the event loop longer than ``Engine(activation_limit=...)`` while its
+      history was replayed, or repeatedly while it ran (blocking calls, long computations).
+
+    The message names the workflow, the exception or the time held, and the code location. The
+    other runs keep running. Fix the code (move blocking work into a step), then
+    ``aion unblock ID`` or restart the engine; the run resumes by replay. A subclass of
+    :class:`NondeterminismError` because it is handled the same way.
     """
 
 

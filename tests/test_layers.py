@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, int]] = [
     ("aion._loop", 0),
     ("aion._ids", 0),
     ("aion._gc", 0),
+    ("aion._validate", 0),  # the one validation every entry point shares
     ("aion.store", 1),
     ("aion._tokens", 1),
     ("aion._replay", 2),

@@ -485,6 +485,7 @@ class Runtime:
             max_payload_bytes=self.engine.max_payload_bytes,
             resolve=self.engine.definition,
             sign=self.engine.sign_waitpoint,
+            watch=self.engine.activation_watch,
         )
 
     def _resume_in_flight(self, actor: Actor, batch: _Batch, driver: Driver) -> None:

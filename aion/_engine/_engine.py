@@ -19,7 +19,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
-from aion import _gc
+from aion import _gc, _validate
 from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
 from aion._codec import (
@@ -34,6 +34,7 @@ from aion._loop import Flag, wait_all_tasks_blocked
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
 from aion._replay import _commands as c
+from aion._replay._watch import ActivationWatch
 from aion._supervision import (
     Backoff,
     ChildContext,
@@ -70,6 +71,7 @@ from aion.store import (
 )
 
 from ._actor import Actor, Message, Reply, Runtime, _Batch, _Block
+from ._options import check_options
 from ._policy import ApprovalPolicy, ApprovalRule
 from ._steps import StepExecutor
 from ._types import (
@@ -80,6 +82,7 @@ from ._types import (
     WorkflowHandle,
 )
 from ._views import Reader, refuse_completion
+from ._watchdog import Watchdog
 
 __all__ = ["Engine"]
 
@@ -126,6 +129,14 @@ class Engine:
             its default 700 to 50,000 (~20% less CPU per workflow under load; an application
             that set its own thresholds keeps them; restored when the last engine stops). See
             docs/operations.md.
+        activation_limit: seconds an activation of workflow code may hold the event loop. A
+            watchdog thread logs a WARNING naming the run and its code location while one holds
+            it longer; a run is parked BLOCKED when it does so while its history is replayed,
+            or three times live. None turns the watchdog off. See docs/limits.md.
+
+    Raises:
+        InvalidArgument: an option has the wrong type or is out of range (the message names
+            it and the range); nothing is opened.
     """
 
     def __init__(
@@ -151,7 +162,26 @@ class Engine:
         service_restarts: int = 3,
         service_window: float = 5.0,
         tune_gc: bool = True,
+        activation_limit: float | None = 10.0,
     ) -> None:
+        check_options(
+            durable=durable,
+            max_payload_bytes=max_payload_bytes,
+            max_resident_runs=max_resident_runs,
+            max_concurrent_steps=max_concurrent_steps,
+            step_threads=step_threads,
+            activation_workers=activation_workers,
+            inbox_interval=inbox_interval,
+            timer_horizon=timer_horizon,
+            max_restarts=max_restarts,
+            restart_window=restart_window,
+            code_version=code_version,
+            require_waitpoint_key=require_waitpoint_key,
+            service_restarts=service_restarts,
+            service_window=service_window,
+            tune_gc=tune_gc,
+            activation_limit=activation_limit,
+        )
         self._path = path
         self._tune_gc = tune_gc
         self._gc_held = False
@@ -188,6 +218,13 @@ class Engine:
             workers=max_concurrent_steps, threads=step_threads, busy=self._busy
         )
         self.runtime = Runtime(self)
+        # Drivers publish their activations here; the watchdog thread reports long ones.
+        self.activation_watch = (
+            ActivationWatch(activation_limit) if activation_limit is not None else None
+        )
+        self._watchdog = (
+            Watchdog(self.activation_watch) if self.activation_watch is not None else None
+        )
         self._store: EventStore | None = None
         self._owns_store = False
         self._tg: TaskGroup | None = None
@@ -213,6 +250,16 @@ class Engine:
         return self._store
 
     async def __aenter__(self) -> Engine:
+        try:
+            await self._start_up()
+        except BaseException as exc:
+            await self._undo_start_up(exc)
+            if isinstance(exc, ChildStartError):
+                raise AionError(f"the engine could not start: {exc}") from exc
+            raise
+        return self
+
+    async def _start_up(self) -> None:
         if isinstance(self._path, str | os.PathLike):
             self._store = await anyio.to_thread.run_sync(
                 lambda: LmdbStore(self._path, durable=self._durable)  # type: ignore[arg-type]
@@ -220,37 +267,45 @@ class Engine:
             self._owns_store = True
         else:
             self._store = self._path
-        try:
-            self._keys = await anyio.to_thread.run_sync(self._load_keys)
-            # Before any new work: repair what a crash left half done.
-            self.recovery = await sweep(
-                self.store, now=self.now(), apply=True, code_version=self.code_version
-            )
-        except BaseException:
-            await self._close_store()
-            raise
+        self._keys = await anyio.to_thread.run_sync(self._load_keys)
+        # Before any new work: repair what a crash left half done.
+        self.recovery = await sweep(
+            self.store, now=self.now(), apply=True, code_version=self.code_version
+        )
         self._failure = None
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        run_auto = getattr(self.clock, "run_auto_advance", None)
+        if run_auto is not None and getattr(self.clock, "auto_advance", False):
+            tg.start_soon(run_auto)
+        if self._watchdog is not None:
+            self._watchdog.start()  # before the recovery's replays, which it watches too
+        self._root = self._supervision_tree()
+        await tg.start(self._supervise, self._root)
+        for key in self.recovery.reactivate:  # lazily: the workers take them in turn
+            self.runtime.send(key, Message("wake"))
+        self._gc_held = self._tune_gc and _gc.acquire()
+
+    async def _undo_start_up(self, exc: BaseException) -> None:
+        """``__aenter__`` failed at some stage (``exc``): give back whatever it took (tasks,
+        the watchdog thread, the GC setting, the store with its directory lock and files), so
+        that the next engine on the data directory starts."""
+        tg, self._tg = self._tg, None
         try:
-            run_auto = getattr(self.clock, "run_auto_advance", None)
-            if run_auto is not None and getattr(self.clock, "auto_advance", False):
-                tg.start_soon(run_auto)
-            self._root = self._supervision_tree()
-            await tg.start(self._supervise, self._root)
-            for key in self.recovery.reactivate:  # lazily: the workers take them in turn
-                self.runtime.send(key, Message("wake"))
-            self._gc_held = self._tune_gc and _gc.acquire()
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            self._tg = None
-            await self._close_store()
-            if isinstance(exc, ChildStartError):
-                raise AionError(f"the engine could not start: {exc}") from exc
-            raise
-        return self
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                try:
+                    await tg.__aexit__(type(exc), exc, exc.__traceback__)
+                except BaseException as other:  # exc (grouped) or its echo: exc is raised
+                    log.debug("while stopping a failed start: %r", other)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
+            if self._gc_held:
+                self._gc_held = False
+                _gc.release()
+            await self._close_store()  # shielded: a cancelled start closes it too
 
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -272,6 +327,8 @@ class Engine:
                         raise
                     # The body's own exception: it propagates as it is, not in a group.
         finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
             if self._gc_held:
                 self._gc_held = False
                 _gc.release()
@@ -602,11 +659,13 @@ class Engine:
         Raises:
             PayloadError: the arguments cannot be encoded, exceed the payload limit, or do not
                 match the workflow's parameter annotations (nothing is recorded).
-            InvalidArgument: unknown workflow type, malformed id, wrong number of arguments, or
-                an id taken by a run of another workflow type.
+            InvalidArgument: unknown workflow type, malformed id (``""`` too: pass None for
+                a generated one), wrong number of arguments, or an id taken by a run of
+                another workflow type.
         """
+        tenant = _validate.identifier(tenant, "tenant")
+        workflow_id = new_id() if workflow_id is None else _validate.identifier(workflow_id)
         definition = self._resolve(workflow)
-        workflow_id = workflow_id or new_id()
         encoded = definition.encode_input(args, limit=self.max_payload_bytes)
         key = (tenant, workflow_id)
         resident = self.runtime.actors.get(key)
@@ -689,10 +748,17 @@ class Engine:
         return self.handle(record.workflow_id, tenant=record.tenant)
 
     def handle(self, workflow_id: str, *, tenant: str = "default") -> WorkflowHandle:
-        """A handle to an existing workflow (not checked until used)."""
+        """A handle to an existing workflow (whether it exists is not checked until used).
+
+        Raises:
+            InvalidArgument: the id or tenant is malformed.
+        """
+        workflow_id, tenant = _key(workflow_id, tenant)
         return WorkflowHandle(workflow_id, tenant, self._result)
 
     async def _result(self, workflow_id: str, tenant: str, timeout: float | None) -> Any:
+        workflow_id, tenant = _key(workflow_id, tenant)
+        timeout = _validate.optional_seconds(timeout, "result(timeout=...)")
         with anyio.fail_after(timeout) if timeout is not None else nullcontext():
             key = (tenant, workflow_id)
             while True:
@@ -736,7 +802,11 @@ class Engine:
             WorkflowNotFound: no such workflow in this tenant.
             WorkflowClosed: the workflow has finished.
             PayloadError: the payload cannot be encoded or is too large.
+            InvalidArgument: the id, tenant or name is malformed (names: non-empty text of at
+                most 256 UTF-8 bytes).
         """
+        workflow_id, tenant = _key(workflow_id, tenant)
+        name = _validate.name(name, "signal name")
         encoded = encode_payload(payload, limit=self.max_payload_bytes, what=f"signal {name!r}")
         await self._deliver(
             workflow_id, tenant, Message("signal", {"name": name, "payload": encoded})
@@ -750,7 +820,11 @@ class Engine:
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
             WorkflowClosed: the workflow has finished.
+            InvalidArgument: the id or tenant is malformed, or ``reason`` is not text (of at
+                most 64 KiB).
         """
+        workflow_id, tenant = _key(workflow_id, tenant)
+        reason = _validate.optional_text(reason, "cancel reason")
         await self._deliver(workflow_id, tenant, Message("cancel", {"reason": reason}))
 
     async def _deliver(self, workflow_id: str, tenant: str, message: Message) -> None:
@@ -771,6 +845,7 @@ class Engine:
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
         """
+        workflow_id, tenant = _key(workflow_id, tenant)
         return await self._reader.describe(workflow_id, tenant=tenant)
 
     async def history(
@@ -780,7 +855,10 @@ class Engine:
 
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
+            InvalidArgument: the id or tenant is malformed, or ``after_seq`` is not an int >= 0.
         """
+        workflow_id, tenant = _key(workflow_id, tenant)
+        after_seq = _validate.after_seq(after_seq)
         return await self._reader.history(workflow_id, after_seq=after_seq, tenant=tenant)
 
     async def list(
@@ -792,7 +870,18 @@ class Engine:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowDescription]:
-        """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back)."""
+        """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back).
+
+        Raises:
+            InvalidArgument: a filter, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
+                the cursor was made for another query.
+        """
+        tenant = _validate.identifier(tenant, "tenant")
+        if status is not None:
+            status = _status(status)
+        workflow_type = _validate.optional_identifier(workflow_type, "workflow_type")
+        limit = _validate.page_limit(limit)
+        cursor = _validate.cursor(cursor)
         return await self._reader.list(
             status=status, workflow_type=workflow_type, tenant=tenant, limit=limit, cursor=cursor
         )
@@ -805,8 +894,9 @@ class Engine:
 
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
-            InvalidArgument: the run is not blocked.
+            InvalidArgument: the run is not blocked (or the id is malformed).
         """
+        workflow_id, tenant = _key(workflow_id, tenant)
         record = await self._record(workflow_id, tenant)
         if record.status is not Status.BLOCKED:
             raise InvalidArgument(
@@ -875,10 +965,11 @@ class Engine:
         approval_id: str | None,
         digest: str | None,
     ) -> None:
-        if not isinstance(user, str) or not user.strip():
-            raise InvalidArgument("a decision names the person who made it: user='...'")
-        if comment is not None and not isinstance(comment, str):
-            raise InvalidArgument(f"a comment is text, not {type(comment).__name__}")
+        workflow_id, tenant = _key(workflow_id, tenant)
+        user = _validate.user(user)
+        comment = _validate.optional_text(comment, "comment")
+        approval_id = _validate.optional_identifier(approval_id, "approval_id")
+        digest = _validate.optional_text(digest, "digest", limit=_validate.MAX_NAME_BYTES)
         data = {
             "approved": approved,
             "user": user,
@@ -892,7 +983,15 @@ class Engine:
         self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
     ) -> Page[PendingApproval]:
         """Approvals waiting for a person across the tenant's runs, oldest first (keyset
-        pagination: pass ``next_cursor`` back)."""
+        pagination: pass ``next_cursor`` back).
+
+        Raises:
+            InvalidArgument: the tenant, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
+                the cursor was made for another query.
+        """
+        tenant = _validate.identifier(tenant, "tenant")
+        limit = _validate.page_limit(limit)
+        cursor = _validate.cursor(cursor)
         return await self._reader.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
 
     async def complete_waitpoint(self, token: str, payload: Any = None) -> None:
@@ -974,7 +1073,12 @@ class Engine:
 
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
+            InvalidArgument: the id, tenant, ``limit`` (1 to 10,000) or ``cursor`` is
+                malformed, or the cursor was made for another query.
         """
+        workflow_id, tenant = _key(workflow_id, tenant)
+        limit = _validate.page_limit(limit)
+        cursor = _validate.cursor(cursor)
         return await self._reader.pending_waitpoints(
             workflow_id, tenant=tenant, limit=limit, cursor=cursor
         )
@@ -1023,8 +1127,14 @@ class Engine:
         """The message that applies an inbox command, or why it can never apply.
 
         A waitpoint token is checked as of the time the command was accepted: a completion
-        kept while its run was BLOCKED still applies after the token's expiry.
+        kept while its run was BLOCKED still applies after the token's expiry. A command whose
+        fields the engine's own methods would refuse never applies (ARCHITECTURE.md,
+        invariant 17: the inbox skips no check the API makes).
         """
+        try:
+            self._check_inbox(command)
+        except AionError as exc:  # InvalidArgument, PayloadError
+            return f"{exc} (the engine's methods refuse it too)"
         data: dict[str, Any]
         kind = command.kind
         if kind == "complete_waitpoint":
@@ -1058,6 +1168,26 @@ class Engine:
         else:
             return f"kind {kind!r} is not understood"
         return Message(kind, data, inbox_id=command.command_id)
+
+    def _check_inbox(self, command: InboxCommand) -> None:
+        """The checks of the method each inbox command stands for (the ``aion`` command makes
+        them before it queues; another version, or another writer, may not have)."""
+        _key(command.workflow_id, command.tenant)
+        limit = self.max_payload_bytes
+        match command.kind:
+            case "signal":
+                name = _validate.name(command.name, "signal name")
+                _validate.payload_bytes(command.payload, limit=limit, what=f"signal {name!r}")
+            case "complete_waitpoint":
+                _validate.payload_bytes(command.payload, limit=limit, what="completion payload")
+            case "cancel":
+                _validate.optional_text(command.comment, "cancel reason")
+            case "approve" | "reject":
+                _validate.user(command.user)
+                _validate.optional_text(command.comment, "comment")
+                if command.target_id:
+                    _validate.identifier(command.target_id, "approval_id")
+                _validate.text(command.digest, "digest", limit=_validate.MAX_NAME_BYTES)
 
     async def _apply_inbox(self, command: InboxCommand) -> None:
         """Hand a command left by another process to its run; the write that applies it
@@ -1096,8 +1226,8 @@ class Engine:
             definition = self._registry.get(workflow)
             if definition is None:
                 raise InvalidArgument(
-                    f"workflow type {workflow!r} is not registered with this engine; pass it "
-                    "in Engine(..., workflows=[...])"
+                    f"workflow type {_validate.shown(workflow)} is not registered with this "
+                    "engine; pass it in Engine(..., workflows=[...])"
                 )
             return definition
         definition = definition_of(workflow)
@@ -1107,6 +1237,25 @@ class Engine:
 
 
 _NOT_BUSY: AbstractContextManager[object] = nullcontext()
+
+
+def _key(workflow_id: object, tenant: object) -> tuple[str, str]:
+    """A public method's (workflow id, tenant), checked (ARCHITECTURE.md, invariant 17)."""
+    return _validate.identifier(workflow_id), _validate.identifier(tenant, "tenant")
+
+
+def _status(status: object) -> Status:
+    if isinstance(status, Status):
+        return status
+    if isinstance(status, str) and status in _STATUS_VALUES:  # its value: "running" ...
+        return Status(status)
+    choices = ", ".join(repr(s.value) for s in Status)
+    raise InvalidArgument(
+        f"status {_validate.shown(status)} is not a status: pass an aion.Status ({choices})"
+    )
+
+
+_STATUS_VALUES = frozenset(s.value for s in Status)
 
 
 def _not_busy() -> AbstractContextManager[object]:

@@ -1,7 +1,9 @@
 """The step executor: a fixed pool of worker tasks (no task spawn per step).
 
-Sync steps run in worker threads bounded by a capacity limiter; async steps run on the event
-loop. A running step can read :func:`current_step` for its idempotency key and attempt.
+Sync steps run on daemon threads of the executor's own (:mod:`._threads`), bounded by a
+capacity limiter: one that never returns does not keep the process from exiting. Async steps
+run on the event loop. A running step can read :func:`current_step` for its idempotency key and
+attempt.
 """
 
 from __future__ import annotations
@@ -24,15 +26,20 @@ from anyio.abc import TaskGroup
 
 from aion._loop import WorkQueue
 
+from ._threads import DaemonThreads
 from ._types import StepInfo
 
 __all__ = ["StepExecutor", "StepJob", "current_step", "format_failure"]
 
 log = logging.getLogger("aion.engine")
 
-#: Frames of the executor and of anyio's thread hand-off that lead into a step: left out of a
+#: Frames of the executor and of its thread hand-off that lead into a step: left out of a
 #: recorded traceback, which starts at the step's own code.
-_PLUMBING = (str(Path(__file__)), str(Path(anyio.__file__).parent) + os.sep)
+_PLUMBING = (
+    str(Path(__file__)),
+    str(Path(__file__).with_name("_threads.py")),
+    str(Path(anyio.__file__).parent) + os.sep,
+)
 
 #: At most this many frames are formatted (the innermost ones): bounds the work for deep stacks.
 _MAX_FRAMES = 100
@@ -77,6 +84,7 @@ class StepExecutor:
         self._queue: WorkQueue[StepJob] = WorkQueue()
         self._workers = workers
         self._limiter = anyio.CapacityLimiter(threads)
+        self._threads = DaemonThreads()
         self._busy = busy or nullcontext
         self._pending = 0
         self._running: set[StepJob] = set()  # identity: a job is one dispatch of an attempt
@@ -118,11 +126,11 @@ class StepExecutor:
         token = _CURRENT.set(job.info)
         try:
             if not job.timeout:  # no cancel scope: entering one costs ~2.5 us
-                return await self._call(job), None
+                return await self._call(job)
             # A cancel scope of our own, not fail_after: only its expiry is the step's
             # timeout=; a TimeoutError the step's code raises is that code's own error.
             with anyio.CancelScope(deadline=anyio.current_time() + job.timeout):
-                return await self._call(job), None
+                return await self._call(job)
             # Reached only when the deadline cancelled the step (the scope swallowed that).
             return None, TimeoutError(f"step {job.info.name!r} timed out after {job.timeout}s")
         except Exception as exc:
@@ -130,17 +138,22 @@ class StepExecutor:
         finally:
             _CURRENT.reset(token)
 
-    async def _call(self, job: StepJob) -> Any:
+    async def _call(self, job: StepJob) -> tuple[Any, BaseException | None]:
         if inspect.iscoroutinefunction(job.fn):
-            return await job.fn(*job.args, **job.kwargs)
+            return await job.fn(*job.args, **job.kwargs), None
         call = functools.partial(job.fn, *job.args, **job.kwargs)
-        ctx = contextvars.copy_context()
-        result = await anyio.to_thread.run_sync(
-            ctx.run, call, limiter=self._limiter, abandon_on_cancel=True
-        )
+        run = functools.partial(contextvars.copy_context().run, call)
+        # Cancelled (the step's timeout, the engine stopping), the wait is abandoned and the
+        # limiter's slot freed at once; the thread runs the call to its end and drops it.
+        async with self._limiter:
+            result, error = await self._threads.run(run)
+        if error is not None:
+            # The step's own, also a BaseException (SystemExit, KeyboardInterrupt ...): a
+            # failed attempt, never the engine's failure.
+            return None, error
         if inspect.isawaitable(result):  # a sync callable returning an awaitable
             result = await _await(result)
-        return result
+        return result, None
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

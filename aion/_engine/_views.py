@@ -92,7 +92,7 @@ class Reader:
 
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
-            InvalidArgument: ``limit`` is below 1, or a cursor of another query.
+            InvalidArgument: ``limit`` is below 1, or a cursor not issued for this query.
         """
         await self.record(workflow_id, tenant)
         if limit < 1:

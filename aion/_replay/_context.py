@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from aion import _validate
 from aion.errors import InvalidArgument
+
+from ._definition import RetryPolicy
 
 if TYPE_CHECKING:
     from aion.events import SearchValue
 
-    from ._definition import RetryPolicy
     from ._driver import Driver, DurableFuture, WorkflowInfo
     from ._waits import Waitpoint
 
@@ -22,12 +25,26 @@ __all__ = ["Context"]
 T = TypeVar("T")
 
 
-def _seconds(delay: float | timedelta) -> float:
-    if isinstance(delay, timedelta):
-        return delay.total_seconds()
-    if isinstance(delay, bool) or not isinstance(delay, int | float):
-        raise InvalidArgument(f"a delay is seconds or a timedelta, not {delay!r}")
-    return float(delay)
+# The checks below refuse at the call (in the workflow, which may catch InvalidArgument, with
+# nothing recorded) only what could never have been recorded or run: a wrong type, text that is
+# not valid Unicode, NaN, a time past the year 9999. Histories recorded by earlier versions
+# replay as they did.
+
+
+def _delay(
+    ctx: Context, value: float | timedelta, what: str, *, negative: bool = False
+) -> float:
+    """Seconds of workflow time from now; the time they reach must be a datetime."""
+    seconds = _validate.seconds(value, what, negative=negative, limit=math.inf)
+    if seconds > 0:
+        try:
+            ctx.now() + timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidArgument(
+                f"{what} of {_validate.shown(value)} seconds reaches past the last time a "
+                "timer can have (the year 9999); pass a shorter duration"
+            ) from None
+    return seconds
 
 
 class Context:
@@ -76,7 +93,15 @@ class Context:
             PayloadError: the arguments cannot be encoded or are too large (at the call).
             StepError: (when awaited) the step failed for good.
         """
-        seconds = None if timeout is None else _seconds(timeout)
+        if name is not None:
+            _validate.text(name, "ctx.step(name=...)", limit=None)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidArgument(
+                f"ctx.step(retry=...) takes an aion.RetryPolicy, not {type(retry).__name__}"
+            )
+        seconds = None
+        if timeout is not None:
+            seconds = _validate.seconds(timeout, "ctx.step(timeout=...)", limit=math.inf)
         future = self._driver.schedule_step(
             fn, args, kwargs, name=name, retry=retry, timeout=seconds
         )
@@ -98,16 +123,18 @@ class Context:
 
     def sleep(self, delay: float | timedelta) -> DurableFuture:
         """A durable timer: resumes after ``delay`` (seconds or timedelta) of workflow time."""
-        seconds = _seconds(delay)
+        seconds = _delay(self, delay, "ctx.sleep's delay", negative=True)
         if seconds <= 0:
             return self._driver.gather(())
         return self._driver.start_timer(seconds)
 
     def sleep_until(self, when: datetime) -> DurableFuture:
         """A durable timer that fires at ``when`` (an aware datetime)."""
-        if when.tzinfo is None:
-            raise InvalidArgument(f"sleep_until needs an aware datetime, not {when!r}")
-        return self.sleep((when - self.now()).total_seconds())
+        _validate.aware_datetime(when, "ctx.sleep_until's time")
+        seconds = (when - self.now()).total_seconds()
+        if seconds <= 0:
+            return self._driver.gather(())
+        return self.sleep(seconds)
 
     def wait_signal(self, name: str, *, timeout: float | timedelta | None = None) -> DurableFuture:
         """The payload of the next signal ``name`` (earlier signals are buffered, in order).
@@ -115,7 +142,10 @@ class Context:
         Raises:
             WaitTimedOut: (when awaited) no such signal arrived within ``timeout``.
         """
-        seconds = None if timeout is None else _seconds(timeout)
+        _validate.text(name, "ctx.wait_signal's name", limit=None)
+        seconds = None
+        if timeout is not None:
+            seconds = _delay(self, timeout, "ctx.wait_signal's timeout", negative=True)
         return self._driver.wait_signal(name, seconds)
 
     def approval(
@@ -139,7 +169,11 @@ class Context:
                 their comment.
             WaitTimedOut: (when awaited) nobody decided within ``timeout``.
         """
-        seconds = None if timeout is None else _seconds(timeout)
+        if isinstance(action, str):
+            _validate.text(action, "ctx.approval's action", limit=None)
+        seconds = None
+        if timeout is not None:
+            seconds = _delay(self, timeout, "ctx.approval's timeout", negative=True)
         return self._driver.request_approval(action, details, seconds)
 
     async def waitpoint(self, name: str, *, timeout: float | timedelta | None = None) -> Waitpoint:
@@ -153,7 +187,11 @@ class Context:
         Raises:
             WaitTimedOut: (from ``wp.wait()``) the waitpoint expired before it was completed.
         """
-        seconds = None if timeout is None else _seconds(timeout)
+        if isinstance(name, str):
+            _validate.text(name, "ctx.waitpoint's name", limit=None)
+        seconds = None
+        if timeout is not None:
+            seconds = _delay(self, timeout, "ctx.waitpoint's timeout", negative=True)
         return self._driver.create_waitpoint(name, seconds)
 
     def child(self, workflow: Any, *args: Any, workflow_id: str | None = None) -> DurableFuture:
@@ -164,6 +202,8 @@ class Context:
                 cannot be encoded, or is too large; no child is started.
             WorkflowFailed / WorkflowCancelled: (when awaited) the child failed or was cancelled.
         """
+        if workflow_id is not None:
+            _validate.identifier(workflow_id, "ctx.child(workflow_id=...)")
         return self._driver.start_child(workflow, args, workflow_id)
 
     def gather(self, *awaitables: Awaitable[Any]) -> DurableFuture:
@@ -198,10 +238,13 @@ class Context:
     def patched(self, change_id: str) -> bool:
         """``True`` for runs that reach this point with the new code, ``False`` on replay of a
         history recorded before the change. Guard new code paths with it."""
+        _validate.text(change_id, "ctx.patched's change id", limit=None)
         return self._driver.patched(change_id)
 
     def upsert_search_attributes(self, **attributes: SearchValue) -> None:
         """Record search attributes for this run (shown by describe and list)."""
+        for key, value in attributes.items():
+            _validate.search_value(key, value)
         self._driver.upsert_search_attributes(attributes)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
+from aion import _validate
 from aion._codec import decode_payload, encode_payload
 from aion.errors import InvalidArgument, PayloadError
 
@@ -31,10 +33,16 @@ class RetryPolicy:
 
     Attributes:
         max_attempts: attempts in all, the first included (1 = never retry).
-        initial_interval: seconds before the second attempt.
-        backoff: factor by which the interval grows after each attempt.
-        max_interval: the interval never exceeds this many seconds.
+        initial_interval: seconds (or a timedelta) before the second attempt.
+        backoff: factor by which the interval grows after each attempt (finite, >= 1).
+        max_interval: the interval never exceeds this many seconds (``math.inf``: no cap but
+            the engine's, 100 years).
         non_retryable: exception types that fail the step at once.
+
+    Raises:
+        InvalidArgument: (when built) a value the engine could not compute a wait from: NaN,
+            a negative or infinite interval, a backoff below 1 or infinite, attempts below 1,
+            or ``non_retryable`` that is not exception classes.
     """
 
     max_attempts: int = 3
@@ -44,21 +52,60 @@ class RetryPolicy:
     non_retryable: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise InvalidArgument(f"max_attempts must be >= 1, not {self.max_attempts}")
-        if self.initial_interval < 0 or self.max_interval < 0 or self.backoff < 1:
+        # Checked here, not when a step fails: a policy the engine cannot compute a wait from
+        # would fail inside the engine, after the step's side effect, on every restart.
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise InvalidArgument(
-                "intervals must be >= 0 and backoff >= 1 "
-                f"(got {self.initial_interval}, {self.max_interval}, {self.backoff})"
+                f"RetryPolicy(max_attempts={_validate.shown(attempts)}): attempts are an int >= 1"
             )
+        initial = _validate.seconds(
+            self.initial_interval, "RetryPolicy's initial_interval", limit=math.inf
+        )
+        object.__setattr__(self, "initial_interval", initial)
+        cap = self.max_interval
+        if not (isinstance(cap, float) and cap == math.inf):  # inf: no cap
+            cap = _validate.seconds(cap, "RetryPolicy's max_interval", limit=math.inf)
+        object.__setattr__(self, "max_interval", cap)
+        backoff = self.backoff
+        if (
+            isinstance(backoff, bool)
+            or not isinstance(backoff, int | float)
+            or not 1 <= backoff < math.inf  # False for NaN
+        ):
+            raise InvalidArgument(_bad_backoff(backoff))
+        try:
+            object.__setattr__(self, "backoff", float(backoff))
+        except OverflowError:  # an int beyond any float
+            raise InvalidArgument(_bad_backoff(backoff)) from None
+        kinds: object = self.non_retryable
+        if isinstance(kinds, type):
+            kinds = (kinds,)
+        if not isinstance(kinds, tuple | list | set | frozenset) or not all(
+            isinstance(k, type) and issubclass(k, BaseException) for k in kinds
+        ):
+            raise InvalidArgument(
+                f"RetryPolicy(non_retryable={_validate.shown(self.non_retryable)}): pass a "
+                "tuple of exception classes"
+            )
+        object.__setattr__(self, "non_retryable", tuple(kinds))
 
     def interval(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval))
+        cap = min(self.max_interval, _validate.MAX_SECONDS)  # a timer must stay a datetime
+        try:
+            grown = self.initial_interval * self.backoff ** (attempt - 1)
+        except OverflowError:  # the growth passed any float: the cap applies
+            return float(cap)
+        return float(min(grown, cap))
 
     def retryable(self, error: BaseException) -> bool:
         """Whether ``error`` may be retried at all under this policy."""
         return not isinstance(error, self.non_retryable) and not isinstance(error, PayloadError)
+
+
+def _bad_backoff(backoff: object) -> str:
+    return f"RetryPolicy(backoff={_validate.shown(backoff)}): the factor is a finite number >= 1"
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -131,9 +178,7 @@ class WorkflowDefinition:
         try:
             return msgspec.convert(value, tp, strict=True)
         except (ValueError, OverflowError) as exc:  # msgspec.ValidationError is a ValueError
-            given = repr(value)
-            if len(given) > 40:
-                given = given[:37] + "..."
+            given = _validate.shown(value)
             raise PayloadError(
                 f"{self._argument(i)} must be {_type_name(tp)}, not {type(value).__name__} "
                 f"({given}): {exc}. Convert it before the call: arguments are checked against "
@@ -261,5 +306,7 @@ def definition_of(obj: Any) -> WorkflowDefinition:
         return obj
     definition = getattr(obj, _ATTR, None)
     if not isinstance(definition, WorkflowDefinition):
-        raise InvalidArgument(f"{obj!r} is not a workflow: decorate it with @aion.workflow")
+        raise InvalidArgument(
+            f"{_validate.shown(obj)} is not a workflow: decorate it with @aion.workflow"
+        )
     return definition

@@ -13,8 +13,11 @@ position, what history recorded and what the code did now. Time only moves with 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import random
+import time
 import traceback
 import types
 import typing
@@ -24,10 +27,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from aion import _validate
 from aion import events as ev
 from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode, encode_payload
 from aion._tokens import fingerprint as token_fingerprint
 from aion.errors import (
+    ActivationFailed,
     ApprovalRejected,
     Cancelled,
     InvalidArgument,
@@ -61,6 +66,7 @@ from ._commands import (
 from ._context import Context
 from ._definition import DEFAULT_RETRY, RetryPolicy, WorkflowDefinition, convert, definition_of
 from ._waits import Approval, ApprovalState, Waitpoint, WaitpointState, approval_digest
+from ._watch import LIVE_OVERRUNS, ActivationWatch
 
 #: Signs a waitpoint token: (tenant, workflow id, waitpoint id, created at, expires at, key id
 #: or None for the current key) -> (key id, token). An empty token if the key is gone.
@@ -180,6 +186,9 @@ class Driver:
         max_payload_bytes: limit for encoded arguments, results and payloads.
         resolve: turns a workflow type name into a definition (for typed child results).
         sign: signs waitpoint tokens (without it, ``ctx.waitpoint`` hands out empty tokens).
+        watch: where activations are published for the engine's watchdog; with a ``limit``,
+            an activation that holds the event loop longer parks the run (replaying: the first
+            time; live: the ``LIVE_OVERRUNS``-th time) with :class:`ActivationFailed`.
     """
 
     def __init__(
@@ -189,8 +198,13 @@ class Driver:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         resolve: Callable[[str], WorkflowDefinition | None] | None = None,
         sign: Signer | None = None,
+        watch: ActivationWatch | None = None,
     ) -> None:
         self.definition = definition
+        self._watch = watch
+        self.overruns = 0  # live activations that held the event loop past the watch's limit
+        self._in_replay = False  # inside replay(): an overrun there parks the run at once
+        self._stepping: _Task | None = None  # the task stepped last (where an overrun was)
         self.max_payload_bytes = max_payload_bytes
         self._resolve = resolve
         self._sign = sign
@@ -231,6 +245,11 @@ class Driver:
         """True while recorded history is being replayed."""
         return self._pos < len(self._history)
 
+    @property
+    def in_replay(self) -> bool:
+        """True inside :meth:`replay`, also while the code runs on past the recorded history."""
+        return self._in_replay
+
     def replay(self, events: Sequence[ev.Event]) -> None:
         """Replay recorded events (a run segment, from its ``WorkflowStarted``).
 
@@ -239,6 +258,7 @@ class Driver:
         """
         self._history = events
         self._pos = 0
+        self._in_replay = True
         try:
             while self._pos < len(self._history):
                 event = self._history[self._pos]
@@ -250,6 +270,7 @@ class Driver:
         finally:
             self._history = ()
             self._pos = 0
+            self._in_replay = False
 
     def apply(self, event: ev.Event) -> list[Command]:
         """Feed one new fact (live) and return the commands the code issued in response."""
@@ -413,7 +434,7 @@ class Driver:
             # A fresh Context, not one kept on the driver: a driver -> context -> driver cycle
             # would leave every finished run to the cyclic garbage collector.
             coro = self.definition.fn(Context(self), *args)
-        except Exception as exc:  # bad input or arity: the run fails, as if the code raised
+        except BaseException as exc:  # bad input or arity: as if the code raised it (_step)
             self._main = _Task(_raise(exc), "main", self._ready)
         else:
             self._main = _Task(coro, "main", self._ready)
@@ -448,8 +469,26 @@ class Driver:
     # --- running the code -------------------------------------------------------------------
 
     def _run(self) -> None:
+        """One activation: run the code woken so far until every task waits again."""
+        watch = self._watch
+        if watch is None or not self._ready:
+            self._run_ready()
+            return
+        started = time.monotonic()
+        watch.ordinal = ordinal = watch.ordinal + 1
+        watch.current = (self, started, ordinal)
+        try:
+            self._run_ready()
+        finally:
+            watch.current = None
+        held = time.monotonic() - started
+        if watch.limit is not None and held > watch.limit:
+            self._overran(held, watch.limit, watch.seen_at(ordinal))
+
+    def _run_ready(self) -> None:
         while self._ready and self.outcome is None:
             task, error = self._ready.popleft()
+            self._stepping = task
             self._step(task, error)
             if self._fatal is not None:
                 raise self._fatal
@@ -464,6 +503,14 @@ class Driver:
                 return
             except (Exception, Cancelled, _ContinueAsNewRequest) as exc:
                 self._finish(task, None, exc)
+                return
+            except _Diverged:
+                raise
+            except BaseException as exc:
+                # KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit ... raised
+                # by workflow code: not an outcome to record, and never the engine's to
+                # propagate. The run is parked BLOCKED (the other runs go on).
+                self._fatal = _raised(self._name(), self.info, exc)
                 return
         except _Diverged:
             return  # self._fatal says why; _run raises it
@@ -486,7 +533,10 @@ class Driver:
             return
         self._issue(self._outcome_command(value, error))
         for other in list(self._tasks):  # the run is over: drop what still runs
-            other.coro.close()
+            # Its cleanup failing does not change the run's outcome (a divergence in it set
+            # self._fatal, which _run raises).
+            with contextlib.suppress(BaseException):
+                other.coro.close()
         self._tasks.clear()
         # Nothing resolves now: drop callbacks (closures over the driver) that would otherwise
         # keep the finished run alive in reference cycles.
@@ -517,6 +567,32 @@ class Driver:
         message = error.error_message if isinstance(error, StepError) else str(error)
         tb = "".join(traceback.format_exception(error)[-20:])
         return FailWorkflow(error_type, message, tb)
+
+    def _overran(self, held: float, limit: float, seen: str | None) -> None:
+        """An activation held the event loop ``held`` seconds, past ``limit``: park the run
+        when it happened while replaying, or for the ``LIVE_OVERRUNS``-th time live."""
+        if not self._in_replay:
+            self.overruns += 1
+            if self.overruns < LIVE_OVERRUNS:
+                return
+        if seen is not None:
+            where = f"at {seen}"
+        else:  # the watchdog did not look: where the code went on to wait
+            task = self._stepping
+            where = "before " + (_code_location(task.coro) if task is not None else "?")
+        when = (
+            "(while its history was replayed)"
+            if self._in_replay
+            else f"(live: {self.overruns} activations past the limit)"
+        )
+        workflow_id = self.info.workflow_id if self.info is not None else "ID"
+        self._fatal = ActivationFailed(
+            f"workflow {self._name()} held the event loop for {held:.2f} s {where} {when}; the "
+            f"limit is {limit:g} s (Engine(activation_limit=...)) and every other run waited "
+            "meanwhile. Workflow code must not block: move blocking calls and long computations "
+            f"into a step (ctx.step), then `aion unblock {workflow_id}` (or restart the engine)."
+        )
+        raise self._fatal
 
     def _illegal_await(self, task: _Task, yielded: object) -> None:
         name = _awaited_name(task.coro, yielded)
@@ -688,6 +764,7 @@ class Driver:
     ) -> DurableFuture:
         assert self.info is not None
         if isinstance(workflow, str):
+            _validate.identifier(workflow, "ctx.child's workflow type")
             definition = self._resolve(workflow) if self._resolve else None
             type_name = workflow
         else:
@@ -714,6 +791,17 @@ class Driver:
         # earlier runs keep theirs (finished or still running).
         run = f"/{self.info.run_id}" if self._continued else ""
         child_id = workflow_id or f"{self.info.workflow_id}{run}/child-{seq}"
+        if workflow_id is None and len(child_id.encode()) > _validate.MAX_ID_BYTES:
+            # Refused here, in the workflow: recorded, it would fail the write of whichever
+            # request made the parent run, and every later one (a start or signal of another).
+            self._counters["child"] -= 1
+            raise InvalidArgument(
+                f"ctx.child() without workflow_id= would name the child {child_id[:40]!r}... "
+                f"({len(child_id.encode())} bytes), over the {_validate.MAX_ID_BYTES}-byte "
+                "limit of ids, because the parent's id is long: pass "
+                "ctx.child(..., workflow_id=...) with a shorter id (derived from "
+                "ctx.info.workflow_id, e.g. a hash of it). Nothing was recorded"
+            )
         future = DurableFuture()
         result_type = _return_type(definition.fn) if definition is not None else Any
         self._children[seq] = _Child(future, child_id, result_type)
@@ -1053,6 +1141,38 @@ def _awaited_name(coro: Coroutine[Any, Any, Any], yielded: object) -> str:
             return f"{module}.{code.co_qualname}()"
         inner = getattr(inner, "cr_await", None) or getattr(inner, "gi_yieldfrom", None)
     return f"{type(yielded).__module__}.{type(yielded).__qualname__} ({yielded!r:.60})"
+
+
+def _raised(name: str, info: WorkflowInfo | None, exc: BaseException) -> ActivationFailed:
+    """Why a run whose code raised ``exc`` (a BaseException, not an Exception) is parked."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = "location unknown"
+    if tb is not None:
+        code = tb.tb_frame.f_code
+        where = f"{code.co_filename}:{tb.tb_lineno} in {code.co_qualname}"
+    what = type(exc).__qualname__
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable>"
+    if isinstance(exc, asyncio.CancelledError):
+        hint = (
+            "; workflow code does not run on asyncio: cancel a run with engine.cancel(), and "
+            "inside the run cancellation arrives as aion.Cancelled"
+        )
+    elif isinstance(exc, KeyboardInterrupt | SystemExit):
+        hint = "; a run cannot stop the process"
+    else:
+        hint = ""
+    workflow_id = info.workflow_id if info is not None else "ID"
+    return ActivationFailed(
+        f"workflow {name} raised {what}{': ' + text[:200] if text else ''} at {where}. A run "
+        f"fails with the Exceptions its code raises; {what} is not an Exception, and no outcome "
+        f"of a run{hint}. Fix the code (raise an Exception to fail the run), then "
+        f"`aion unblock {workflow_id}` (or restart the engine)."
+    )
 
 
 def _code_location(coro: Coroutine[Any, Any, Any]) -> str:

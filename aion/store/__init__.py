@@ -13,6 +13,7 @@ from ._records import Append as Append
 from ._records import ApprovalRow as ApprovalRow
 from ._records import ApprovalStatus as ApprovalStatus
 from ._records import CommitResult as CommitResult
+from ._records import DamagedRow as DamagedRow
 from ._records import InboxCommand as InboxCommand
 from ._records import IndexRow as IndexRow
 from ._records import Page as Page
@@ -31,6 +32,7 @@ __all__ = [
     "ApprovalRow",
     "ApprovalStatus",
     "CommitResult",
+    "DamagedRow",
     "EventStore",
     "InboxCommand",
     "IndexRow",

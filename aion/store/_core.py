@@ -8,23 +8,25 @@ store cannot drift apart in what they mean.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from aion._codec import DECODE_ERRORS, ENCODER, decode_events
+from aion._codec import DECODE_ERRORS, ENCODER, decode_event, decode_events
 from aion.errors import CorruptRecord, InvalidArgument, SequenceConflict
 from aion.events import AnyEvent, WorkflowStarted
 
 from . import _keys as k
+from ._cursors import CursorKey, refused
 from ._records import (
     ApprovalRow,
     ApprovalStatus,
     CommitResult,
+    DamagedRow,
     InboxCommand,
     IndexRow,
     Page,
@@ -40,6 +42,8 @@ from ._records import (
 __all__ = ["KV", "TABLES", "Prepared", "apply", "prepare", "prepare_append"]
 
 R = TypeVar("R")
+
+log = logging.getLogger("aion.store")
 
 #: Every table a backend must provide.
 TABLES = (
@@ -101,6 +105,87 @@ def decode_row(table: str, key: bytes, data: bytes, typ: type[R]) -> R:
         return decoder.decode(data)  # type: ignore[no-any-return]
     except DECODE_ERRORS as exc:
         raise CorruptRecord(table, key, str(exc)) from exc
+
+
+def decode_or_skip(table: str, key: bytes, data: bytes, typ: type[R]) -> R | None:
+    """Decode a row that a scan comes across; one that cannot be decoded is skipped (None),
+    with a WARNING the first time: one damaged row must not stop every list, the timer wheel,
+    the inbox or the startup sweep. ``aion recover`` reports it, ``--apply`` quarantines it."""
+    try:
+        return decode_row(table, key, data, typ)
+    except CorruptRecord as exc:
+        if (table, key) not in _skipped:
+            if len(_skipped) > 10_000:
+                _skipped.clear()
+            _skipped.add((table, key))
+            log.warning("%s; skipped (run `aion recover` to report and quarantine it)", exc)
+        return None
+
+
+_skipped: set[tuple[str, bytes]] = set()
+
+#: Tables whose rows ``damaged_rows`` decodes, with their row types.
+_ROW_TYPES: dict[str, type[Any]] = {
+    "workflows": WorkflowRecord,
+    "timers": TimerRow,
+    "inbox": InboxCommand,
+    "approvals": ApprovalRow,
+    "waitpoints": WaitpointRow,
+}
+
+
+def damaged_rows(kv: KV, *, full: bool, limit: int) -> list[DamagedRow]:
+    """Rows that cannot be decoded. ``full=False``: what an engine reads when it starts (the
+    projection rows of open runs, timers, inbox); ``full=True``: every row of every table of
+    rows (an ``aion recover`` scan)."""
+    _check_limit(limit)
+    out: list[DamagedRow] = []
+    for table, typ in _ROW_TYPES.items():
+        if not full and table in ("approvals", "waitpoints"):
+            continue
+        if table == "workflows" and not full:
+            rows: Iterator[tuple[bytes, bytes | None]] = (
+                (key, kv.get("workflows", key)) for key, _ in kv.scan("active", b"", b"\xff")
+            )
+        else:
+            rows = kv.scan(table, b"", b"\xff")
+        for key, data in rows:
+            if data is None:
+                continue
+            try:
+                decode_row(table, key, data, typ)
+            except CorruptRecord as exc:
+                out.append(DamagedRow(table, key, str(exc)))
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+def _quarantine(kv: KV, row: DamagedRow) -> None:
+    """Move a damaged row's bytes aside (the generic index ``quarantine``) and, for a
+    projection row, put its rebuilt replacement in its place (fresh list index rows)."""
+    data = kv.get(row.table, row.key)
+    if data is None:
+        return  # quarantined already
+    kv.put("index", _index_key(IndexRow("quarantine", "*", f"{row.table}:{row.key.hex()}")), data)
+    kv.delete(row.table, row.key)
+    record = row.replacement
+    if isinstance(record, TimerRow):
+        kv.put("timers", _timer_key(record), ENCODER.encode(record))
+        return
+    if row.table != "workflows":
+        return
+    kv.delete("active", row.key)
+    if not isinstance(record, WorkflowRecord):
+        return
+    # The damaged row's list index rows: same id and creation time, any status.
+    for table in ("by_created", "by_type"):
+        kv.delete(table, _list_key(table, record))
+    prefix = record.tenant.encode() + k.SEP
+    for code in _STATUS_CODE.values():
+        status_key = k.created_key(prefix + code, record.created_at, record.workflow_id.encode())
+        kv.delete("by_status", status_key)
+    _put_workflow(kv, record)
 
 
 def decode_event_rows(wf_key: bytes, first_seq: int, blobs: Sequence[bytes]) -> list[AnyEvent]:
@@ -167,6 +252,7 @@ class Prepared(msgspec.Struct, gc=False):
     inbox_delete: Sequence[bytes] = ()
     inbox_put: Sequence[tuple[bytes, bytes]] = ()
     inbox_ids: tuple[str, ...] = ()
+    quarantine: Sequence[DamagedRow] = ()
 
 
 def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prepared:
@@ -198,6 +284,7 @@ def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prep
         or write.index_delete
         or write.inbox_delete
         or write.inbox_put
+        or write.quarantine
     ):
         return Prepared(appends, CommitResult(heads), only_appends=True)
     for record in write.workflows:
@@ -211,7 +298,7 @@ def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prep
         command_id = new_inbox_id()
         inbox_ids.append(command_id)
         stored = msgspec.structs.replace(command, command_id=command_id)
-        inbox_put.append((command_id.encode(), ENCODER.encode(stored)))
+        inbox_put.append((command_id.encode(), _readable_row("inbox", stored)))
     # Most writes have one or two of these parts: an empty part costs a truth test.
     return Prepared(
         appends=appends,
@@ -238,6 +325,7 @@ def prepare(write: Write, new_inbox_id: Callable[[], str] | None = None) -> Prep
         else (),
         inbox_put=inbox_put,
         inbox_ids=tuple(inbox_ids),
+        quarantine=tuple(write.quarantine),
     )
 
 
@@ -310,9 +398,14 @@ def _prepare_append(
             raise InvalidArgument(f"event {event.seq} has a naive recorded time; use UTC")
         key = seq_prefix + _HEAD(event.seq)
         try:
-            rows.append((key, encode(event)))
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"event {event!r} cannot be encoded: {exc}") from exc
+            row = encode(event)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise InvalidArgument(f"event {event!r:.300} cannot be encoded: {exc}") from exc
+        try:
+            decode_event(row)  # nothing is written that cannot be read back (~0.2 us an event)
+        except DECODE_ERRORS as exc:
+            raise InvalidArgument(_unreadable(event, exc)) from exc
+        rows.append((key, row))
         if isinstance(event, WorkflowStarted):
             if event.workflow_id != workflow_id or event.tenant != tenant:
                 raise InvalidArgument(
@@ -324,6 +417,44 @@ def _prepare_append(
     # Tuples, not lists: the garbage collector stops tracking a tuple of bytes after one pass.
     return _PreparedAppend(
         wf_key, tenant, workflow_id, expected_seq, want, tuple(rows), tuple(runs)
+    )
+
+
+_FIELD_AT = re.compile(r"\$\[(\d+)\]")
+
+
+def _readable_row(table: str, row: Any) -> bytes:
+    """Encode a row that is written rarely (an inbox command), checking that it decodes back:
+    one that did not would stop whoever reads the table."""
+    try:
+        data = ENCODER.encode(row)
+        decode_row(table, b"", data, type(row))
+    except CorruptRecord as exc:
+        raise InvalidArgument(
+            f"{type(row).__name__} cannot be recorded in {table!r}: {exc.__cause__}. Nothing "
+            "was written: pass values of the documented types"
+        ) from exc
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise InvalidArgument(
+            f"{type(row).__name__} cannot be recorded in {table!r}: {exc}. Nothing was "
+            "written: pass values of the documented types"
+        ) from exc
+    return data
+
+
+def _unreadable(event: Any, exc: Exception) -> str:
+    """Why ``event`` cannot be recorded: the field its schema refuses, and its value."""
+    where = ""
+    fields = type(event).__struct_fields__
+    found = _FIELD_AT.search(str(exc))
+    if found and 0 < int(found[1]) <= len(fields):  # item 0 of the encoding is the tag
+        field = fields[int(found[1]) - 1]
+        value = getattr(event, field)
+        where = f": its field {field!r} holds {type(value).__name__} {value!r:.60}"
+    return (
+        f"{type(event).__name__} (event {event.seq}) cannot be recorded{where}, which the "
+        f"history's schema refuses ({exc}). Nothing was written: pass values of the documented "
+        "types (names, reasons, users and comments are str)"
     )
 
 
@@ -395,6 +526,8 @@ def _apply_rows(kv: KV, prepared: Prepared) -> None:
         kv.delete("inbox", key)
     for key, value in prepared.inbox_put:
         kv.put("inbox", key, value)
+    for damaged in prepared.quarantine:
+        _quarantine(kv, damaged)
 
 
 def _list_key(table: str, record: WorkflowRecord) -> bytes:
@@ -568,25 +701,25 @@ def get_row(kv: KV, table: str, key: bytes, typ: type[R]) -> R | None:
 # --- cursors ------------------------------------------------------------------------------------
 
 
-def encode_cursor(query: Sequence[Any], last_key: bytes) -> str:
-    raw = ENCODER.encode([1, list(query), last_key])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def encode_cursor(cursors: CursorKey, query: Sequence[Any], last_key: bytes) -> str:
+    """The cursor of the page after ``last_key``, signed for ``query`` (see ``_cursors``)."""
+    return cursors.sign(query, last_key)
 
 
-def decode_cursor(cursor: str, query: Sequence[Any]) -> bytes:
-    """The last key of the previous page; refuses a cursor made for another query."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        version, cursor_query, last_key = msgspec.msgpack.decode(
-            raw, type=tuple[int, list[Any], bytes]
-        )
-    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
-        raise InvalidArgument(f"cursor {cursor[:24]!r} is not a valid cursor") from exc
-    if version != 1 or cursor_query != list(query):
-        raise InvalidArgument(
-            "this cursor was made for another query (different filters or tenant); "
-            "start again without a cursor"
-        )
+def decode_cursor(
+    cursors: CursorKey, cursor: object, query: Sequence[Any], lo: bytes, hi: bytes
+) -> bytes:
+    """The last key of the previous page, which must lie in ``[lo, hi)``: the key range
+    ``query`` may read (inside its tenant). Every paged scan resumes through here.
+
+    Raises:
+        InvalidArgument: the cursor was not issued by this store for ``query``, or its key lies
+            outside the range (the same message: a cursor is either exactly one issued for this
+            query, or refused).
+    """
+    last_key = cursors.verify(cursor, query)
+    if not lo <= last_key < hi:
+        raise refused()
     return last_key
 
 
@@ -597,6 +730,7 @@ def list_workflows(
     kv: KV,
     tenant: str,
     *,
+    cursors: CursorKey,
     status: Status | None = None,
     workflow_type: str | None = None,
     started_after: datetime | None = None,
@@ -628,18 +762,21 @@ def list_workflows(
         None if started_before is None else k.micros(started_before),
     ]
     if cursor is not None:
-        hi = min(hi, decode_cursor(cursor, query))
+        # Newest first: the page ends just before the previous page's last key.
+        hi = decode_cursor(cursors, cursor, query, lo, hi)
     items: list[WorkflowRecord] = []
     last_key = b""
     for key, _ in kv.scan(table, lo, hi, reverse=True):
         workflow_id = key[len(prefix) + 8 :].decode()
-        record = get_workflow(kv, tenant, workflow_id)
+        wf_key = k.workflow_key(tenant, workflow_id)
+        data = kv.get("workflows", wf_key)
+        record = None if data is None else decode_or_skip("workflows", wf_key, data, WorkflowRecord)
         if record is None:
-            raise CorruptRecord(table, key, "index row has no workflow record")
+            continue  # damaged (reported by `aion recover`) or quarantined
         if workflow_type is not None and record.workflow_type != workflow_type:
             continue
         if len(items) == limit:
-            return Page(items, encode_cursor(query, last_key))
+            return Page(items, encode_cursor(cursors, query, last_key))
         items.append(record)
         last_key = key
     return Page(items, None)
@@ -654,7 +791,9 @@ def scan_active(kv: KV, after: tuple[str, str] | None, limit: int) -> list[Workf
         data = kv.get("workflows", key)
         if data is None:
             raise CorruptRecord("active", key, "index row has no workflow record")
-        rows.append(decode_row("workflows", key, data, WorkflowRecord))
+        record = decode_or_skip("workflows", key, data, WorkflowRecord)
+        if record is not None:
+            rows.append(record)
         if len(rows) == limit:
             break
     return rows
@@ -687,7 +826,9 @@ def due_timers(kv: KV, until: datetime, limit: int, after: TimerRow | None) -> l
     lo = b"" if after is None else _timer_key(after) + b"\x00"
     rows: list[TimerRow] = []
     for key, value in kv.scan("timers", lo, hi):
-        rows.append(decode_row("timers", key, value, TimerRow))
+        row = decode_or_skip("timers", key, value, TimerRow)
+        if row is not None:
+            rows.append(row)
         if len(rows) == limit:
             break
     return rows
@@ -701,17 +842,19 @@ def list_children(
     workflow_id: str,
     limit: int,
     cursor: str | None,
+    cursors: CursorKey,
 ) -> Page[R]:
     """Waitpoint or approval rows of one workflow, ordered by id, keyset-paginated."""
     _check_limit(limit)
     prefix = k.workflow_key(tenant, workflow_id) + k.SEP
+    hi = k.prefix_end(prefix)
     query = [table, tenant, workflow_id]
-    lo = prefix if cursor is None else decode_cursor(cursor, query) + b"\x00"
-    return _page(kv, table, typ, lo, k.prefix_end(prefix), limit, query)
+    lo = prefix if cursor is None else decode_cursor(cursors, cursor, query, prefix, hi) + b"\x00"
+    return _page(kv, table, typ, lo, hi, limit, query, cursors)
 
 
 def pending_waitpoints(
-    kv: KV, tenant: str, workflow_id: str, limit: int, cursor: str | None
+    kv: KV, tenant: str, workflow_id: str, limit: int, cursor: str | None, cursors: CursorKey
 ) -> Page[WaitpointRow]:
     """Pending waitpoints of one workflow in creation order, keyset-paginated.
 
@@ -719,19 +862,21 @@ def pending_waitpoints(
     order with the trailing number compared as a number: :func:`_creation_order`. The table's
     keys sort ``-w10`` before ``-w2``, and the keys are left as they are (they are on disk, and
     the ids are recorded in histories), so this reads the workflow's rows (one key range,
-    inside its tenant), keeps the pending ones and orders them here. The cursor is the id of the
-    last row returned; that order key is immutable and unique, so a page never skips or repeats
-    a row that stays pending. ``next_cursor`` is set only when another pending row follows.
+    inside its tenant), keeps the pending ones and orders them here. The cursor is the key of the
+    last row returned (its id orders); that order key is immutable and unique, so a page never
+    skips or repeats a row that stays pending. ``next_cursor`` is set only when another pending
+    row follows.
     """
     _check_limit(limit)
     prefix = k.workflow_key(tenant, workflow_id) + k.SEP
     query = ["waitpoints_pending", tenant, workflow_id]
     after = None
     if cursor is not None:
+        last_key = decode_cursor(cursors, cursor, query, prefix, k.prefix_end(prefix))
         try:
-            after = _creation_order(decode_cursor(cursor, query).decode())
-        except UnicodeDecodeError as exc:
-            raise InvalidArgument(f"cursor {cursor[:24]!r} is not a valid cursor") from exc
+            after = _creation_order(last_key[len(prefix) :].decode())
+        except UnicodeDecodeError:  # a key this store signed is an id: not reached
+            raise refused() from None
     rows: list[tuple[tuple[str, int, str], WaitpointRow]] = []
     for key, value in kv.scan("waitpoints", prefix, k.prefix_end(prefix)):
         row = decode_row("waitpoints", key, value, WaitpointRow)
@@ -743,7 +888,7 @@ def pending_waitpoints(
     items = [row for _, row in rows[:limit]]
     if len(rows) <= limit:
         return Page(items, None)
-    return Page(items, encode_cursor(query, items[-1].waitpoint_id.encode()))
+    return Page(items, encode_cursor(cursors, query, prefix + items[-1].waitpoint_id.encode()))
 
 
 def _creation_order(waitpoint_id: str) -> tuple[str, int, str]:
@@ -754,17 +899,20 @@ def _creation_order(waitpoint_id: str) -> tuple[str, int, str]:
     return (stem, int(digits) if digits else -1, waitpoint_id)
 
 
-def pending_approvals(kv: KV, tenant: str, limit: int, cursor: str | None) -> Page[ApprovalRow]:
+def pending_approvals(
+    kv: KV, tenant: str, limit: int, cursor: str | None, cursors: CursorKey
+) -> Page[ApprovalRow]:
     """Pending approvals of ``tenant`` across runs, oldest request first."""
     _check_limit(limit)
     prefix = k.ident(tenant, "tenant") + k.SEP
+    hi = k.prefix_end(prefix)
     query = ["approvals_pending", tenant]
-    lo = prefix if cursor is None else decode_cursor(cursor, query) + b"\x00"
+    lo = prefix if cursor is None else decode_cursor(cursors, cursor, query, prefix, hi) + b"\x00"
     items: list[ApprovalRow] = []
     last = b""
-    for key, row_key in kv.scan("approvals_pending", lo, k.prefix_end(prefix)):
+    for key, row_key in kv.scan("approvals_pending", lo, hi):
         if len(items) == limit:
-            return Page(items, encode_cursor(query, last))
+            return Page(items, encode_cursor(cursors, query, last))
         row = get_row(kv, "approvals", row_key, ApprovalRow)
         if row is None:
             raise CorruptRecord("approvals_pending", key, "index row has no approval")
@@ -774,19 +922,26 @@ def pending_approvals(kv: KV, tenant: str, limit: int, cursor: str | None) -> Pa
 
 
 def scan_index(
-    kv: KV, index: str, tenant: str, prefix: str, limit: int, cursor: str | None
+    kv: KV,
+    index: str,
+    tenant: str,
+    prefix: str,
+    limit: int,
+    cursor: str | None,
+    cursors: CursorKey,
 ) -> Page[IndexRow]:
     """Rows of a generic secondary index whose key starts with ``prefix``, ascending."""
     _check_limit(limit)
     head = k.ident(index, "index name") + k.SEP + k.ident(tenant, "tenant") + k.SEP
     full = head + prefix.encode()
+    hi = k.prefix_end(full)
     query = ["index", index, tenant, prefix]
-    lo = full if cursor is None else decode_cursor(cursor, query) + b"\x00"
+    lo = full if cursor is None else decode_cursor(cursors, cursor, query, full, hi) + b"\x00"
     items: list[IndexRow] = []
     last = b""
-    for key, value in kv.scan("index", lo, k.prefix_end(full)):
+    for key, value in kv.scan("index", lo, hi):
         if len(items) == limit:
-            return Page(items, encode_cursor(query, last))
+            return Page(items, encode_cursor(cursors, query, last))
         items.append(IndexRow(index, tenant, key[len(head) :].decode(), value))
         last = key
     return Page(items, None)
@@ -800,7 +955,9 @@ def read_inbox(kv: KV, limit: int, after: str | None = None) -> list[InboxComman
         lo = k.ident(after, "inbox command id") + b"\x00"
     rows: list[InboxCommand] = []
     for key, value in kv.scan("inbox", lo, b"\xff"):
-        rows.append(decode_row("inbox", key, value, InboxCommand))
+        command = decode_or_skip("inbox", key, value, InboxCommand)
+        if command is not None:
+            rows.append(command)
         if len(rows) == limit:
             break
     return rows
@@ -812,14 +969,23 @@ def inbox_pending(kv: KV, command_ids: Iterable[str]) -> set[str]:
 
 
 def _page(
-    kv: KV, table: str, typ: type[R], lo: bytes, hi: bytes, limit: int, query: list[Any]
+    kv: KV,
+    table: str,
+    typ: type[R],
+    lo: bytes,
+    hi: bytes,
+    limit: int,
+    query: list[Any],
+    cursors: CursorKey,
 ) -> Page[R]:
     items: list[R] = []
     last = b""
     for key, value in kv.scan(table, lo, hi):
         if len(items) == limit:
-            return Page(items, encode_cursor(query, last))
-        items.append(decode_row(table, key, value, typ))
+            return Page(items, encode_cursor(cursors, query, last))
+        item = decode_or_skip(table, key, value, typ)
+        if item is not None:
+            items.append(item)
         last = key
     return Page(items, None)
 

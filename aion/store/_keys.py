@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from datetime import UTC, datetime, timedelta
 
+from aion._validate import MAX_ID_BYTES
 from aion.errors import InvalidArgument
 
 __all__ = [
@@ -24,7 +25,6 @@ __all__ = [
 ]
 
 SEP = b"\x00"
-MAX_ID_BYTES = 200
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _BIAS = 1 << 63
@@ -47,7 +47,12 @@ def ident(value: str, what: str = "id") -> bytes:
     """
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be a str, not {type(value).__name__}")
-    data = value.encode()
+    try:
+        data = value.encode()
+    except UnicodeEncodeError:  # a lone surrogate: the entry checks' message says more
+        raise InvalidArgument(
+            f"{what} {value[:40]!r} is not valid Unicode (a lone surrogate), which ids may not be"
+        ) from None
     if not data:
         raise InvalidArgument(f"{what} must not be empty")
     if "\x00" in value:  # on the str: ``bytes in bytes`` first tries (and fails) int(SEP)

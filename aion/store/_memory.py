@@ -14,6 +14,7 @@ from aion.errors import StoreClosed
 
 from . import _core
 from ._core import KV, Prepared
+from ._cursors import CursorKey
 from ._protocol import KVStore
 from ._records import CommitResult
 
@@ -53,6 +54,7 @@ class _Data:
         self.tables = {name: _Table() for name in _core.TABLES}
         self.lock = threading.RLock()
         self.inbox_counter = itertools.count(1)
+        self.cursor_key = CursorKey.generate()  # per store, kept across reopen()
 
 
 class _MemoryKV:
@@ -147,6 +149,9 @@ class MemoryStore(KVStore):
 
     def _new_inbox_id(self) -> str:
         return f"{next(self._data.inbox_counter):020d}"
+
+    def _cursor_key(self) -> CursorKey:
+        return self._data.cursor_key
 
     async def aclose(self) -> None:
         self._closed = True

@@ -10,9 +10,11 @@ from aion.events import AnyEvent, Event
 
 from . import _core, _keys
 from ._core import KV, Prepared
+from ._cursors import CursorKey
 from ._records import (
     ApprovalRow,
     CommitResult,
+    DamagedRow,
     InboxCommand,
     IndexRow,
     Page,
@@ -168,6 +170,12 @@ class EventStore(Protocol):
         """Which of ``command_ids`` are still waiting in the inbox."""
         ...
 
+    async def damaged_rows(self, *, full: bool = False, limit: int = 10_000) -> list[DamagedRow]:
+        """Rows that cannot be decoded (``full``: in every table of rows; otherwise in what an
+        engine reads when it starts). Scans skip them; ``Write(quarantine=...)`` moves them
+        aside."""
+        ...
+
     async def aclose(self) -> None:
         """Finish pending writes and close. Idempotent."""
         ...
@@ -186,6 +194,10 @@ class KVStore:
         raise NotImplementedError
 
     def _new_inbox_id(self) -> str:
+        raise NotImplementedError
+
+    def _cursor_key(self) -> CursorKey:
+        """The key that signs and verifies this store's cursors (see ``_cursors``)."""
         raise NotImplementedError
 
     async def commit(self, write: Write) -> CommitResult:
@@ -247,6 +259,7 @@ class KVStore:
             lambda kv: _core.list_workflows(
                 kv,
                 tenant,
+                cursors=self._cursor_key(),
                 status=status,
                 workflow_type=workflow_type,
                 started_after=started_after,
@@ -286,9 +299,10 @@ class KVStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WaitpointRow]:
+        cursors = self._cursor_key()
         return self._read(
             lambda kv: _core.list_children(
-                kv, "waitpoints", WaitpointRow, tenant, workflow_id, limit, cursor
+                kv, "waitpoints", WaitpointRow, tenant, workflow_id, limit, cursor, cursors
             )
         )
 
@@ -300,8 +314,9 @@ class KVStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WaitpointRow]:
+        cursors = self._cursor_key()
         return self._read(
-            lambda kv: _core.pending_waitpoints(kv, tenant, workflow_id, limit, cursor)
+            lambda kv: _core.pending_waitpoints(kv, tenant, workflow_id, limit, cursor, cursors)
         )
 
     async def get_approval(
@@ -318,16 +333,18 @@ class KVStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[ApprovalRow]:
+        cursors = self._cursor_key()
         return self._read(
             lambda kv: _core.list_children(
-                kv, "approvals", ApprovalRow, tenant, workflow_id, limit, cursor
+                kv, "approvals", ApprovalRow, tenant, workflow_id, limit, cursor, cursors
             )
         )
 
     async def pending_approvals(
         self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
     ) -> Page[ApprovalRow]:
-        return self._read(lambda kv: _core.pending_approvals(kv, tenant, limit, cursor))
+        cursors = self._cursor_key()
+        return self._read(lambda kv: _core.pending_approvals(kv, tenant, limit, cursor, cursors))
 
     async def scan_index(
         self,
@@ -338,7 +355,10 @@ class KVStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[IndexRow]:
-        return self._read(lambda kv: _core.scan_index(kv, index, tenant, prefix, limit, cursor))
+        cursors = self._cursor_key()
+        return self._read(
+            lambda kv: _core.scan_index(kv, index, tenant, prefix, limit, cursor, cursors)
+        )
 
     async def put_inbox(self, command: InboxCommand) -> str:
         result = await self.commit(Write(inbox_put=[command]))
@@ -350,3 +370,6 @@ class KVStore:
     async def inbox_pending(self, command_ids: Iterable[str]) -> set[str]:
         ids = list(command_ids)
         return self._read(lambda kv: _core.inbox_pending(kv, ids))
+
+    async def damaged_rows(self, *, full: bool = False, limit: int = 10_000) -> list[DamagedRow]:
+        return self._read(lambda kv: _core.damaged_rows(kv, full=full, limit=limit))

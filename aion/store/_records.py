@@ -20,6 +20,7 @@ __all__ = [
     "ApprovalRow",
     "ApprovalStatus",
     "CommitResult",
+    "DamagedRow",
     "InboxCommand",
     "IndexRow",
     "Page",
@@ -185,6 +186,22 @@ class InboxCommand(msgspec.Struct, frozen=True, array_like=True):
     digest: str = ""
 
 
+class DamagedRow(msgspec.Struct, frozen=True):
+    """A stored row that cannot be decoded: its table, key and why.
+
+    Quarantining it (``Write(quarantine=[...])``, ``aion recover --apply``) moves its bytes to
+    the generic index ``quarantine`` (kept for inspection, never read by the engine) and, for
+    a projection row, writes ``replacement`` in its place: the row rebuilt from the run's
+    history, parked ``BLOCKED`` with the reason; for a timer row, the row rebuilt from its key
+    (due time, run and timer id) and the run's current run id.
+    """
+
+    table: str
+    key: bytes
+    reason: str
+    replacement: WorkflowRecord | TimerRow | None = None
+
+
 class IndexRow(msgspec.Struct, frozen=True):
     """A row of a named, tenant-scoped secondary index (ordered by ``key``)."""
 
@@ -217,6 +234,7 @@ class Write(msgspec.Struct, frozen=True, kw_only=True):
         index_put / index_delete: generic secondary index rows.
         inbox_delete: ids of inbox commands this write applies.
         inbox_put: commands to leave in the inbox.
+        quarantine: undecodable rows to move aside (see :class:`DamagedRow`).
     """
 
     appends: Sequence[Append] = ()
@@ -229,6 +247,7 @@ class Write(msgspec.Struct, frozen=True, kw_only=True):
     index_delete: Sequence[IndexRow] = ()
     inbox_delete: Sequence[str] = ()
     inbox_put: Sequence[InboxCommand] = ()
+    quarantine: Sequence[DamagedRow] = ()
 
 
 class CommitResult(msgspec.Struct, frozen=True):

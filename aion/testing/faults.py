@@ -70,6 +70,7 @@ from aion.store import (
     Append,
     ApprovalRow,
     CommitResult,
+    DamagedRow,
     EventStore,
     InboxCommand,
     IndexRow,
@@ -588,6 +589,10 @@ class FaultyStore:
     async def inbox_pending(self, command_ids: Iterable[str]) -> set[str]:
         self._alive()
         return await self.inner.inbox_pending(command_ids)
+
+    async def damaged_rows(self, *, full: bool = False, limit: int = 10_000) -> list[DamagedRow]:
+        self._alive()
+        return await self.inner.damaged_rows(full=full, limit=limit)
 
 
 # --- tearing a write inside its transaction ------------------------------------------------------
