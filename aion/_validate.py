@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aion._codec import (
-    DECODE_ERRORS,
     MAX_PAYLOAD_DEPTH,
     What,
     decode_payload,
@@ -52,6 +51,7 @@ __all__ = [
     "after_seq",
     "aware_datetime",
     "cursor",
+    "error_text",
     "identifier",
     "name",
     "optional_identifier",
@@ -62,6 +62,7 @@ __all__ = [
     "search_value",
     "seconds",
     "shown",
+    "storable",
     "text",
     "user",
 ]
@@ -103,6 +104,27 @@ def shown(value: object) -> str:
         return f"<{_type(value)} object>"
 
 
+def storable(text: str) -> str:
+    """``text`` as the store can hold it: lone surrogates (from an exception message that
+    carries undecodable bytes, say) written as ``\\udc80`` escapes. For text the engine
+    records on its own account (error messages), which must not be refused."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)`` as the store can hold it, even when the exception's ``__str__`` fails."""
+    try:
+        return storable(str(error))
+    except Exception:
+        return f"<{type(error).__name__}: its message could not be formatted>"
+
+
 def _type(value: object) -> str:
     return type(value).__name__
 
@@ -129,6 +151,13 @@ def identifier(value: object, what: str = "workflow id") -> str:
     Raises:
         InvalidArgument: it is not such text.
     """
+    if (  # the common case, on every start and signal: plain ASCII of a fitting length
+        type(value) is str
+        and 0 < len(value) <= MAX_ID_BYTES
+        and value.isascii()
+        and "\x00" not in value
+    ):
+        return value
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be a str, not {_type(value)}")
     if not value:
@@ -356,12 +385,7 @@ def payload_bytes(data: object, *, limit: int, what: str = "payload") -> bytes:
         )
     if not data:
         return data  # no payload (None)
-    try:
-        decoded: Any = decode_payload(data, what=what)
-    except PayloadError:
-        raise
-    except DECODE_ERRORS as exc:  # pragma: no cover - decode_payload maps these
-        raise PayloadError(f"{what} cannot be decoded: {exc}") from exc
+    decoded: Any = decode_payload(data, what=what)  # PayloadError if it is not readable
     if too_deep(data, decoded):
         raise PayloadError(
             f"{what} is nested more than {MAX_PAYLOAD_DEPTH} levels deep; flatten it"

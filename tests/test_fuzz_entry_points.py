@@ -134,7 +134,8 @@ numbers = mostly(
 
 
 def _known_ids(data: st.DataObject) -> Any:
-    return data.draw(mostly(st.sampled_from(["w", "a", "c", "t", "nope"]), values))
+    known = st.one_of(st.sampled_from(["w", "a", "c", "t", "nope"]), _one_of_list(started_ids))
+    return data.draw(mostly(known, values))
 
 
 def _one_of_list(items: list[str]) -> st.SearchStrategy[str]:
@@ -195,6 +196,7 @@ def _call(engine: aion.Engine, data: st.DataObject, name: str) -> tuple[Any, ...
 
 
 engine_cursors: list[str] = []
+started_ids: list[str] = []
 
 ENTRY_POINTS = [
     "start", "signal", "cancel", "approve", "reject", "complete_waitpoint", "describe",
@@ -209,13 +211,16 @@ async def _result(
 
 
 async def _checked(name: str, method: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
-    with anyio.move_on_after(2):  # a result() without a timeout waits for good
+    # A result() of a running workflow waits (without a timeout, for good): cut it short.
+    with anyio.move_on_after(0.05 if name == "result" else 5):
         try:
             value = method(*args, **kw)
             if name != "handle":
                 value = await value
             if isinstance(value, aion.Page) and value.next_cursor:
                 engine_cursors.append(value.next_cursor)
+            if isinstance(value, aion.WorkflowHandle):
+                started_ids.append(value.workflow_id)
         except aion.AionError as exc:
             assert str(exc), f"{type(exc).__name__} without a message from {name}"
         except TimeoutError:
@@ -231,6 +236,7 @@ def portal() -> Iterator[anyio.from_thread.BlockingPortal]:
 def _fuzz_engine(tmp_path: Path, portal: anyio.from_thread.BlockingPortal, examples: int) -> None:
     tokens.clear()
     engine_cursors.clear()
+    started_ids.clear()
     clock = ManualClock(T0, auto_advance=True)
     engine_cm = aion.Engine(
         tmp_path / "data", workflows=ALL, clock=clock, durable=False, inbox_interval=0.05
@@ -297,7 +303,7 @@ async def _still_works(engine: aion.Engine) -> None:
 def test_every_engine_entry_point_takes_arbitrary_values(
     tmp_path: Path, portal: anyio.from_thread.BlockingPortal
 ) -> None:
-    _fuzz_engine(tmp_path, portal, examples=60)
+    _fuzz_engine(tmp_path, portal, examples=400)
 
 
 @pytest.mark.slow
@@ -318,6 +324,7 @@ argv_text = st.one_of(
     st.just(100_000).map(lambda n: "n" * n),
 )
 json_text = st.one_of(
+    st.sampled_from(["1", '"ok"', '{"a": [1, 2]}']),
     argv_text,
     st.sampled_from(
         ["null", "[" * 200 + "]" * 200, "[" * 50_000 + "]" * 50_000, '"\\ud800"', "1" * 5000]
@@ -337,9 +344,11 @@ def _option(flag: str, text: st.SearchStrategy[str] = argv_text) -> Any:
 
 @st.composite
 def commands(draw: st.DrawFn) -> list[str]:
-    wid = draw(argv_text)
-    common = [*draw(_option("--tenant")), *draw(_option("--json", st.just("")))[:1]]
-    page = [*draw(_option("--limit")), *draw(_option("--cursor"))]
+    wid = draw(mostly(st.sampled_from(["w", "a", "c"]), argv_text))
+    tenant = _option("--tenant", mostly(st.sampled_from(["default", "acme"]), argv_text))
+    common = [*draw(tenant), *draw(_option("--json", st.just("")))[:1]]
+    page = [*draw(_option("--limit", mostly(st.sampled_from(["1", "2", "50"]), argv_text)))]
+    page += draw(_option("--cursor"))
     choice = draw(
         st.sampled_from(
             [
@@ -361,11 +370,13 @@ def commands(draw: st.DrawFn) -> list[str]:
     )
     match choice:
         case "signal":
-            argv = ["signal", wid, draw(argv_text), draw(json_text), *draw(_option("--tenant"))]
+            name = draw(mostly(st.just("go"), argv_text))
+            argv = ["signal", wid, name, draw(json_text), *draw(tenant)]
         case "cancel":
-            argv = ["cancel", wid, *draw(_option("--reason")), *draw(_option("--tenant"))]
+            argv = ["cancel", wid, *draw(_option("--reason")), *draw(tenant)]
         case "approve" | "reject":
-            argv = [choice, wid, "--user", draw(argv_text), *draw(_option("--comment"))]
+            user = draw(mostly(st.just("ann"), argv_text))
+            argv = [choice, wid, "--user", user, *draw(_option("--comment"))]
             argv += [*draw(_option("--approval-id")), *draw(_option("--digest"))]
         case "complete":
             argv = ["complete", draw(st.one_of(_one_of_list(tokens), argv_text))]
@@ -433,7 +444,7 @@ def _fuzz_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], examples: int)
 def test_every_command_takes_arbitrary_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _fuzz_cli(tmp_path, capsys, examples=60)
+    _fuzz_cli(tmp_path, capsys, examples=300)
 
 
 @pytest.mark.slow
@@ -441,3 +452,98 @@ def test_every_command_takes_arbitrary_arguments_long(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _fuzz_cli(tmp_path, capsys, examples=1500)
+
+
+# --- workflow code's calls on its context ------------------------------------------------------
+
+#: The call each ``poke`` run makes: (method name, args, kwargs), by the run's input index.
+pokes: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+
+@aion.workflow
+async def poke(ctx: aion.Context, index: int) -> str:
+    """Makes one context call with fuzzed arguments; an aion error is the call's refusal."""
+    name, args, kw = pokes[index]
+    try:
+        result = getattr(ctx, name)(*args, **kw)
+        if name == "waitpoint":
+            await result
+    except aion.AionError as exc:
+        assert str(exc)
+        return "refused"
+    return "accepted"
+
+
+CONTEXT_CALLS: dict[str, Callable[[st.DataObject], tuple[tuple[Any, ...], dict[str, Any]]]] = {
+    "sleep": lambda d: ((d.draw(numbers),), {}),
+    "sleep_until": lambda d: (
+        (d.draw(st.one_of(st.datetimes(timezones=st.just(UTC)), values)),),
+        {},
+    ),
+    "wait_signal": lambda d: ((d.draw(texts),), _kwargs(d, timeout=numbers)),
+    "approval": lambda d: ((d.draw(texts),), _kwargs(d, details=values, timeout=numbers)),
+    "waitpoint": lambda d: ((d.draw(texts),), _kwargs(d, timeout=numbers)),
+    "step": lambda d: (
+        (d.draw(st.sampled_from([hand_out, len, print])), *d.draw(st.lists(values, max_size=2))),
+        _kwargs(d, name=texts, timeout=numbers, retry=values),
+    ),
+    "child": lambda d: (
+        (
+            d.draw(mostly(st.sampled_from([quick, "quick"]), values)),
+            *d.draw(st.lists(values, max_size=1)),
+        ),
+        _kwargs(d, workflow_id=mostly(st.none(), st.one_of(texts, values))),
+    ),
+    "patched": lambda d: ((d.draw(st.one_of(texts, values)),), {}),
+    "upsert_search_attributes": lambda d: (
+        (),
+        d.draw(st.dictionaries(st.text(max_size=5), values, max_size=2)),
+    ),
+    "gather": lambda d: (tuple(d.draw(st.lists(values, max_size=2))), {}),
+}
+
+
+def _fuzz_context(tmp_path: Path, portal: anyio.from_thread.BlockingPortal, examples: int) -> None:
+    pokes.clear()
+    clock = ManualClock(T0, auto_advance=True)
+    engine_cm = aion.Engine(tmp_path / "data", workflows=[*ALL, poke], clock=clock, durable=False)
+    with portal.wrap_async_context_manager(engine_cm) as engine:
+
+        async def run_one(index: int) -> None:
+            handle = await engine.start(poke, index, workflow_id=f"poke-{index}")
+            with anyio.fail_after(5):
+                while not (await engine.describe(handle.workflow_id)).status.is_terminal:
+                    await engine.wait_idle()
+            description = await engine.describe(handle.workflow_id)
+            assert description.status is Status.COMPLETED, (pokes[index], description)
+            assert description.result in ("accepted", "refused")
+            await engine.history(handle.workflow_id)
+
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+            database=None,
+        )
+        @given(st.data())
+        def calls(data: st.DataObject) -> None:
+            name = data.draw(st.sampled_from(sorted(CONTEXT_CALLS)))
+            args, kw = CONTEXT_CALLS[name](data)
+            pokes.append((name, args, kw))
+            portal.call(run_one, len(pokes) - 1)
+
+        calls()
+        portal.call(_still_works, engine)
+
+
+def test_every_context_method_takes_arbitrary_values(
+    tmp_path: Path, portal: anyio.from_thread.BlockingPortal
+) -> None:
+    _fuzz_context(tmp_path, portal, examples=300)
+
+
+@pytest.mark.slow
+def test_every_context_method_takes_arbitrary_values_long(
+    tmp_path: Path, portal: anyio.from_thread.BlockingPortal
+) -> None:
+    _fuzz_context(tmp_path, portal, examples=1500)

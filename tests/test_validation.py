@@ -373,6 +373,45 @@ async def test_self_referencing_and_deeply_nested_payloads_raise_payload_error(
     assert await history_types(engine, "w") == ["workflow.started"]
 
 
+@aion.workflow
+async def raises_undecodable(ctx: aion.Context) -> None:
+    raise ValueError("bytes that were not UTF-8: \udc80")
+
+
+def undecodable_step() -> None:
+    raise ValueError("bytes that were not UTF-8: \udc80")
+
+
+@aion.workflow
+async def step_raises_undecodable(ctx: aion.Context) -> str:
+    try:
+        await ctx.step(undecodable_step, retry=aion.RetryPolicy(max_attempts=1))
+    except aion.StepError as exc:
+        return exc.error_message
+    return "no error"
+
+
+async def test_a_failure_message_with_a_lone_surrogate_is_recorded(engine: aion.Engine) -> None:
+    """It made start() raise InvalidArgument about the run's own failure, recording nothing."""
+    handle = await engine.start(raises_undecodable, workflow_id="f")
+    with pytest.raises(aion.WorkflowFailed, match=r"not UTF-8: \\udc80"):
+        await handle.result(timeout=5)
+    assert (await history_types(engine, "f"))[-1] == "workflow.failed"
+
+
+async def test_a_step_failure_message_with_a_lone_surrogate_is_recorded(tmp_path: Path) -> None:
+    """A step error whose message holds a lone surrogate is recorded (escaped), not a crash loop."""
+    async with aion.Engine(
+        MemoryStore(), workflows=[step_raises_undecodable], clock=ManualClock(T0, auto_advance=True)
+    ) as engine:
+        await engine.start(step_raises_undecodable, workflow_id="s")
+        with anyio.fail_after(5):
+            await engine.wait_idle()
+        description = await engine.describe("s")
+        assert description.status is Status.COMPLETED, description.reason
+        assert description.result == "bytes that were not UTF-8: \\udc80"
+
+
 def test_a_payload_at_the_depth_limit_encodes_and_reads_back() -> None:
     value: Any = 1
     for _ in range(MAX_PAYLOAD_DEPTH - 1):

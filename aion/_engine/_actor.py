@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from aion import _validate
 from aion import events as ev
 from aion._clock import from_timestamp
 from aion._codec import encode_payload
@@ -352,8 +353,9 @@ class Runtime:
         try:
             driver.replay(segment)
         except NondeterminismError as exc:
-            await self._block(actor, str(exc), "")
-            return str(exc)
+            reason = _validate.error_text(exc)
+            await self._block(actor, reason, "")
+            return reason
         driver.take_closed()  # their rows were updated when they happened
         actor.driver = driver
         actor.blocked = False
@@ -698,7 +700,7 @@ class Runtime:
             step_seq=seq,
             attempt=attempt,
             error_type=type(error).__name__,
-            message=str(error),
+            message=_validate.error_text(error),
             retryable=retryable,
             will_retry=will_retry,
             traceback=format_failure(error),
@@ -939,7 +941,7 @@ class Runtime:
         try:
             commands = actor.driver.apply(event)
         except NondeterminismError as exc:
-            raise _Block(str(exc)) from exc
+            raise _Block(_validate.error_text(exc)) from exc
         self._closed_waits(actor, batch)
         self._record_commands(actor, batch, commands)
 
@@ -1085,7 +1087,7 @@ class Runtime:
         try:
             commands = actor.driver.apply(started)
         except NondeterminismError as exc:
-            raise _Block(str(exc)) from exc
+            raise _Block(_validate.error_text(exc)) from exc
         self._record_commands(actor, batch, commands)
         # Signals the run before received and never consumed go to the successor, in arrival
         # order and in this same write: what engine.signal() acknowledged is never lost.
@@ -1133,7 +1135,7 @@ class Runtime:
         except (_Block, NondeterminismError) as exc:
             # The child's own first step cannot be taken (say, a grandchild type that is not
             # registered): the child starts parked BLOCKED, as a top-level start would.
-            reason = str(exc)
+            reason = _validate.error_text(exc)
             log.error("run %s/%s is BLOCKED: %s", tenant, command.workflow_id, reason)
             child_batch = _Batch()
             child_batch.events += [started, ev.WorkflowBlocked(seq=2, at=started.at, reason=reason)]
@@ -1350,11 +1352,11 @@ class Runtime:
         window = self.engine.restart_window
         actor.restarts = [t for t in actor.restarts if t > now - window] + [now]
         if len(actor.restarts) > self.engine.max_restarts:
-            trace = "".join(traceback.format_exception(exc)[-30:])
+            trace = _validate.storable("".join(traceback.format_exception(exc)[-30:]))
             await self._park(
                 actor,
                 exc,
-                f"crash loop: {type(exc).__name__}: {exc}",
+                f"crash loop: {type(exc).__name__}: {_validate.error_text(exc)}",
                 "the engine failed on this run repeatedly; fix the cause, then "
                 f"`aion unblock {actor.key[1]}` (or restart the engine). Last traceback:\n" + trace,
             )

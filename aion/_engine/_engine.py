@@ -716,7 +716,7 @@ class Engine:
                     del self.runtime.actors[key]
                 raise
             if blocked is not None:
-                return self.handle(workflow_id, tenant=tenant)
+                return WorkflowHandle(workflow_id, tenant, self._result)
             actor.queued = False
             if actor.mailbox:
                 self.runtime._schedule(actor)
@@ -724,7 +724,7 @@ class Engine:
                 self.runtime.actors.pop(key, None)
             else:
                 self.runtime._maybe_evict()
-        return self.handle(workflow_id, tenant=tenant)
+        return WorkflowHandle(workflow_id, tenant, self._result)  # (the ids are checked)
 
     async def _existing(
         self, workflow_id: str, tenant: str, definition: WorkflowDefinition
@@ -745,7 +745,7 @@ class Engine:
                 f"{record.workflow_type!r}; it cannot start a {definition.name!r} run. Nothing "
                 "was recorded: use another workflow_id"
             )
-        return self.handle(record.workflow_id, tenant=record.tenant)
+        return WorkflowHandle(record.workflow_id, record.tenant, self._result)
 
     def handle(self, workflow_id: str, *, tenant: str = "default") -> WorkflowHandle:
         """A handle to an existing workflow (whether it exists is not checked until used).
@@ -757,7 +757,7 @@ class Engine:
         return WorkflowHandle(workflow_id, tenant, self._result)
 
     async def _result(self, workflow_id: str, tenant: str, timeout: float | None) -> Any:
-        workflow_id, tenant = _key(workflow_id, tenant)
+        # The ids were checked when the handle was made (handle(), start()).
         timeout = _validate.optional_seconds(timeout, "result(timeout=...)")
         with anyio.fail_after(timeout) if timeout is not None else nullcontext():
             key = (tenant, workflow_id)

@@ -31,9 +31,7 @@ T = TypeVar("T")
 # replay as they did.
 
 
-def _delay(
-    ctx: Context, value: float | timedelta, what: str, *, negative: bool = False
-) -> float:
+def _delay(ctx: Context, value: float | timedelta, what: str, *, negative: bool = False) -> float:
     """Seconds of workflow time from now; the time they reach must be a datetime."""
     seconds = _validate.seconds(value, what, negative=negative, limit=math.inf)
     if seconds > 0:
@@ -100,8 +98,12 @@ class Context:
                 f"ctx.step(retry=...) takes an aion.RetryPolicy, not {type(retry).__name__}"
             )
         seconds = None
-        if timeout is not None:
-            seconds = _validate.seconds(timeout, "ctx.step(timeout=...)", limit=math.inf)
+        if isinstance(timeout, float) and timeout == math.inf:
+            seconds = timeout  # no limit, as it always meant: a step timeout is not a timer
+        elif timeout is not None:  # (a negative one, as before, times out at once)
+            seconds = _validate.seconds(
+                timeout, "ctx.step(timeout=...)", negative=True, limit=math.inf
+            )
         future = self._driver.schedule_step(
             fn, args, kwargs, name=name, retry=retry, timeout=seconds
         )

@@ -564,8 +564,14 @@ class Driver:
             else:
                 return CompleteWorkflow(result)
         error_type = error.error_type if isinstance(error, StepError) else type(error).__name__
-        message = error.error_message if isinstance(error, StepError) else str(error)
-        tb = "".join(traceback.format_exception(error)[-20:])
+        if isinstance(error, StepError):
+            message = _validate.storable(error.error_message)
+        else:
+            message = _validate.error_text(error)
+        try:  # (recorded: no lone surrogates, and a broken __str__ must not cost the record)
+            tb = _validate.storable("".join(traceback.format_exception(error)[-20:]))
+        except Exception:
+            tb = ""
         return FailWorkflow(error_type, message, tb)
 
     def _overran(self, held: float, limit: float, seen: str | None) -> None:
@@ -813,7 +819,9 @@ class Driver:
     def request_approval(self, action: str, details: Any, timeout: float | None) -> DurableFuture:
         assert self.info is not None and self.time is not None
         if not isinstance(action, str) or not action:
-            raise InvalidArgument(f"an approval's action is a non-empty string, not {action!r}")
+            raise InvalidArgument(
+                f"an approval's action is a non-empty string, not {_validate.shown(action)}"
+            )
         if timeout is not None and timeout <= 0:
             raise InvalidArgument(f"an approval's timeout must be positive, not {timeout!r}")
         encoded = encode_payload(
@@ -907,7 +915,9 @@ class Driver:
     def create_waitpoint(self, name: str, timeout: float | None) -> Waitpoint:
         assert self.info is not None and self.time is not None
         if not isinstance(name, str) or not name:
-            raise InvalidArgument(f"a waitpoint's name is a non-empty string, not {name!r}")
+            raise InvalidArgument(
+                f"a waitpoint's name is a non-empty string, not {_validate.shown(name)}"
+            )
         if timeout is not None and timeout <= 0:
             raise InvalidArgument(f"a waitpoint's timeout must be positive, not {timeout!r}")
         seq = self._next("waitpoint")
@@ -1007,7 +1017,7 @@ class Driver:
                 futures.append(task.future)
             else:
                 raise InvalidArgument(
-                    f"ctx.gather() takes aion operations or coroutines, not {aw!r}"
+                    f"ctx.gather() takes aion operations or coroutines, not {_validate.shown(aw)}"
                 )
         combined = DurableFuture()
         if not futures:
