@@ -8,6 +8,7 @@ attempt.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
@@ -135,6 +136,12 @@ class StepExecutor:
             return None, TimeoutError(f"step {job.info.name!r} timed out after {job.timeout}s")
         except Exception as exc:
             return None, exc
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()) and _cancelling():
+                raise  # the engine is stopping: the attempt is abandoned, not failed
+            # The step's own (SystemExit, KeyboardInterrupt, GeneratorExit, a CancelledError
+            # nobody asked for ...): a failed attempt, never the executor's failure.
+            return None, exc
         finally:
             _CURRENT.reset(token)
 
@@ -154,6 +161,12 @@ class StepExecutor:
         if inspect.isawaitable(result):  # a sync callable returning an awaitable
             result = await _await(result)
         return result, None
+
+
+def _cancelling() -> bool:
+    """Whether this task was asked to stop (a cancellation from outside the step)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
