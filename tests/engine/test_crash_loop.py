@@ -286,3 +286,13 @@ def test_crash_loop_many_kills(tmp_path: Path) -> None:
     stats.reruns = anyio.run(verify, tmp_path, 200)
     print(f"crash loop (slow): {stats}")
     assert stats.reruns > 0, "no kill landed between a side effect and its record"
+
+
+@pytest.mark.slow
+def test_crash_loop_twenty_thousand_runs(tmp_path: Path) -> None:
+    """20,000 workflows at the default settings (more runs than ``max_resident_runs``, so runs
+    are evicted under pressure), ten kills at random moments. Step re-runs are counted, and
+    ``verify`` attributes every one to a kill: no process ever runs a step twice."""
+    stats = run_crash_loop(tmp_path, count=20_000, kills=10, max_delay=4.0, first_wave=8_000)
+    stats.reruns = anyio.run(verify, tmp_path, 20_000)
+    print(f"crash loop (20,000 runs): {stats}")
