@@ -24,7 +24,7 @@ import msgspec
 from aion import _validate
 from aion._codec import MAX_PAYLOAD_DEPTH, encode_payload
 from aion._demo import run_demo
-from aion._engine import Reader, WaitpointInfo, refuse_completion
+from aion._engine import PAYLOAD_LIMIT_ROW, Reader, WaitpointInfo, refuse_completion
 from aion._format import describe_text, history_table, jsonable, table, waiting, when
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
@@ -191,9 +191,29 @@ def _check_ids(args: argparse.Namespace) -> None:
     _validate.cursor(getattr(args, "cursor", None))
 
 
+async def _check_payload_limit(store: LmdbStore, command: InboxCommand) -> None:
+    """A payload over the limit the engine on this directory recorded is refused here, before
+    it is queued: the engine would only drop it."""
+    index, tenant, key = PAYLOAD_LIMIT_ROW
+    rows = await store.scan_index(index, tenant=tenant, prefix=key, limit=1)
+    if not rows.items or rows.items[0].key != key:
+        return  # no engine has run here yet: the default limit was checked
+    try:
+        limit = int(rows.items[0].value)
+    except ValueError:
+        return  # unreadable: the engine checks again
+    if len(command.payload) > limit:
+        raise PayloadError(
+            f"the payload is {len(command.payload)} bytes encoded, over the engine's limit "
+            f"of {limit} (max_payload_bytes); nothing was queued. Send less, or an id of "
+            "where the data is."
+        )
+
+
 def _json_payload(text: str) -> bytes:
     """A payload given as JSON on the command line, encoded as the engine encodes one
-    (checked against the default ``max_payload_bytes``)."""
+    (checked against the default ``max_payload_bytes`` here, and against the limit the engine
+    on the data directory recorded before it is queued)."""
     try:
         value = json.loads(text)
     except RecursionError:
@@ -313,6 +333,7 @@ def _leave(args: argparse.Namespace, command: InboxCommand) -> int:
                 raise WorkflowClosed(
                     f"workflow {args.workflow_id!r} has finished ({record.status.value})"
                 )
+            await _check_payload_limit(store, command)
             return await store.put_inbox(command), record
         finally:
             await store.aclose()

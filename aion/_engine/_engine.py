@@ -60,6 +60,7 @@ from aion.errors import (
 from aion.store import (
     EventStore,
     InboxCommand,
+    IndexRow,
     LmdbStore,
     Page,
     Status,
@@ -89,6 +90,9 @@ __all__ = ["Engine"]
 log = logging.getLogger("aion.engine")
 
 TimerKey = tuple[str, str, str]
+
+#: Where an engine records its ``max_payload_bytes`` for other processes: (index, tenant, key).
+PAYLOAD_LIMIT_ROW = ("settings", "*", "max_payload_bytes")
 
 #: The longest wait before an inbox command that has not applied yet is handed over again.
 INBOX_MAX_BACKOFF = 30.0
@@ -272,6 +276,9 @@ class Engine:
         self.recovery = await sweep(
             self.store, now=self.now(), apply=True, code_version=self.code_version
         )
+        # Other processes (the CLI) check what they queue against this engine's limit.
+        limit = str(self.max_payload_bytes).encode()
+        await self.store.commit(Write(index_put=[IndexRow(*PAYLOAD_LIMIT_ROW, limit)]))
         self._failure = None
         tg = anyio.create_task_group()
         await tg.__aenter__()
