@@ -24,7 +24,7 @@ import msgspec
 from aion import _validate
 from aion._codec import MAX_PAYLOAD_DEPTH, encode_payload
 from aion._demo import run_demo
-from aion._engine import PAYLOAD_LIMIT_ROW, Reader, WaitpointInfo, refuse_completion
+from aion._engine import PAYLOAD_LIMIT_FILE, Reader, WaitpointInfo, refuse_completion
 from aion._format import describe_text, history_table, jsonable, table, waiting, when
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
@@ -191,17 +191,13 @@ def _check_ids(args: argparse.Namespace) -> None:
     _validate.cursor(getattr(args, "cursor", None))
 
 
-async def _check_payload_limit(store: LmdbStore, command: InboxCommand) -> None:
+def _check_payload_limit(args: argparse.Namespace, command: InboxCommand) -> None:
     """A payload over the limit the engine on this directory recorded is refused here, before
     it is queued: the engine would only drop it."""
-    index, tenant, key = PAYLOAD_LIMIT_ROW
-    rows = await store.scan_index(index, tenant=tenant, prefix=key, limit=1)
-    if not rows.items or rows.items[0].key != key:
-        return  # no engine has run here yet: the default limit was checked
     try:
-        limit = int(rows.items[0].value)
-    except ValueError:
-        return  # unreadable: the engine checks again
+        limit = int((Path(args.data) / PAYLOAD_LIMIT_FILE).read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return  # no engine has run here yet (the default limit was checked), or unreadable
     if len(command.payload) > limit:
         raise PayloadError(
             f"the payload is {len(command.payload)} bytes encoded, over the engine's limit "
@@ -333,7 +329,7 @@ def _leave(args: argparse.Namespace, command: InboxCommand) -> int:
                 raise WorkflowClosed(
                     f"workflow {args.workflow_id!r} has finished ({record.status.value})"
                 )
-            await _check_payload_limit(store, command)
+            _check_payload_limit(args, command)
             return await store.put_inbox(command), record
         finally:
             await store.aclose()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._engine import PAYLOAD_LIMIT_ROW as PAYLOAD_LIMIT_ROW
+from ._engine import PAYLOAD_LIMIT_FILE as PAYLOAD_LIMIT_FILE
 from ._engine import Engine as Engine
 from ._engine import events_of as events_of
 from ._policy import ApprovalPolicy as ApprovalPolicy
@@ -22,7 +22,7 @@ from ._views import refuse_completion as refuse_completion
 from ._views import waitpoint_info as waitpoint_info
 
 __all__ = [
-    "PAYLOAD_LIMIT_ROW",
+    "PAYLOAD_LIMIT_FILE",
     "ApprovalPolicy",
     "ApprovalRule",
     "Engine",

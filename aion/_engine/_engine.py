@@ -60,7 +60,6 @@ from aion.errors import (
 from aion.store import (
     EventStore,
     InboxCommand,
-    IndexRow,
     LmdbStore,
     Page,
     Status,
@@ -91,8 +90,9 @@ log = logging.getLogger("aion.engine")
 
 TimerKey = tuple[str, str, str]
 
-#: Where an engine records its ``max_payload_bytes`` for other processes: (index, tenant, key).
-PAYLOAD_LIMIT_ROW = ("settings", "*", "max_payload_bytes")
+#: The file in the data directory where an engine records its ``max_payload_bytes``: the CLI
+#: checks what it queues against it.
+PAYLOAD_LIMIT_FILE = "payload-limit"
 
 #: The longest wait before an inbox command that has not applied yet is handed over again.
 INBOX_MAX_BACKOFF = 30.0
@@ -276,9 +276,7 @@ class Engine:
         self.recovery = await sweep(
             self.store, now=self.now(), apply=True, code_version=self.code_version
         )
-        # Other processes (the CLI) check what they queue against this engine's limit.
-        limit = str(self.max_payload_bytes).encode()
-        await self.store.commit(Write(index_put=[IndexRow(*PAYLOAD_LIMIT_ROW, limit)]))
+        await anyio.to_thread.run_sync(self._record_payload_limit)
         self._failure = None
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -508,6 +506,27 @@ class Engine:
                 ring = _EPHEMERAL_KEYS[self._path] = KeyRing.generate(self.now())
             return ring
         return load_or_create(directory, now=self.now(), require_existing=self._require_key)
+
+    def _record_payload_limit(self) -> None:
+        """Other processes (the CLI) check what they queue against this engine's limit."""
+        directory = self._data_dir()
+        if directory is None:
+            return
+        path = os.path.join(directory, PAYLOAD_LIMIT_FILE)
+        text = f"{self.max_payload_bytes}\n"
+        try:
+            with open(path, encoding="ascii") as f:
+                if f.read() == text:
+                    return
+        except (OSError, ValueError):
+            pass
+        partial = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(partial, "w", encoding="ascii") as f:
+                f.write(text)
+            os.replace(partial, path)
+        except OSError as exc:  # a hint for the CLI: never worth failing a start
+            log.warning("could not record the payload limit in %s: %s", path, exc)
 
     def _data_dir(self) -> str | os.PathLike[str] | None:
         if isinstance(self._path, str | os.PathLike):
