@@ -140,10 +140,17 @@ async def test_a_restart_parks_a_run_whose_replay_holds_the_loop(
     rounds = 40
     HOLDING["seconds"] = 0.0
     try:
-        clock = ManualClock(T0, auto_advance=True)
+        # Moved by hand, not auto-advanced: an auto-advancing clock would fire the 1 h timer
+        # too, whenever it won the race with the end of this block (the run then finished).
+        clock = ManualClock(T0)
         async with aion.Engine(tmp_path, workflows=ALL, clock=clock) as engine:
             await engine.start(holds_on_replay, rounds, workflow_id="slow-replay")
+            for _ in range(rounds):
+                await engine.wait_idle()
+                clock.advance(1)
             await engine.wait_idle()  # every round recorded; waits on its 1 h timer
+            desc = await engine.describe("slow-replay")
+            assert desc.status is aion.Status.RUNNING and desc.pending.get("timers"), desc
         HOLDING["seconds"] = HOLD  # the code now holds the loop in every round (replayed too)
         # Its timer is overdue: it fires while the engine starts, and the run replays.
         clock = ManualClock(T0 + timedelta(days=1), auto_advance=True)
