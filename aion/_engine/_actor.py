@@ -179,7 +179,6 @@ class _Batch:
 class _ChildStart:
     """A child run started by a parent's write: its first events, rows and actor."""
 
-    seq: int  # the parent's ChildWorkflowStarted command
     append: Append
     batch: _Batch
     actor: Actor
@@ -1144,7 +1143,6 @@ class Runtime:
             child.driver = None
         batch.children.append(
             _ChildStart(
-                seq=command.seq,
                 append=Append(command.workflow_id, child_batch.events, 0, tenant),
                 batch=child_batch,
                 actor=child,
