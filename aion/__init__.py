@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import _public
+from ._client import Client as Client
 from ._engine import ApprovalPolicy as ApprovalPolicy
 from ._engine import ApprovalRule as ApprovalRule
 from ._engine import Engine as Engine
@@ -48,44 +50,48 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AionError",
+    "AmbiguousApproval",
     "Approval",
     "ApprovalPolicy",
+    "ApprovalRejected",
     "ApprovalRule",
+    "Cancelled",
+    "Client",
     "Context",
     "Engine",
+    "EngineStopped",
     "HistoryEvent",
+    "InvalidArgument",
+    "InvalidToken",
     "KeyRing",
+    "NoPendingApproval",
+    "NondeterminismError",
     "Page",
+    "PayloadError",
     "PendingApproval",
     "RecoveryReport",
     "Repair",
     "RetryPolicy",
+    "Status",
     "StepError",
     "StepFailure",
     "StepInfo",
-    "Waitpoint",
-    "WaitpointInfo",
-    "WorkflowDescription",
-    "WorkflowHandle",
-    "WorkflowInfo",
-    "current_step",
-    "workflow",
-    "AmbiguousApproval",
-    "ApprovalRejected",
-    "Cancelled",
-    "EngineStopped",
-    "InvalidArgument",
-    "InvalidToken",
-    "NoPendingApproval",
-    "NondeterminismError",
-    "PayloadError",
-    "Status",
     "StoreLocked",
     "WaitTimedOut",
+    "Waitpoint",
     "WaitpointClosed",
+    "WaitpointInfo",
     "WorkflowBlocked",
     "WorkflowCancelled",
     "WorkflowClosed",
+    "WorkflowDescription",
     "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowInfo",
     "WorkflowNotFound",
+    "current_step",
+    "workflow",
 ]
+
+# Tracebacks and reprs name the public path (``aion.WorkflowNotFound``), not the private module.
+_public.publish(globals(), __all__, __name__)

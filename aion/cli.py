@@ -1,9 +1,10 @@
 """The ``aion`` command: look at and steer the workflows in a data directory.
 
 Reads go straight to the store (as a client: no lock, so they work while an engine runs).
-Signals, cancellations, decisions on approvals, waitpoint completions and unblocks are left in
-the store's inbox; a running engine applies them within a second, or the next engine to start
-does.
+Starts, signals, cancellations, decisions on approvals, waitpoint completions and unblocks go
+through an :class:`aion.Client`: checked as the engine checks them, left in the store's inbox,
+and applied promptly by a running engine (the client rings its doorbell), or by the next engine
+to start.
 """
 
 from __future__ import annotations
@@ -22,33 +23,16 @@ import anyio
 import msgspec
 
 from aion import _validate
+from aion._client import Client, Queued
 from aion._codec import MAX_PAYLOAD_DEPTH, encode_payload
 from aion._demo import run_demo
-from aion._engine import PAYLOAD_LIMIT_FILE, Reader, WaitpointInfo, refuse_completion
+from aion._engine import Reader, WaitpointInfo, WorkflowDescription
 from aion._format import describe_text, history_table, jsonable, table, waiting, when
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
-from aion._tokens import KEY_FILE_NAME, load_or_create, peek_claims, rotate_file
-from aion.errors import (
-    AionError,
-    AmbiguousApproval,
-    InvalidArgument,
-    InvalidToken,
-    NondeterminismError,
-    NoPendingApproval,
-    PayloadError,
-    WorkflowBlocked,
-    WorkflowClosed,
-)
-from aion.store import (
-    ApprovalStatus,
-    InboxCommand,
-    LmdbStore,
-    Status,
-    WaitpointStatus,
-    WorkflowRecord,
-    collect_pages,
-)
+from aion._tokens import rotate_file
+from aion.errors import AionError, InvalidArgument, NondeterminismError, PayloadError
+from aion.store import LmdbStore, Status, collect_pages
 from aion.testing import replay
 
 __all__ = ["main"]
@@ -108,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="leave out the tracebacks printed under step.failed and workflow.failed rows",
     )
+
+    p = command("start", "start a workflow (applied by the running or next engine)", _start)
+    p.add_argument("workflow_type", help="the registered name of the workflow type")
+    p.add_argument(
+        "args", nargs="?", default="[]", help="the arguments, as a JSON list (default: [])"
+    )
+    p.add_argument("--id", dest="workflow_id", help="the workflow id (default: a new one)")
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the id")
 
     p = command("signal", "send a signal (applied by the running or next engine)", _signal)
     p.add_argument("workflow_id")
@@ -191,34 +184,17 @@ def _check_ids(args: argparse.Namespace) -> None:
     _validate.cursor(getattr(args, "cursor", None))
 
 
-def _check_payload_limit(args: argparse.Namespace, command: InboxCommand) -> None:
-    """A payload over the limit the engine on this directory recorded is refused here, before
-    it is queued: the engine would only drop it."""
+def _json_value(text: str, what: str = "the payload") -> Any:
+    """A value given as JSON on the command line (the client encodes it as the engine does,
+    and checks it against the limit the engine on the data directory recorded)."""
     try:
-        limit = int((Path(args.data) / PAYLOAD_LIMIT_FILE).read_text(encoding="ascii"))
-    except (OSError, ValueError):
-        return  # no engine has run here yet (the default limit was checked), or unreadable
-    if len(command.payload) > limit:
-        raise PayloadError(
-            f"the payload is {len(command.payload)} bytes encoded, over the engine's limit "
-            f"of {limit} (max_payload_bytes); nothing was queued. Send less, or an id of "
-            "where the data is."
-        )
-
-
-def _json_payload(text: str) -> bytes:
-    """A payload given as JSON on the command line, encoded as the engine encodes one
-    (checked against the default ``max_payload_bytes`` here, and against the limit the engine
-    on the data directory recorded before it is queued)."""
-    try:
-        value = json.loads(text)
+        return json.loads(text)
     except RecursionError:
         raise PayloadError(
-            f"the payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep; flatten it"
+            f"{what} is nested more than {MAX_PAYLOAD_DEPTH} levels deep; flatten it"
         ) from None
     except ValueError as exc:  # JSONDecodeError, or an integer of too many digits
-        raise InvalidArgument(f"the payload is not valid JSON: {exc}") from exc
-    return encode_payload(value, what="the payload")
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from exc
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -320,71 +296,112 @@ def _history(args: argparse.Namespace) -> int:
 # --- steering -------------------------------------------------------------------------------------
 
 
-def _leave(args: argparse.Namespace, command: InboxCommand) -> int:
-    async def go() -> tuple[str, WorkflowRecord]:
-        store = _open(args)
-        try:
-            record = await Reader(lambda: store).record(args.workflow_id, args.tenant)
-            if record.status.is_terminal:
-                raise WorkflowClosed(
-                    f"workflow {args.workflow_id!r} has finished ({record.status.value})"
-                )
-            _check_payload_limit(args, command)
-            return await store.put_inbox(command), record
-        finally:
-            await store.aclose()
+def _send(args: argparse.Namespace, fn: Any, tenant: str = "default") -> Any:
+    """Run ``fn(client)`` with a :class:`Client` on the data directory."""
 
-    command_id, record = anyio.run(go)
-    if record.status is Status.BLOCKED and command.kind != "unblock":
+    async def go() -> Any:
+        async with Client(Path(args.data), tenant=tenant) as client:
+            return await fn(client)
+
+    return anyio.run(go)
+
+
+def _report(kind: str, workflow_id: str, queued: Queued) -> int:
+    record = queued.record
+    if record is not None and record.status is Status.BLOCKED:
         print(
-            f"queued {command.kind} for {args.workflow_id} (command {command_id}); the run is "
+            f"queued {kind} for {workflow_id} (command {queued.command_id}); the run is "
             f"BLOCKED ({record.reason}): it is kept and applied, in arrival order, once the run "
-            f"runs again (after a fix: aion unblock {args.workflow_id})"
+            f"runs again (after a fix: aion unblock {workflow_id})"
         )
         return 0
     print(
-        f"queued {command.kind} for {args.workflow_id} (command {command_id}); a running engine "
-        "applies it within a second, otherwise the next engine to start does"
+        f"queued {kind} for {workflow_id} (command {queued.command_id}); a running engine "
+        "applies it promptly, otherwise the next engine to start does"
     )
+    return 0
+
+
+# Each command checks what it can before it opens the store (the client checks again, and
+# against the limit the engine on the data directory recorded).
+
+
+def _start(args: argparse.Namespace) -> int:
+    name = _validate.identifier(args.workflow_type, "workflow type")
+    values = _json_value(args.args, "the arguments")
+    if not isinstance(values, list):
+        raise InvalidArgument(
+            f"the arguments are a JSON list (e.g. '[\"o-1\", 50]'), not {type(values).__name__}"
+        )
+    encode_payload(values, what=f"input of workflow {name!r}")
+    queued, handle = _send(
+        args,
+        lambda client: client._start(args.workflow_type, tuple(values), args.workflow_id, None),
+        args.tenant,
+    )
+    if args.json:
+        print_json(
+            {
+                "workflow_id": handle.workflow_id,
+                "tenant": handle.tenant,
+                "queued": queued is not None,
+                "command_id": queued.command_id if queued is not None else None,
+            }
+        )
+        return 0
+    print(handle.workflow_id)
+    if queued is None:
+        print(
+            f"workflow {handle.workflow_id} exists already (a {args.workflow_type} run): "
+            "nothing was queued",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _signal(args: argparse.Namespace) -> int:
     name = _validate.name(args.name, "signal name")
-    payload = _json_payload(args.payload)
-    return _leave(
+    payload = _json_value(args.payload)
+    encode_payload(payload, what=f"signal {name!r}")
+    queued = _send(
         args,
-        InboxCommand(
-            "signal",
-            args.tenant,
-            args.workflow_id,
-            datetime.now(UTC),
-            name=name,
-            payload=payload,
-        ),
+        lambda client: client._signal(args.workflow_id, args.name, payload, tenant=None),
+        args.tenant,
     )
+    return _report("signal", args.workflow_id, queued)
 
 
 def _cancel(args: argparse.Namespace) -> int:
     _validate.optional_text(args.reason, "cancel reason")
-    return _leave(
+    queued = _send(
         args,
-        InboxCommand(
-            "cancel", args.tenant, args.workflow_id, datetime.now(UTC), comment=args.reason
-        ),
+        lambda client: client._cancel(args.workflow_id, reason=args.reason, tenant=None),
+        args.tenant,
     )
+    return _report("cancel", args.workflow_id, queued)
+
+
+#: How long ``aion unblock`` waits for a running engine to retry the run.
+_UNBLOCK_WAIT = 10.0
 
 
 def _unblock(args: argparse.Namespace) -> int:
-    async def check(reader: Reader, _: LmdbStore) -> None:
-        record = await reader.record(args.workflow_id, args.tenant)
-        if record.status is not Status.BLOCKED:
-            raise InvalidArgument(
-                f"workflow {args.workflow_id!r} is {record.status.value}, not blocked"
-            )
+    queued, taken, desc = _send(
+        args,
+        lambda client: client._unblock(args.workflow_id, tenant=None, timeout=_UNBLOCK_WAIT),
+        args.tenant,
+    )
+    print(f"queued unblock for {args.workflow_id} (command {queued.command_id})")
+    print(_unblocked(desc, taken))
+    return 0
 
-    _read(args, check)
-    return _leave(args, InboxCommand("unblock", args.tenant, args.workflow_id, datetime.now(UTC)))
+
+def _unblocked(desc: WorkflowDescription, taken: bool) -> str:
+    if not taken:
+        return "no running engine took it yet: the next engine to start retries the run"
+    if desc.status is Status.BLOCKED:
+        return f"the engine retried it; it is BLOCKED still ({desc.reason})"
+    return f"the engine retried it; it is {desc.status.value} now"
 
 
 # --- people and outside systems ------------------------------------------------------------------
@@ -429,62 +446,21 @@ def _decide(args: argparse.Namespace, kind: str) -> int:
         raise InvalidArgument("a rejection says why: --comment '...' (not empty)")
     _validate.optional_identifier(args.approval_id, "approval_id")
     _validate.optional_text(args.digest, "digest", limit=_validate.MAX_NAME_BYTES)
-
-    async def check(reader: Reader, store: LmdbStore) -> str:
-        record = await reader.record(args.workflow_id, args.tenant)  # WorkflowNotFound
-        if record.status.is_terminal:
-            raise WorkflowClosed(
-                f"workflow {args.workflow_id!r} has finished ({record.status.value}); its "
-                "approvals are closed"
-            )
-        if record.status is Status.BLOCKED:
-            # Decided against what the run waits on once it runs again, not now.
-            raise WorkflowBlocked(args.workflow_id, record.reason, "the decision")
-        approvals = await collect_pages(
-            lambda cursor: store.list_approvals(
-                args.workflow_id, tenant=args.tenant, limit=100, cursor=cursor
-            )
-        )
-        pending = [a for a in approvals if a.status is ApprovalStatus.PENDING]
-        if args.approval_id is not None:
-            chosen = next((a for a in pending if a.approval_id == args.approval_id), None)
-            if chosen is None:
-                raise NoPendingApproval(
-                    f"approval {args.approval_id!r} of workflow {args.workflow_id!r} is not "
-                    "pending (decided already, timed out, or unknown)"
-                )
-        elif not pending:
-            raise NoPendingApproval(f"workflow {args.workflow_id!r} has no pending approval")
-        elif len(pending) > 1:
-            ids = ", ".join(f"{a.approval_id} ({a.action})" for a in pending)
-            raise AmbiguousApproval(
-                f"workflow {args.workflow_id!r} has {len(pending)} pending approvals: {ids}; "
-                "pick one with --approval-id"
-            )
-        else:
-            chosen = pending[0]
-        if args.digest and args.digest != chosen.digest:
-            raise NoPendingApproval(
-                f"approval {chosen.approval_id!r} of workflow {args.workflow_id!r} is for "
-                f"something else than what you saw (--digest {args.digest}, pending "
-                f"{chosen.digest}); nothing was queued"
-            )
-        return chosen.approval_id
-
-    approval_id = _read(args, check)
-    return _leave(
+    queued = _send(
         args,
-        InboxCommand(
+        lambda client: client._decide(
             kind,
-            args.tenant,
             args.workflow_id,
-            datetime.now(UTC),
-            user=args.user,
-            comment=args.comment,
-            target_id=approval_id,
-            digest=args.digest or "",
+            args.user,
+            args.comment,
+            args.approval_id,
+            args.digest,
+            None,
+            pick="pick one with --approval-id",
         ),
+        args.tenant,
     )
+    return _report(kind, args.workflow_id, queued)
 
 
 def _approve(args: argparse.Namespace) -> int:
@@ -531,40 +507,11 @@ def _waitpoints(args: argparse.Namespace) -> int:
 
 
 def _complete(args: argparse.Namespace) -> int:
-    payload = _json_payload(args.payload)
-    claims = peek_claims(args.token)
-    if claims is None:
-        raise InvalidToken("the token is malformed (it names no waitpoint); nothing was queued")
-    args.workflow_id, args.tenant = claims.workflow_id, claims.tenant
-    # Check what can be checked here, so a refusal is not reported as queued. The engine
-    # checks again when it applies the completion.
-    keys = Path(args.data) / KEY_FILE_NAME
-    if keys.exists():
-        load_or_create(Path(args.data), now=datetime.now(UTC), require_existing=True).verify(
-            args.token, now=datetime.now(UTC)
-        )
-
-    async def check(_: Reader, store: LmdbStore) -> None:
-        row = await store.get_waitpoint(
-            claims.workflow_id, claims.waitpoint_id, tenant=claims.tenant
-        )
-        if row is None or row.created_at != claims.created_at:
-            raise InvalidToken("the token names no waitpoint in this data directory")
-        if row.status is not WaitpointStatus.PENDING:
-            raise refuse_completion(row)
-
-    _read(args, check)
-    return _leave(
-        args,
-        InboxCommand(
-            "complete_waitpoint",
-            claims.tenant,
-            claims.workflow_id,
-            datetime.now(UTC),
-            payload=payload,
-            token=args.token,
-        ),
-    )
+    payload = _json_value(args.payload)
+    encode_payload(payload, what="the completion")
+    queued = _send(args, lambda client: client._complete_waitpoint(args.token, payload))
+    assert queued.record is not None
+    return _report("complete_waitpoint", queued.record.workflow_id, queued)
 
 
 def _rotate_keys(args: argparse.Namespace) -> int:

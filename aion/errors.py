@@ -2,10 +2,43 @@
 
 Every error aion raises on purpose derives from :class:`AionError`. Each class says when it is
 raised and what to do about it. Errors that refine a standard error also derive from it (a
-:class:`StoreError` is an ``OSError``), so generic handlers keep working.
+:class:`StoreError` is an ``OSError``), so generic handlers keep working. Errors with typed
+arguments build their own message from them and keep them as attributes; all of them pickle.
+
+The hierarchy (a standard base in parentheses; a test checks this drawing against the code)::
+
+    AionError(Exception)
+        PayloadError(ValueError)
+        InvalidArgument(ValueError)
+        StoreError(OSError)
+            SequenceConflict
+            StoreLocked
+            StoreFormatError
+            StoreFull
+            StoreClosed
+            CorruptRecord
+            DataDirectoryError
+        WorkflowNotFound(LookupError)
+        WorkflowClosed
+        WorkflowBlocked
+        EngineStopped
+        WorkflowFailed
+        WorkflowCancelled
+        StepError
+        WaitTimedOut(TimeoutError)
+        NondeterminismError
+            ActivationFailed
+        ApprovalRejected
+        NoPendingApproval(LookupError)
+        AmbiguousApproval
+        InvalidToken(ValueError)
+        WaitpointClosed
+    Cancelled(BaseException)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "ActivationFailed",
@@ -22,11 +55,11 @@ __all__ = [
     "NondeterminismError",
     "PayloadError",
     "SequenceConflict",
+    "StepError",
     "StoreClosed",
     "StoreError",
     "StoreFormatError",
     "StoreFull",
-    "StepError",
     "StoreLocked",
     "WaitTimedOut",
     "WaitpointClosed",
@@ -40,6 +73,11 @@ __all__ = [
 
 class AionError(Exception):
     """Root of every error aion raises on purpose. Catch it to handle any aion failure."""
+
+
+def _rebuild(cls: type[AionError], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AionError:
+    """Unpickle an error with typed arguments: call its constructor as it was called."""
+    return cls(*args, **kwargs)
 
 
 # --- payloads -----------------------------------------------------------------------------
@@ -85,6 +123,10 @@ class SequenceConflict(StoreError):
             "Re-read the history tail and retry."
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.workflow_id, self.expected_seq, self.actual_seq, self.tenant)
+        return (type(self), args, self.__dict__)
+
 
 class StoreLocked(StoreError):
     """Another engine already owns this data directory.
@@ -123,7 +165,11 @@ class CorruptRecord(StoreError):
     def __init__(self, table: str, key: bytes, reason: str) -> None:
         self.table = table
         self.key = key
+        self.reason = reason
         super().__init__(f"corrupt record in table {table!r} at key {key!r}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.table, self.key, self.reason), self.__dict__)
 
 
 class DataDirectoryError(StoreError):
@@ -141,9 +187,29 @@ class WorkflowNotFound(AionError, LookupError):
         self.tenant = tenant
         super().__init__(f"workflow {workflow_id!r} not found in tenant {tenant!r}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id, self.tenant), self.__dict__)
+
 
 class WorkflowClosed(AionError):
-    """The workflow has finished, so it can take no more signals, decisions or cancellations."""
+    """The workflow has finished, so it can take no more signals, decisions or cancellations.
+
+    ``status`` is how it finished (``"completed"``, ``"failed"``, ``"cancelled"``; empty when
+    not known), ``what`` what it takes no more (empty: nothing said).
+    """
+
+    def __init__(self, workflow_id: str, status: str = "", what: str = "") -> None:
+        self.workflow_id = workflow_id
+        self.status = status
+        self.what = what
+        super().__init__(
+            f"workflow {workflow_id!r} has finished"
+            + (f" ({status})" if status else "")
+            + (f"; it takes no more {what}" if what else "")
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id, self.status, self.what), self.__dict__)
 
 
 class WorkflowBlocked(AionError):
@@ -160,10 +226,14 @@ class WorkflowBlocked(AionError):
     def __init__(self, workflow_id: str, reason: str, what: str = "this request") -> None:
         self.workflow_id = workflow_id
         self.reason = reason
+        self.what = what
         super().__init__(
             f"workflow {workflow_id!r} is BLOCKED ({reason}); {what} was not recorded. Fix the "
             f"cause, then `aion unblock {workflow_id}` (or restart the engine), and send it again."
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id, self.reason, self.what), self.__dict__)
 
 
 class EngineStopped(AionError):
@@ -183,6 +253,10 @@ class WorkflowFailed(AionError):
         self.error_type = error_type
         self.error_message = message
         super().__init__(f"workflow {workflow_id!r} failed: {error_type}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.workflow_id, self.error_type, self.error_message)
+        return (type(self), args, self.__dict__)
 
 
 class WorkflowCancelled(AionError):
@@ -214,6 +288,10 @@ class StepError(AionError):
             f"step {step_name!r} failed after {attempts} attempt(s): {error_type}: {message}"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.step_name, self.error_type, self.error_message, self.attempts)
+        return (type(self), args, self.__dict__)
+
 
 class WaitTimedOut(AionError, TimeoutError):
     """A wait inside a workflow (signal, approval, waitpoint) reached its timeout."""
@@ -222,9 +300,66 @@ class WaitTimedOut(AionError, TimeoutError):
 class NondeterminismError(AionError):
     """Replaying a workflow's history, the code did something other than what was recorded.
 
-    The run is parked ``BLOCKED``. Restore the old code path (guard new code with
-    ``ctx.patched()``), then restart the engine; the run resumes from where it stopped.
+    The message names the workflow, the history position, what history recorded there and what
+    the code does now, and what to do. The run is parked ``BLOCKED``. Restore the old code path
+    (guard new code with ``ctx.patched()``), then restart the engine (or ``aion unblock ID``);
+    the run resumes from where it stopped.
+
+    Args:
+        workflow_id: the run's workflow id ("" when the history did not say yet).
+        position: the history position (event number) where the run diverged.
+        recorded: what history recorded there, e.g. ``step 'charge_card' (#2)``.
+        now: what the code does now, e.g. ``calls step 'reserve_stock' (#2)``.
+        detail: a sentence that says what diverged better than "history has <recorded>, the
+            code now <now>", and replaces it in the message.
+        workflow_type: the workflow's type name (shown beside the id).
+        remedy: what to do, when it is not the default (restore the code, ``ctx.patched()``).
     """
+
+    #: What to do about a divergence (the end of the message, unless ``remedy`` says otherwise).
+    REMEDY = (
+        "Did the workflow code change? Use ctx.patched() for new code paths, or restore the old "
+        "code, then restart the engine."
+    )
+
+    def __init__(
+        self,
+        workflow_id: str,
+        position: int | str,
+        recorded: str,
+        now: str,
+        *,
+        detail: str = "",
+        workflow_type: str = "",
+        remedy: str = "",
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.position = position
+        self.recorded = recorded
+        self.now = now
+        self.detail = detail
+        self.workflow_type = workflow_type
+        self.remedy = remedy
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        what = self.detail or f"history has {self.recorded}, the code now {self.now}"
+        return (
+            f"workflow {self._who()} diverged at event {self.position}: {what}. "
+            f"{self.remedy or self.REMEDY}"
+        )
+
+    def _who(self) -> str:
+        if not self.workflow_id:  # the history did not start the run: only its type is known
+            return repr(self.workflow_type)
+        if not self.workflow_type:
+            return repr(self.workflow_id)
+        return f"{self.workflow_id!r} ({self.workflow_type})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.workflow_id, self.position, self.recorded, self.now)
+        kwargs = {"detail": self.detail, "workflow_type": self.workflow_type, "remedy": self.remedy}
+        return (_rebuild, (type(self), args, kwargs), self.__dict__)
 
 
 class ActivationFailed(NondeterminismError):
@@ -234,14 +369,46 @@ class ActivationFailed(NondeterminismError):
     - the code raised a ``BaseException`` that is not an ``Exception`` and not
       :class:`Cancelled` (``asyncio.CancelledError``, ``KeyboardInterrupt``, ``SystemExit``,
       ``GeneratorExit``, ``BaseException`` itself): a bug or a misuse, not the run's outcome;
+    - the code awaited something that is not an aion operation (``asyncio.sleep``, a socket):
+      there is no event loop inside a workflow, only the driver;
     - the code held the event loop longer than ``Engine(activation_limit=...)`` while its
       history was replayed, or repeatedly while it ran (blocking calls, long computations).
 
-    The message names the workflow, the exception or the time held, and the code location. The
-    other runs keep running. Fix the code (move blocking work into a step), then
-    ``aion unblock ID`` or restart the engine; the run resumes by replay. A subclass of
-    :class:`NondeterminismError` because it is handled the same way.
+    The message names the workflow, what the code did (the exception, the awaited call or the
+    time held) and the code location. The other runs keep running. Fix the code (move blocking
+    work into a step), then ``aion unblock ID`` or restart the engine; the run resumes by
+    replay. A subclass of :class:`NondeterminismError` because it is handled the same way
+    (``recorded`` is empty: nothing recorded is involved).
+
+    Args:
+        workflow_id: the run's workflow id ("" when the history did not say yet).
+        position: the history position of the event the activation ran after.
+        now: what the code did, e.g. ``raised SystemExit: boom at app.py:12 in order``.
+        remedy: what to do before unblocking, e.g. ``Fix the code (...)``.
+        workflow_type: the workflow's type name (shown beside the id).
     """
+
+    def __init__(
+        self,
+        workflow_id: str,
+        position: int | str,
+        now: str,
+        remedy: str,
+        *,
+        workflow_type: str = "",
+    ) -> None:
+        super().__init__(workflow_id, position, "", now, workflow_type=workflow_type, remedy=remedy)
+
+    def _message(self) -> str:
+        return (
+            f"workflow {self._who()} {self.now}. {self.remedy}, then "
+            f"`aion unblock {self.workflow_id or 'ID'}` (or restart the engine)."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.workflow_id, self.position, self.now, self.remedy)
+        kwargs = {"workflow_type": self.workflow_type}
+        return (_rebuild, (type(self), args, kwargs), self.__dict__)
 
 
 # --- people and outside systems --------------------------------------------------------------

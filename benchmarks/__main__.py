@@ -10,7 +10,7 @@ import platform
 import sys
 from typing import Any
 
-NAMES = ("recovery", "store", "timers", "workflows")
+NAMES = ("client", "recovery", "store", "timers", "workflows")
 
 
 def machine() -> dict[str, Any]:

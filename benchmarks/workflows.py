@@ -501,7 +501,7 @@ def _memory_aion(args: dict[str, Any]) -> dict[str, Any]:
                     checkpoints.append({"runs": next_id, **rss()})
                 elapsed = time.perf_counter() - t0
                 after = checkpoints[-1]
-                resident_now = len(engine.runtime.actors)
+                resident_now = engine.resident_runs
                 sample = await engine.describe(f"p{count // 2:07d}")
                 waiting = "go" in sample.pending.get("signals", [])
                 db_mb = sum(f.stat().st_size for f in Path(data).iterdir()) / 2**20

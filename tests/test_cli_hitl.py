@@ -283,7 +283,8 @@ def test_of_two_queued_decisions_the_first_wins(
 
 def test_decision_errors_are_one_clear_line(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "approve", "idle", "--user", "u", "--data", str(data))
-    assert code == 1 and err.strip() == "aion: workflow 'idle' has no pending approval"
+    # The engine's own message (aion/_control.py): the Client and the command say the same.
+    assert code == 1 and err.strip() == "aion: workflow 'idle' has no pending approval to decide"
     code, _, err = run(capsys, "approve", "two", "--user", "u", "--data", str(data))
     assert code == 1 and "2 pending approvals" in err and "--approval-id" in err
     assert err.count("\n") == 1
@@ -418,7 +419,8 @@ def test_complete_refuses_a_completed_waitpoint(
 
 def test_unblock_only_unblocks_blocked_runs(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "unblock", "idle", "--data", str(data))
-    assert code == 1 and err.strip() == "aion: workflow 'idle' is running, not blocked"
+    assert code == 1
+    assert err.strip() == "aion: workflow 'idle' is running, not blocked; nothing to do"
     code, _, err = run(capsys, "unblock", "nope", "--data", str(data))
     assert code == 1 and "not found" in err
     code, _, err = run(capsys, "unblock", "done", "--data", str(data))

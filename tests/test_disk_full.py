@@ -36,7 +36,7 @@ from aion.store import (
 )
 from aion.store._core import TABLES
 from aion.testing import ManualClock
-from aion.testing.faults import FaultPlan, FaultyStore, TearableLmdbStore
+from aion.testing.faults import FaultPlan, FaultyStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 KIB = 1024
@@ -118,8 +118,7 @@ async def test_a_full_store_refuses_whole_writes_and_keeps_every_recorded_one(
 
 
 async def test_a_write_too_big_for_the_store_fails_alone_in_its_batch(tmp_path: Path) -> None:
-    inner = TearableLmdbStore(tmp_path / "d", map_size=64 * KIB, max_map_size=256 * KIB)
-    store = FaultyStore(inner)
+    store = FaultyStore(LmdbStore(tmp_path / "d", map_size=64 * KIB, max_map_size=256 * KIB))
     outcomes: dict[str, BaseException | None] = {}
 
     async def commit(
@@ -132,7 +131,7 @@ async def test_a_write_too_big_for_the_store_fails_alone_in_its_batch(tmp_path: 
         except StoreFull as exc:
             outcomes[name] = exc
 
-    hold = inner.hold_writer()
+    hold = store.hold_writer()
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(commit, "gate", Write(index_put=[IndexRow("gate", "default", "g")]))
@@ -143,7 +142,7 @@ async def test_a_write_too_big_for_the_store_fails_alone_in_its_batch(tmp_path: 
             hold.release()
     finally:
         hold.release()
-    assert 3 in inner.batch_sizes  # the three requests shared a batch
+    assert 3 in store.batch_sizes  # the three requests shared a batch
     assert isinstance(outcomes.pop("too-big"), StoreFull)
     assert outcomes == {"gate": None, "small-1": None, "small-3": None}
     await store.aclose()

@@ -1,6 +1,7 @@
 """Fault injection: nothing partial is ever visible, and the engine recovers from any failed write.
 
-Store level (``aion.testing.faults`` over MemoryStore and LmdbStore on real files):
+Store level (``aion.testing.faults`` over MemoryStore and LmdbStore on real files, through
+their write hook):
 
 - a multi-part write (appends to two histories, one with continue-as-new, projection rows, timer
   rows added and deleted, waitpoint and approval rows, index rows) is torn after each of its KV
@@ -58,6 +59,7 @@ from aion.store import (
     ApprovalRow,
     ApprovalStatus,
     EventStore,
+    ForwardingStore,
     IndexRow,
     LmdbStore,
     MemoryStore,
@@ -67,6 +69,7 @@ from aion.store import (
     WaitpointStatus,
     WorkflowRecord,
     Write,
+    WriteHook,
 )
 from aion.store._core import TABLES
 from aion.testing import ManualClock
@@ -128,10 +131,53 @@ async def test_the_wrapper_is_an_event_store_and_says_what_it_injected() -> None
     assert store.writes == 3
 
 
-async def test_tearing_needs_a_tearable_store() -> None:
-    store = FaultyStore(MemoryStore(), FaultPlan(raise_after_puts={1: 0}))
-    with pytest.raises(InvalidArgument, match="TearableLmdbStore"):
+class NoHooks(ForwardingStore):
+    """A store that takes no write hook (a backend without the optional seam)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
+
+
+async def test_tearing_needs_a_store_that_takes_a_write_hook() -> None:
+    store = FaultyStore(NoHooks(MemoryStore()), FaultPlan(fail_writes={1}, raise_after_puts={2: 0}))
+    with pytest.raises(InjectedFault):  # failures need no hook
         await store.append("a", [started("a")], 0)
+    with pytest.raises(InvalidArgument, match=r"takes a write hook.*not NoHooks"):
+        await store.append("a", [started("a")], 0)
+    with pytest.raises(InvalidArgument, match="takes a write hook"):
+        store.hold_writer()
+
+
+async def test_the_old_tearable_stores_still_work(tmp_path: Path) -> None:
+    """TearableLmdbStore and TearableMemoryStore, from before every store took a write hook."""
+    memory = TearableMemoryStore()
+    store = FaultyStore(memory, FaultPlan(raise_after_puts={1: 1}))
+    with pytest.raises(InjectedFault):
+        await store.append("a", [started("a")], 0)
+    assert isinstance(memory.reopen(), TearableMemoryStore)
+    inner = TearableLmdbStore(tmp_path / "d")
+    hold = inner.hold_writer()  # held before a FaultyStore wraps it: the wrapper adopts its hook
+    store = FaultyStore(inner, FaultPlan(raise_after_puts={2: 1}))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.append, "a", [started("a")], 0)
+        await anyio.to_thread.run_sync(hold.reached.wait)
+        hold.release()
+    with pytest.raises(InjectedFault):
+        await store.append("b", [started("b")], 0)
+    assert inner.batch_sizes == store.batch_sizes == [1, 1]
+    assert [i.kind for i in store.injected] == [FaultKind.TEAR]
+    await store.aclose()
+
+
+class Quiet(WriteHook):
+    """A write hook that does nothing."""
+
+
+async def test_a_foreign_write_hook_is_not_replaced_silently() -> None:
+    inner = MemoryStore(write_hook=Quiet())
+    refused = r"has a write hook installed already \(Quiet\).*set_write_hook\(None\)"
+    with pytest.raises(InvalidArgument, match=refused):
+        FaultyStore(inner)
 
 
 async def test_a_halted_store_takes_no_more_calls(tmp_path: Path) -> None:
@@ -269,7 +315,7 @@ def dump(store: Any) -> Dump:
 
 async def references(shape: Shape) -> tuple[Dump, Dump, int]:
     """The store before and after the write (on a clean MemoryStore), and its KV writes."""
-    store = TearableMemoryStore()
+    store = MemoryStore()
     await store.commit(base_write())
     before = dump(store)
     counting = FaultyStore(store, FaultPlan(raise_after_puts={1: 10_000}))
@@ -283,9 +329,7 @@ async def write_with_fault(
     backend: str, path: Path, shape: Shape, fault: Fault
 ) -> tuple[BaseException | None, Dump, FaultyStore]:
     """Base state, then the write under ``fault``; the state read back after a reopen."""
-    inner: TearableLmdbStore | TearableMemoryStore = (
-        TearableLmdbStore(path) if backend == "lmdb" else TearableMemoryStore()
-    )
+    inner: LmdbStore | MemoryStore = LmdbStore(path) if backend == "lmdb" else MemoryStore()
     await inner.commit(base_write())
     store = FaultyStore(inner, FaultPlan(decide=lambda n, w: fault))
     error: BaseException | None = None
@@ -294,7 +338,7 @@ async def write_with_fault(
     except aion.errors.StoreError as exc:
         error = exc
     await store.aclose()
-    if isinstance(inner, TearableMemoryStore):
+    if isinstance(inner, MemoryStore):
         return error, dump(inner.reopen()), store
     with LmdbStore(path) as reopened:
         return error, dump(reopened), store
@@ -345,9 +389,9 @@ async def test_every_tear_point_of_a_multi_part_write_is_all_or_nothing(
         if not store.injected[0].fired:
             break
         k += 1
-    # Every KV write of the memory store is a fault point. LmdbStore's writer defers event rows
-    # and heads to one bulk write per batch, after every request was applied: not fault points.
-    assert k == refs[2] if backend == "memory" else 20 < k <= refs[2], (k, refs[2])
+    # Every KV write is a fault point, on both backends (LmdbStore's writer writes a batch with
+    # a write to tear row by row, instead of deferring event rows and heads to bulk writes).
+    assert k == refs[2] > 20, (k, refs[2])
 
 
 @pytest.mark.parametrize("backend", ["memory", "lmdb"])
@@ -355,9 +399,7 @@ async def test_the_same_store_goes_on_correctly_after_a_torn_write(
     backend: str, tmp_path: Path
 ) -> None:
     """Nothing the torn write did survives in memory either (e.g. a writer's cache of heads)."""
-    inner: TearableLmdbStore | TearableMemoryStore = (
-        TearableLmdbStore(tmp_path / "d") if backend == "lmdb" else TearableMemoryStore()
-    )
+    inner = LmdbStore(tmp_path / "d") if backend == "lmdb" else MemoryStore()
     await inner.commit(base_write())
     store = FaultyStore(inner, FaultPlan(raise_after_puts={1: 12}))
     with pytest.raises(InjectedFault):
@@ -428,7 +470,7 @@ def test_any_write_shape_and_fault_position_is_all_or_nothing_many(
 
 async def test_a_request_torn_in_a_batch_does_not_poison_the_others(tmp_path: Path) -> None:
     path = tmp_path / "d"
-    inner = TearableLmdbStore(path)
+    inner = LmdbStore(path)
     await inner.commit(base_write())
     others = [Write(appends=[Append(f"o{i}", [started(f"o{i}")], 0)], workflows=[record(f"o{i}")])
               for i in range(6)]  # fmt: skip
@@ -450,7 +492,7 @@ async def test_a_request_torn_in_a_batch_does_not_poison_the_others(tmp_path: Pa
         except aion.errors.StoreError as exc:
             outcomes[name] = exc
 
-    hold = inner.hold_writer()
+    hold = store.hold_writer()
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(commit, "gate", Write(index_put=[IndexRow("gate", "default", "g")]))
@@ -465,12 +507,12 @@ async def test_a_request_torn_in_a_batch_does_not_poison_the_others(tmp_path: Pa
         hold.release()
     (torn,) = store.injected
     assert torn.fired and torn.write == 4 and torn.batch_size == 8  # one batch: all but the gate
-    assert inner.batch_sizes[-2:] == [8, 7]  # the batch, then again without the torn one
+    assert store.batch_sizes[-2:] == [8, 7]  # the batch, then again without the torn one
     assert isinstance(outcomes.pop("torn"), InjectedFault)
     assert isinstance(outcomes.pop("stale"), SequenceConflict)
     assert outcomes == dict.fromkeys(["gate", *(f"o{i}" for i in range(6))])
     await store.aclose()
-    expected = TearableMemoryStore()
+    expected = MemoryStore()
     await expected.commit(base_write())
     for write in [Write(index_put=[IndexRow("gate", "default", "g")]), *others]:
         await expected.commit(write)
@@ -505,7 +547,7 @@ async def test_a_process_killed_inside_a_transaction_leaves_nothing_of_it(
 
 
 async def _store_kill(path: str, k: int) -> None:
-    inner = TearableLmdbStore(path)
+    inner = LmdbStore(path)
     await inner.commit(base_write())
     store = FaultyStore(inner, FaultPlan(crash_inside=(1, k)), crash="kill")
     await store.commit(big_write(Shape()))
@@ -695,9 +737,7 @@ async def run_with_faults(
     """
     done = False
     with anyio.CancelScope() as scope:
-        store = FaultyStore(
-            TearableLmdbStore(path, durable=False), plan, on_crash=lambda n: scope.cancel()
-        )
+        store = FaultyStore(LmdbStore(path, durable=False), plan, on_crash=lambda n: scope.cancel())
         clock = ManualClock(T0, auto_advance=True)
         try:
             async with aion.Engine(store, workflows=WORKFLOWS, clock=clock) as engine:
@@ -821,7 +861,7 @@ async def _engine_kill(path: str, kind: str, n: int, k: int) -> None:
         "crash_after": FaultPlan(crash_after=n),
         "crash_inside": FaultPlan(crash_inside=(n, k)),
     }[kind]
-    store = FaultyStore(TearableLmdbStore(path), plan, crash="kill")
+    store = FaultyStore(LmdbStore(path), plan, crash="kill")
     clock = ManualClock(T0, auto_advance=True)
     async with aion.Engine(store, workflows=WORKFLOWS, clock=clock) as engine:
         await scenario(engine, [3])
@@ -884,7 +924,7 @@ async def test_a_lost_acknowledgement_is_reconciled_by_the_engine(tmp_path: Path
     signal is recorded), 5 (the child's start is recorded but its actor is never registered:
     the child runs only after a restart) and 7 (the child's completion is recorded but the
     parent is never told: it waits for a restart)."""
-    store = FaultyStore(TearableLmdbStore(tmp_path / "d", durable=False), FaultPlan(lose_ack={n}))
+    store = FaultyStore(LmdbStore(tmp_path / "d", durable=False), FaultPlan(lose_ack={n}))
     clock = ManualClock(T0, auto_advance=True)
     async with aion.Engine(store, workflows=WORKFLOWS, clock=clock) as engine:
         await engine.start(main, 3, workflow_id="m3")  # no AckLost reaches the caller
@@ -916,20 +956,21 @@ async def gated(ctx: aion.Context) -> list[Any]:
     return [first, await ctx.wait_signal("go")]
 
 
-async def gated_start(engine: aion.Engine, inner: TearableLmdbStore) -> WriterHold:
+async def gated_start(engine: aion.Engine, store: FaultyStore) -> WriterHold:
     """Start ``gated``; return once its step's completion (write 2) is held in the writer."""
     gates["step"], gates["entered"] = anyio.Event(), anyio.Event()
     await engine.start(gated, workflow_id="g")
     await gates["entered"].wait()  # the step runs and waits for the gate
-    hold = inner.hold_writer()
+    hold = store.hold_writer()
     gates["step"].set()
     await anyio.to_thread.run_sync(hold.reached.wait)
     return hold
 
 
 async def test_a_failed_commit_does_not_fail_a_signal_behind_it(tmp_path: Path) -> None:
-    inner = TearableLmdbStore(tmp_path / "d", durable=False)
-    store = FaultyStore(inner, FaultPlan(raise_after_puts={2: 0}))
+    store = FaultyStore(
+        LmdbStore(tmp_path / "d", durable=False), FaultPlan(raise_after_puts={2: 0})
+    )
     clock = ManualClock(T0, auto_advance=True)
     outcome: list[BaseException | None] = []
 
@@ -941,7 +982,7 @@ async def test_a_failed_commit_does_not_fail_a_signal_behind_it(tmp_path: Path) 
             outcome.append(exc)
 
     async with aion.Engine(store, workflows=[gated], clock=clock) as engine:
-        hold = await gated_start(engine, inner)
+        hold = await gated_start(engine, store)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(signal_now)
@@ -959,8 +1000,9 @@ async def test_a_failed_commit_does_not_fail_a_signal_behind_it(tmp_path: Path) 
 async def test_an_engine_stopping_while_a_commit_fails_stops_cleanly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inner = TearableLmdbStore(tmp_path / "d", durable=False)
-    store = FaultyStore(inner, FaultPlan(raise_after_puts={2: 0}))
+    store = FaultyStore(
+        LmdbStore(tmp_path / "d", durable=False), FaultPlan(raise_after_puts={2: 0})
+    )
     clock = ManualClock(T0, auto_advance=True)
 
     async def release_once_stopping(hold: WriterHold) -> None:
@@ -969,7 +1011,7 @@ async def test_an_engine_stopping_while_a_commit_fails_stops_cleanly(
 
     engine = aion.Engine(store, workflows=[gated], clock=clock)
     async with anyio.create_task_group() as tg, engine:
-        hold = await gated_start(engine, inner)
+        hold = await gated_start(engine, store)
         tg.start_soon(release_once_stopping, hold)
         # The engine stopped without an error; the torn write is not there, the run goes on.
     await store.aclose()

@@ -503,6 +503,10 @@ CONTEXT_CALLS: dict[str, Callable[[st.DataObject], tuple[tuple[Any, ...], dict[s
 }
 
 
+def _ended(description: aion.WorkflowDescription) -> bool:
+    return description.status.is_terminal or description.status is Status.BLOCKED
+
+
 def _fuzz_context(tmp_path: Path, portal: anyio.from_thread.BlockingPortal, examples: int) -> None:
     pokes.clear()
     clock = ManualClock(T0, auto_advance=True)
@@ -512,9 +516,16 @@ def _fuzz_context(tmp_path: Path, portal: anyio.from_thread.BlockingPortal, exam
         async def run_one(index: int) -> None:
             handle = await engine.start(poke, index, workflow_id=f"poke-{index}")
             with anyio.fail_after(5):
-                while not (await engine.describe(handle.workflow_id)).status.is_terminal:
+                while not _ended(await engine.describe(handle.workflow_id)):
                     await engine.wait_idle()
             description = await engine.describe(handle.workflow_id)
+            if description.status is Status.BLOCKED:
+                # A child of a type the engine lacks parks its parent until the type is
+                # registered (a later deploy may bring it): kept, not refused.
+                name, args, _ = pokes[index]
+                assert name == "child" and isinstance(args[0], str), (pokes[index], description)
+                assert "is not registered with this engine" in description.reason
+                return
             assert description.status is Status.COMPLETED, (pokes[index], description)
             assert description.result in ("accepted", "refused")
             await engine.history(handle.workflow_id)

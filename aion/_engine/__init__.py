@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._engine import PAYLOAD_LIMIT_FILE as PAYLOAD_LIMIT_FILE
+from ._datadir import PAYLOAD_LIMIT_FILE as PAYLOAD_LIMIT_FILE
 from ._engine import Engine as Engine
 from ._engine import events_of as events_of
 from ._policy import ApprovalPolicy as ApprovalPolicy

@@ -1,15 +1,18 @@
-"""``aion.Engine``: wiring, lifecycle and the public methods."""
+"""``aion.Engine``: wiring, lifecycle and the public methods.
+
+One cohesive thing over ~600 lines: the public class. Each public method checks its arguments
+and documents what it raises (most of the length); the work is done elsewhere: run actors in
+:mod:`._actor` (given :class:`_Services`, never the engine), timers in :mod:`._timers`, the
+inbox in :mod:`._inbox`, reads in :mod:`._views`, the data directory's files in
+:mod:`._datadir`.
+"""
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import logging
 import os
-import random
-import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from types import TracebackType
@@ -19,7 +22,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
-from aion import _gc, _validate
+from aion import _control, _gc, _validate
 from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
 from aion._codec import (
@@ -29,11 +32,11 @@ from aion._codec import (
     decode_events,
     encode_payload,
 )
+from aion._doorbell import Doorbell
 from aion._ids import new_id
 from aion._loop import Flag, wait_all_tasks_blocked
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
-from aion._replay import _commands as c
 from aion._replay._watch import ActivationWatch
 from aion._supervision import (
     Backoff,
@@ -43,19 +46,15 @@ from aion._supervision import (
     Strategy,
     Supervisor,
 )
-from aion._timerwheel import Timer, TimerWheel
-from aion._tokens import KeyRing, load_or_create, peek_claims
+from aion._tokens import KeyRing, peek_claims
 from aion.errors import (
     AionError,
-    DataDirectoryError,
     EngineStopped,
     InvalidArgument,
     InvalidToken,
-    NondeterminismError,
+    PayloadError,
     SequenceConflict,
     StoreError,
-    WaitpointClosed,
-    WorkflowClosed,
 )
 from aion.store import (
     EventStore,
@@ -64,16 +63,21 @@ from aion.store import (
     Page,
     Status,
     TimerRow,
-    WaitpointStatus,
     WorkflowRecord,
     Write,
-    begin_run,
 )
 
-from ._actor import Actor, Message, Reply, Runtime, _Batch, _Block
+from ._actor import Runtime
+from ._config import RuntimeConfig
+from ._datadir import data_dir, load_keys, record_payload_limit
+from ._inbox import Inbox, start_args
+from ._messages import Cancel, Complete, Decide, Message, Outcome, Reply, Signal, Wake
 from ._options import check_options
 from ._policy import ApprovalPolicy, ApprovalRule
-from ._steps import StepExecutor
+from ._round import RunStart
+from ._steps import StepExecutor, StepJob
+from ._tasks import Started, leaves, one_error
+from ._timers import Timers
 from ._types import (
     HistoryEvent,
     PendingApproval,
@@ -81,25 +85,12 @@ from ._types import (
     WorkflowDescription,
     WorkflowHandle,
 )
-from ._views import Reader, refuse_completion
+from ._views import Reader
 from ._watchdog import Watchdog
 
 __all__ = ["Engine"]
 
 log = logging.getLogger("aion.engine")
-
-TimerKey = tuple[str, str, str]
-
-#: The file in the data directory where an engine records its ``max_payload_bytes``: the CLI
-#: checks what it queues against it.
-PAYLOAD_LIMIT_FILE = "payload-limit"
-
-#: The longest wait before an inbox command that has not applied yet is handed over again.
-INBOX_MAX_BACKOFF = 30.0
-
-#: Key rings of stores without a data directory (in-memory stores), shared by the engines that
-#: run on one store in turn, for as long as the store lives.
-_EPHEMERAL_KEYS: weakref.WeakKeyDictionary[Any, KeyRing] = weakref.WeakKeyDictionary()
 
 
 class Engine:
@@ -218,16 +209,40 @@ class Engine:
             self._registry[definition.name] = definition
         busy = getattr(self.clock, "busy", None)
         self._busy: Callable[[], AbstractContextManager[object]] = busy or _not_busy
-        self.executor = StepExecutor(
+        self._executor = StepExecutor(
             workers=max_concurrent_steps, threads=step_threads, busy=self._busy
         )
-        self.runtime = Runtime(self)
         # Drivers publish their activations here; the watchdog thread reports long ones.
-        self.activation_watch = (
+        self._activation_watch = (
             ActivationWatch(activation_limit) if activation_limit is not None else None
         )
         self._watchdog = (
-            Watchdog(self.activation_watch) if self.activation_watch is not None else None
+            Watchdog(self._activation_watch) if self._activation_watch is not None else None
+        )
+        config = RuntimeConfig(
+            max_payload_bytes=max_payload_bytes,
+            code_version=code_version,
+            approval_policy=self.approval_policy,
+            max_restarts=max_restarts,
+            restart_window=restart_window,
+            max_resident_runs=max_resident_runs,
+            activation_workers=activation_workers,
+        )
+        self._runtime = Runtime(config, _Services(self))
+        self._timers = Timers(
+            self.clock,
+            lambda: self.store,
+            self._runtime.send,
+            self._runtime.scheduler.room_for_timers,
+            timer_horizon,
+        )
+        self._inbox = Inbox(
+            store=lambda: self.store,
+            verify=self._verify_token,
+            limit=max_payload_bytes,
+            send=self._runtime.send,
+            resident=lambda key: key in self._runtime.actors,
+            start=self._start_from_inbox,
         )
         self._store: EventStore | None = None
         self._owns_store = False
@@ -239,10 +254,8 @@ class Engine:
         self._service_window = service_window
         self._store_check_interval = 0.25
         self._side_tasks = 0  # background writes that wait_idle() waits for
-        self._wheel: TimerWheel[TimerKey, TimerRow] | None = None
         self._waiters: dict[tuple[str, str], _ResultWaiter] = {}
-        self._rng = random.Random()
-        self._reader = Reader(lambda: self.store, self.definition)
+        self._reader = Reader(lambda: self.store, self._registry.get)
         self.recovery = RecoveryReport()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -271,12 +284,16 @@ class Engine:
             self._owns_store = True
         else:
             self._store = self._path
-        self._keys = await anyio.to_thread.run_sync(self._load_keys)
+        self._keys = await anyio.to_thread.run_sync(
+            lambda: load_keys(
+                self._path, given=self._given_keys, require=self._require_key, now=self.now()
+            )
+        )
         # Before any new work: repair what a crash left half done.
         self.recovery = await sweep(
             self.store, now=self.now(), apply=True, code_version=self.code_version
         )
-        await anyio.to_thread.run_sync(self._record_payload_limit)
+        await anyio.to_thread.run_sync(record_payload_limit, self._path, self.max_payload_bytes)
         self._failure = None
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -289,7 +306,7 @@ class Engine:
         self._root = self._supervision_tree()
         await tg.start(self._supervise, self._root)
         for key in self.recovery.reactivate:  # lazily: the workers take them in turn
-            self.runtime.send(key, Message("wake"))
+            self._runtime.send(key, Wake())
         self._gc_held = self._tune_gc and _gc.acquire()
 
     async def _undo_start_up(self, exc: BaseException) -> None:
@@ -328,7 +345,7 @@ class Engine:
                 try:
                     swallowed = bool(await tg.__aexit__(t, e, tb))
                 except BaseExceptionGroup as group:
-                    if e is None or _leaves(group) != [e]:
+                    if e is None or leaves(group) != [e]:
                         raise
                     # The body's own exception: it propagates as it is, not in a group.
         finally:
@@ -356,7 +373,7 @@ class Engine:
         return Supervisor(
             [
                 ChildSpec("store-writer", self._watch_store),
-                ChildSpec("timer-wheel", self._run_wheel),
+                ChildSpec("timer-wheel", self._timers.run),
                 ChildSpec("step-executor", self._run_executor),
                 ChildSpec("run-actors", self._run_actors),
                 ChildSpec("inbox", self._run_inbox),
@@ -380,7 +397,7 @@ class Engine:
             task_status.started()
 
         try:
-            await root.run(task_status=_Started(on_started))
+            await root.run(task_status=Started(on_started))
         except AionError as exc:
             if not started:
                 raise  # __aenter__ reports it
@@ -416,6 +433,12 @@ class Engine:
             raise self._failure
 
     @property
+    def resident_runs(self) -> int:
+        """How many runs are in memory now (resident actors; parked runs evicted under
+        ``max_resident_runs`` are not)."""
+        return len(self._runtime.actors)
+
+    @property
     def failure(self) -> AionError | None:
         """Why the engine stopped on its own, or None while it runs (or after a clean stop)."""
         return self._failure
@@ -438,38 +461,27 @@ class Engine:
                 started = True
             await anyio.sleep(self._store_check_interval)
 
-    async def _run_wheel(self, ctx: ChildContext) -> None:
-        # A fresh wheel on every (re)start: it reloads what is due from the store's index.
-        self._wheel = TimerWheel(
-            self.clock,
-            self._on_timer,
-            load=self._load_timers,
-            peek=self._peek_timer,
-            horizon=self._timer_horizon,
-        )
-        with _one_error():
-            async with anyio.create_task_group() as tg:
-                await tg.start(self._wheel.run)
-                ctx.started()
-
     async def _run_executor(self, ctx: ChildContext) -> None:
-        with _one_error():
+        with one_error():
             async with anyio.create_task_group() as tg:
-                await self.executor.run(tg)  # steps that were running when it failed run again
+                await self._executor.run(tg)  # steps that were running when it failed run again
                 ctx.started()
 
     async def _run_actors(self, ctx: ChildContext) -> None:
-        with _one_error():
+        with one_error():
             async with anyio.create_task_group() as tg:
                 for _ in range(self._activation_workers):
-                    tg.start_soon(self.runtime.worker)
+                    tg.start_soon(self._runtime.scheduler.worker)
                 if ctx.restarts:
-                    self.runtime.reschedule()  # mail that waited while the workers were down
+                    # Mail that waited while the workers were down.
+                    self._runtime.scheduler.reschedule()
                 ctx.started()
 
     async def _run_inbox(self, ctx: ChildContext) -> None:
-        ctx.started()
-        await self._inbox_loop()
+        # Other processes ring the doorbell once a command is queued: it is taken at once.
+        async with Doorbell(data_dir(self._path), self.store) as bell:
+            ctx.started()
+            await self._inbox.run(self._inbox_interval, bell.wait)
 
     def _release_waiters(self, failure: AionError | None = None) -> None:
         """Nobody waits forever on a stopped engine: results and replies fail with a reason."""
@@ -477,10 +489,7 @@ class Engine:
             "the engine stopped before this completed; what was recorded is kept and the "
             "next engine on this data directory continues it"
         )
-        for actor in self.runtime.actors.values():
-            for message in actor.mailbox:
-                if message.reply is not None:
-                    message.reply.set(stopped)
+        self._runtime.release(stopped)
         for waiter in self._waiters.values():
             waiter.event.set()
         self._waiters.clear()
@@ -491,52 +500,9 @@ class Engine:
                 await self._store.aclose()
         self._store = None
 
-    def _load_keys(self) -> KeyRing:
-        if self._given_keys is not None:
-            return self._given_keys
-        directory = self._data_dir()
-        if directory is None:
-            if self._require_key:
-                raise DataDirectoryError(
-                    "the engine requires a provided waitpoint key (require_waitpoint_key=True) "
-                    "and its store has no data directory: pass waitpoint_key=..."
-                )
-            ring = _EPHEMERAL_KEYS.get(self._path)  # as long as this in-memory store lives
-            if ring is None:
-                ring = _EPHEMERAL_KEYS[self._path] = KeyRing.generate(self.now())
-            return ring
-        return load_or_create(directory, now=self.now(), require_existing=self._require_key)
+    # --- what the runtime is given ---------------------------------------------------------------
 
-    def _record_payload_limit(self) -> None:
-        """Other processes (the CLI) check what they queue against this engine's limit."""
-        directory = self._data_dir()
-        if directory is None:
-            return
-        path = os.path.join(directory, PAYLOAD_LIMIT_FILE)
-        text = f"{self.max_payload_bytes}\n"
-        try:
-            with open(path, encoding="ascii") as f:
-                if f.read() == text:
-                    return
-        except (OSError, ValueError):
-            pass
-        partial = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(partial, "w", encoding="ascii") as f:
-                f.write(text)
-            os.replace(partial, path)
-        except OSError as exc:  # a hint for the CLI: never worth failing a start
-            log.warning("could not record the payload limit in %s: %s", path, exc)
-
-    def _data_dir(self) -> str | os.PathLike[str] | None:
-        if isinstance(self._path, str | os.PathLike):
-            return self._path
-        path = getattr(self._path, "path", None)
-        return path if isinstance(path, str | os.PathLike) else None
-
-    # --- services used by the runtime -------------------------------------------------------
-
-    def sign_waitpoint(
+    def _sign_waitpoint(
         self,
         tenant: str,
         workflow_id: str,
@@ -554,98 +520,22 @@ class Engine:
         token = keys.sign(tenant, workflow_id, waitpoint_id, created_at, expires_at, kid=kid)
         return kid or keys.current.kid, token
 
-    def definition(self, workflow_type: str) -> WorkflowDefinition | None:
-        return self._registry.get(workflow_type)
-
     def now(self) -> datetime:
+        """The engine clock's time (UTC)."""
         return from_timestamp(self.clock.now())
 
-    def restart_backoff(self, restarts: int) -> float:
-        return float(min(0.05 * 2 ** (restarts - 1), 5.0) * (0.5 + self._rng.random()))
-
-    def restart_later(self, key: tuple[str, str], delay: float) -> None:
+    def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         if self._tg is None:
-            return  # stopping: the next engine's recovery sweep takes the run up
+            return False  # stopping: the next engine's recovery sweep takes the run up
+        self._tg.start_soon(work)
+        return True
 
-        async def later() -> None:
-            await self.clock.sleep(delay)
-            self.runtime.send(key, Message("wake"))
-
-        self._tg.start_soon(later)
-
-    def hold_timer(self, row: TimerRow) -> None:
-        if self._wheel is not None:
-            self._wheel.schedule(row.due.timestamp(), _timer_key(row), row)
-
-    def release_timer(self, row: TimerRow) -> None:
-        if self._wheel is not None:
-            self._wheel.cancel(_timer_key(row))
-
-    async def _on_timer(self, timer: Timer[TimerKey, TimerRow]) -> None:
-        await self.runtime.room_for_timers()
-        row = timer.payload
-        self.runtime.send((row.tenant, row.workflow_id), Message("timer", {"row": row}))
-
-    async def _load_timers(
-        self, after: float, until: float
-    ) -> list[tuple[float, TimerKey, TimerRow]]:
-        out: list[tuple[float, TimerKey, TimerRow]] = []
-        last: TimerRow | None = None
-        until_dt = from_timestamp(until)
-        while True:
-            rows = await self.store.due_timers(until_dt, limit=1000, after=last)
-            for row in rows:
-                due = row.due.timestamp()
-                if due > after:
-                    out.append((due, _timer_key(row), row))
-            if len(rows) < 1000:
-                return out
-            last = rows[-1]
-
-    async def _peek_timer(self, after: float) -> float | None:
-        due = await self.store.next_timer_due(from_timestamp(after))
-        return None if due is None else due.timestamp()
-
-    def finished(self, record: WorkflowRecord, command: c.Command) -> None:
-        """A run closed: wake result waiters and tell the parent."""
-        key = (record.tenant, record.workflow_id)
-        waiter = self._waiters.pop(key, None)
+    def _run_closed(self, record: WorkflowRecord, outcome: Outcome) -> None:
+        """A run closed: wake its result waiters (they need not read the store back)."""
+        waiter = self._waiters.pop((record.tenant, record.workflow_id), None)
         if waiter is not None:
-            waiter.outcome = (record, command)  # waiters need not read the store back
+            waiter.outcome = (record, outcome)
             waiter.event.set()
-        if record.parent_workflow_id is not None:
-            self._notify_parent(record, command)
-
-    def _notify_parent(self, record: WorkflowRecord, command: c.Command) -> None:
-        parent_key = (record.tenant, record.parent_workflow_id or "")
-        data: dict[str, Any] = {"child_id": record.workflow_id, "result": b""}
-        match command:
-            case c.CompleteWorkflow():
-                data.update(error_type=None, message="", result=command.result)
-            case c.FailWorkflow():
-                data.update(error_type=command.error_type, message=command.message)
-            case _:
-                data.update(error_type="WorkflowCancelled", message="cancelled")
-        self.runtime.send(parent_key, Message("child", data))
-
-    def check_child(self, parent: tuple[str, str], seq: int, child_id: str) -> None:
-        """After a parent replays: a child that finished while nobody listened reports now."""
-        if self._tg is None:
-            return  # stopping: the parent asks again when it next replays
-
-        async def check() -> None:
-            record = await self.store.get_workflow(child_id, tenant=parent[0])
-            if record is None or not record.status.is_terminal:
-                return
-            events = await self.store.read_current_run(child_id, tenant=parent[0])
-            command = _outcome_command(events[-1]) if events else None
-            if command is not None:
-                self._notify_parent(record, command)
-
-        self._tg.start_soon(check)
-
-    def cancel_child(self, tenant: str, child_id: str) -> None:
-        self.runtime.send((tenant, child_id), Message("cancel", {"reason": "parent cancelled"}))
 
     async def wait_idle(self) -> None:
         """Return once nothing is happening: no run has work, no step runs, no timer is due.
@@ -662,7 +552,7 @@ class Engine:
             await anyio.sleep(0.001)  # work on threads (steps, store commits) is under way
 
     def _idle(self) -> bool:
-        return self.runtime.idle() and self.executor.idle and not self._side_tasks
+        return self._runtime.idle() and self._executor.idle and not self._side_tasks
 
     def _timer_due(self) -> bool:
         next_deadline = getattr(self.clock, "next_deadline", None)
@@ -693,64 +583,51 @@ class Engine:
         workflow_id = new_id() if workflow_id is None else _validate.identifier(workflow_id)
         definition = self._resolve(workflow)
         encoded = definition.encode_input(args, limit=self.max_payload_bytes)
-        key = (tenant, workflow_id)
-        resident = self.runtime.actors.get(key)
+        resident = self._runtime.actors.get((tenant, workflow_id))
         if resident is not None:
             if resident.record is not None:
                 return self._same_run(resident.record, definition)
             return await self._existing(workflow_id, tenant, definition)
-        with self._busy():
-            run_id = new_id()
-            now = self.now()
-            # Registered but marked queued: no worker touches it until its start is recorded.
-            actor = self.runtime.actors[key] = Actor(key, queued=True)
-            actor.driver = self.runtime._new_driver(definition)
-            started, actor.record = begin_run(
-                tenant=tenant,
-                workflow_id=workflow_id,
-                run_id=run_id,
-                workflow_type=definition.name,
-                input=encoded,
-                at=now,
-                code_version=self.code_version,
-            )
-            batch = _Batch()
-            actor.head = 1
-            batch.events.append(started)
-            blocked: str | None = None
-            try:
-                self.runtime._record_commands(actor, batch, actor.driver.apply(started))
-            except (NondeterminismError, _Block) as exc:
-                blocked = str(exc)  # recorded as started, parked BLOCKED
-            try:
-                if blocked is None:
-                    await self.runtime._commit(actor, batch)
-                else:
-                    await self.runtime.commit_blocked(actor, batch, blocked)
-            except SequenceConflict as exc:
-                # The id was taken: mail that arrived meanwhile goes to an actor that activates
-                # from the store.
-                if self.runtime.actors.get(key) is actor:
-                    del self.runtime.actors[key]
-                for message in actor.mailbox:
-                    self.runtime.send(key, message)
-                if (exc.tenant, exc.workflow_id) != key:
-                    raise  # a child's id, taken by a start that raced ours: nothing recorded
-                return await self._existing(workflow_id, tenant, definition)
-            except BaseException:
-                if self.runtime.actors.get(key) is actor:
-                    del self.runtime.actors[key]
-                raise
-            if blocked is not None:
-                return WorkflowHandle(workflow_id, tenant, self._result)
-            actor.queued = False
-            if actor.mailbox:
-                self.runtime._schedule(actor)
-            elif actor.record.status.is_terminal:
-                self.runtime.actors.pop(key, None)
-            else:
-                self.runtime._maybe_evict()
+        start = RunStart(tenant, workflow_id, definition.name, encoded, run_id=new_id())
+        try:
+            await self._runtime.start(start)
+        except SequenceConflict as exc:
+            if (exc.tenant, exc.workflow_id) != (tenant, workflow_id):
+                raise  # a child's id, taken by a start that raced ours: nothing recorded
+            return await self._existing(workflow_id, tenant, definition)
         return WorkflowHandle(workflow_id, tenant, self._result)  # (the ids are checked)
+
+    async def _start_from_inbox(self, command: InboxCommand) -> None:
+        """Begin the run a start command left by another process asks for; its first write
+        deletes the command. An unregistered type starts parked BLOCKED (it runs once an
+        engine with the type runs it); arguments that do not fit the workflow fail the run at
+        once, with the reason: what was accepted is recorded either way."""
+        key = (command.tenant, command.workflow_id)
+        record = await self.store.get_workflow(command.workflow_id, tenant=command.tenant)
+        if record is None and key in self._runtime.actors:
+            return  # being started here right now: the next read of the inbox decides
+        if record is not None:
+            if record.workflow_type != command.name:
+                log.warning(
+                    "inbox command %s (start of %r as %s/%s) dropped: the id is taken by a run "
+                    "of type %r",
+                    command.command_id,
+                    command.name,
+                    *key,
+                    record.workflow_type,
+                )
+            await self.store.commit(Write(inbox_delete=[command.command_id]))
+            return
+        definition = self._registry.get(command.name)
+        encoded, error = command.payload, None
+        if definition is not None:
+            try:
+                encoded = definition.encode_input(start_args(command), limit=self.max_payload_bytes)
+            except (InvalidArgument, PayloadError) as exc:
+                error = exc
+        start = RunStart(command.tenant, command.workflow_id, command.name, encoded, new_id())
+        with contextlib.suppress(SequenceConflict):  # started meanwhile: read again next round
+            await self._runtime.start(start, inbox_id=command.command_id, error=error)
 
     async def _existing(
         self, workflow_id: str, tenant: str, definition: WorkflowDefinition
@@ -765,12 +642,7 @@ class Engine:
         return self._same_run(record, definition)
 
     def _same_run(self, record: WorkflowRecord, definition: WorkflowDefinition) -> WorkflowHandle:
-        if record.workflow_type != definition.name:
-            raise InvalidArgument(
-                f"workflow id {record.workflow_id!r} is taken by a run of type "
-                f"{record.workflow_type!r}; it cannot start a {definition.name!r} run. Nothing "
-                "was recorded: use another workflow_id"
-            )
+        _control.check_same_type(record, definition.name)
         return WorkflowHandle(record.workflow_id, record.tenant, self._result)
 
     def handle(self, workflow_id: str, *, tenant: str = "default") -> WorkflowHandle:
@@ -791,7 +663,7 @@ class Engine:
                 waiter = self._waiters.get(key)
                 if waiter is None:
                     waiter = self._waiters[key] = _ResultWaiter()
-                if not self._running_here(key):
+                if not self._runtime.running_here(key):
                     record = await self._record(workflow_id, tenant)
                     if record.status.is_terminal:
                         if self._waiters.get(key) is waiter and not waiter.event.is_set():
@@ -808,17 +680,6 @@ class Engine:
                         "continues when an engine next runs on this data directory"
                     )
 
-    def _running_here(self, key: tuple[str, str]) -> bool:
-        """The run is resident and unfinished: it exists and ``finished`` will wake us."""
-        actor = self.runtime.actors.get(key)
-        return (
-            actor is not None
-            and actor.driver is not None
-            and actor.driver.outcome is None
-            and actor.record is not None
-            and not actor.record.status.is_terminal
-        )
-
     async def signal(
         self, workflow_id: str, name: str, payload: Any = None, *, tenant: str = "default"
     ) -> None:
@@ -834,9 +695,7 @@ class Engine:
         workflow_id, tenant = _key(workflow_id, tenant)
         name = _validate.name(name, "signal name")
         encoded = encode_payload(payload, limit=self.max_payload_bytes, what=f"signal {name!r}")
-        await self._deliver(
-            workflow_id, tenant, Message("signal", {"name": name, "payload": encoded})
-        )
+        await self._deliver(workflow_id, tenant, Signal(name=name, payload=encoded, reply=Reply()))
 
     async def cancel(
         self, workflow_id: str, *, reason: str | None = None, tenant: str = "default"
@@ -851,19 +710,20 @@ class Engine:
         """
         workflow_id, tenant = _key(workflow_id, tenant)
         reason = _validate.optional_text(reason, "cancel reason")
-        await self._deliver(workflow_id, tenant, Message("cancel", {"reason": reason}))
+        await self._deliver(workflow_id, tenant, Cancel(reason=reason, reply=Reply()))
 
     async def _deliver(self, workflow_id: str, tenant: str, message: Message) -> None:
         record = await self._record(workflow_id, tenant)
-        if record.status.is_terminal:
-            raise WorkflowClosed(
-                f"workflow {workflow_id!r} has finished ({record.status.value}); it takes no "
-                "more signals or cancellations"
-            )
-        reply = Reply()
-        message.reply = reply
-        self.runtime.send((tenant, workflow_id), message)
-        await reply.wait()
+        match message:
+            case Decide():
+                _control.check_decidable(record)
+            case Complete():
+                _control.check_completable(record)
+            case _:
+                _control.check_open(record)
+        assert message.reply is not None
+        self._runtime.send((tenant, workflow_id), message)
+        await message.reply.wait()
 
     async def describe(self, workflow_id: str, *, tenant: str = "default") -> WorkflowDescription:
         """Status, times, result or error, history length and what the run waits on.
@@ -924,16 +784,13 @@ class Engine:
         """
         workflow_id, tenant = _key(workflow_id, tenant)
         record = await self._record(workflow_id, tenant)
-        if record.status is not Status.BLOCKED:
-            raise InvalidArgument(
-                f"workflow {workflow_id!r} is {record.status.value}, not blocked; nothing to do"
-            )
+        _control.check_blocked(record)
         key = (tenant, workflow_id)
-        actor = self.runtime.actors.get(key)
+        actor = self._runtime.actors.get(key)
         if actor is not None:
-            actor.restarts.clear()  # an operator's retry starts a fresh restart budget
+            actor.restarts = None  # an operator's retry starts a fresh restart budget
         reply = Reply()
-        self.runtime.send(key, Message("wake", reply=reply))
+        self._runtime.send(key, Wake(reply=reply))
         with contextlib.suppress(AionError):  # blocked again: the description says why
             await reply.wait()  # set once the replay's outcome is recorded
         return await self.describe(workflow_id, tenant=tenant)
@@ -996,14 +853,15 @@ class Engine:
         comment = _validate.optional_text(comment, "comment")
         approval_id = _validate.optional_identifier(approval_id, "approval_id")
         digest = _validate.optional_text(digest, "digest", limit=_validate.MAX_NAME_BYTES)
-        data = {
-            "approved": approved,
-            "user": user,
-            "comment": comment,
-            "approval_id": approval_id,
-            "digest": digest,
-        }
-        await self._deliver(workflow_id, tenant, Message("decide", data))
+        decision = Decide(
+            approved=approved,
+            user=user,
+            comment=comment,
+            approval_id=approval_id,
+            digest=digest,
+            reply=Reply(),
+        )
+        await self._deliver(workflow_id, tenant, decision)
 
     async def pending_approvals(
         self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
@@ -1033,19 +891,16 @@ class Engine:
         """
         claims = self._verify_token(token)
         tenant, workflow_id = claims.tenant, claims.workflow_id
-        row = await self.store.get_waitpoint(workflow_id, claims.waitpoint_id, tenant=tenant)
-        if row is None or row.created_at != claims.created_at:
-            raise InvalidToken("the token names no waitpoint of this engine's store")
-        if row.status is not WaitpointStatus.PENDING:
-            raise refuse_completion(row)
+        row = _control.check_waitpoint_row(
+            await self.store.get_waitpoint(workflow_id, claims.waitpoint_id, tenant=tenant), claims
+        )
         encoded = encode_payload(
             payload, limit=self.max_payload_bytes, what=f"completion of waitpoint {row.name!r}"
         )
-        data = {"waitpoint_id": claims.waitpoint_id, "payload": encoded, "token": token}
-        try:
-            await self._deliver(workflow_id, tenant, Message("complete", data))
-        except WorkflowClosed as exc:
-            raise WaitpointClosed(f"{exc}; its waitpoints are closed") from exc
+        completion = Complete(
+            waitpoint_id=claims.waitpoint_id, payload=encoded, token=token, reply=Reply()
+        )
+        await self._deliver(workflow_id, tenant, completion)
 
     def _verify_token(self, token: str, at: datetime | None = None) -> Any:
         keys = self._keys
@@ -1115,138 +970,6 @@ class Engine:
     async def _outcome(self, record: WorkflowRecord) -> Any:
         return await self._reader.outcome(record)
 
-    # --- inbox ----------------------------------------------------------------------------------
-
-    async def _inbox_loop(self) -> None:
-        """Hand commands left by other processes to their runs, until each is applied.
-
-        A command stays in the inbox until the write that applies it deletes it. One whose
-        application failed (a crash of its run, a full disk) is handed over again, with a
-        backoff per command; one for a BLOCKED run waits there until the run runs again (the
-        run takes it itself when it is unblocked); one that can never apply is removed with a
-        log line.
-        """
-        tries: dict[str, tuple[int, float]] = {}  # command id -> (hand-overs, next at)
-        while True:
-            commands = await self._read_inbox()
-            now = time.monotonic()
-            for command in commands:
-                count, due = tries.get(command.command_id, (0, 0.0))
-                if due > now:
-                    continue
-                delay = min(max(self._inbox_interval, 0.05) * 2**count, INBOX_MAX_BACKOFF)
-                tries[command.command_id] = (count + 1, now + delay)
-                await self._apply_inbox(command)
-            present = {command.command_id for command in commands}
-            tries = {i: t for i, t in tries.items() if i in present}
-            await anyio.sleep(self._inbox_interval)
-
-    async def _read_inbox(self) -> builtins.list[InboxCommand]:
-        out: builtins.list[InboxCommand] = []
-        while True:
-            rows = await self.store.read_inbox(limit=500, after=out[-1].command_id if out else None)
-            out += rows
-            if len(rows) < 500:
-                return out
-
-    def inbox_message(self, command: InboxCommand) -> Message | str:
-        """The message that applies an inbox command, or why it can never apply.
-
-        A waitpoint token is checked as of the time the command was accepted: a completion
-        kept while its run was BLOCKED still applies after the token's expiry. A command whose
-        fields the engine's own methods would refuse never applies (ARCHITECTURE.md,
-        invariant 17: the inbox skips no check the API makes).
-        """
-        try:
-            self._check_inbox(command)
-        except AionError as exc:  # InvalidArgument, PayloadError
-            return f"{exc} (the engine's methods refuse it too)"
-        data: dict[str, Any]
-        kind = command.kind
-        if kind == "complete_waitpoint":
-            try:
-                claims = self._verify_token(command.token, at=command.created_at)
-            except InvalidToken as exc:
-                return str(exc)
-            if (claims.tenant, claims.workflow_id) != (command.tenant, command.workflow_id):
-                return "the token is for another workflow than the command names"
-            kind = "complete"
-            data = {
-                "waitpoint_id": claims.waitpoint_id,
-                "payload": command.payload,
-                "token": command.token,
-            }
-        elif kind == "signal":
-            data = {"name": command.name, "payload": command.payload}
-        elif kind == "cancel":
-            data = {"reason": command.comment}
-        elif kind in ("approve", "reject"):
-            kind = "decide"
-            data = {
-                "approved": command.kind == "approve",
-                "user": command.user,
-                "comment": command.comment,
-                "approval_id": command.target_id or None,
-                "digest": command.digest or None,
-            }
-        elif kind == "unblock":
-            kind, data = "wake", {}
-        else:
-            return f"kind {kind!r} is not understood"
-        return Message(kind, data, inbox_id=command.command_id)
-
-    def _check_inbox(self, command: InboxCommand) -> None:
-        """The checks of the method each inbox command stands for (the ``aion`` command makes
-        them before it queues; another version, or another writer, may not have)."""
-        _key(command.workflow_id, command.tenant)
-        limit = self.max_payload_bytes
-        match command.kind:
-            case "signal":
-                name = _validate.name(command.name, "signal name")
-                _validate.payload_bytes(command.payload, limit=limit, what=f"signal {name!r}")
-            case "complete_waitpoint":
-                _validate.payload_bytes(command.payload, limit=limit, what="completion payload")
-            case "cancel":
-                _validate.optional_text(command.comment, "cancel reason")
-            case "approve" | "reject":
-                _validate.user(command.user)
-                _validate.optional_text(command.comment, "comment")
-                if command.target_id:
-                    _validate.identifier(command.target_id, "approval_id")
-                _validate.text(command.digest, "digest", limit=_validate.MAX_NAME_BYTES)
-
-    async def _apply_inbox(self, command: InboxCommand) -> None:
-        """Hand a command left by another process to its run; the write that applies it
-        deletes it. One that cannot apply is logged and deleted."""
-        key = (command.tenant, command.workflow_id)
-        message = self.inbox_message(command)
-        problem = message if isinstance(message, str) else None
-        record = None
-        if problem is None:
-            record = await self.store.get_workflow(command.workflow_id, tenant=command.tenant)
-            if record is None:
-                problem = "the workflow does not exist"
-            elif record.status.is_terminal:
-                problem = f"the workflow has finished ({record.status.value})"
-        if problem is not None:
-            log.warning(
-                "inbox command %s (%s for %s/%s) dropped: %s",
-                command.command_id,
-                command.kind,
-                *key,
-                problem,
-            )
-            await self.store.commit(Write(inbox_delete=[command.command_id]))
-            return
-        assert isinstance(message, Message) and record is not None
-        if command.kind == "unblock":
-            await self.store.commit(Write(inbox_delete=[command.command_id]))
-            self.runtime.send(key, Message("wake"))
-            return
-        if record.status is Status.BLOCKED and key not in self.runtime.actors:
-            return  # kept: the run takes it when it runs again
-        self.runtime.send(key, message)
-
     def _resolve(self, workflow: Any) -> WorkflowDefinition:
         if isinstance(workflow, str):
             definition = self._registry.get(workflow)
@@ -1263,6 +986,70 @@ class Engine:
 
 
 _NOT_BUSY: AbstractContextManager[object] = nullcontext()
+
+
+class _Services:
+    """What an engine gives its runtime (:class:`~._config.Services`): the store, its clock,
+    workflow definitions, token signing, timers, steps, result waiters, background tasks."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def store(self) -> EventStore:
+        return self._engine.store
+
+    def now(self) -> datetime:
+        return self._engine.now()
+
+    def monotonic(self) -> float:
+        return self._engine.clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        await self._engine.clock.sleep(seconds)
+
+    def busy(self) -> AbstractContextManager[object]:
+        return self._engine._busy()
+
+    def definition(self, workflow_type: str) -> WorkflowDefinition | None:
+        return self._engine._registry.get(workflow_type)
+
+    def sign_waitpoint(
+        self,
+        tenant: str,
+        workflow_id: str,
+        waitpoint_id: str,
+        created_at: datetime,
+        expires_at: datetime | None,
+        kid: str | None,
+    ) -> tuple[str, str]:
+        return self._engine._sign_waitpoint(
+            tenant, workflow_id, waitpoint_id, created_at, expires_at, kid
+        )
+
+    @property
+    def activation_watch(self) -> ActivationWatch | None:
+        return self._engine._activation_watch
+
+    def hold_timer(self, row: TimerRow) -> None:
+        self._engine._timers.hold(row)
+
+    def release_timer(self, row: TimerRow) -> None:
+        self._engine._timers.release(row)
+
+    def submit_step(self, job: StepJob) -> None:
+        self._engine._executor.submit(job)
+
+    def run_closed(self, record: WorkflowRecord, outcome: Outcome) -> None:
+        self._engine._run_closed(record, outcome)
+
+    def inbox_message(self, command: InboxCommand) -> Message | str:
+        return self._engine._inbox.message(command)
+
+    def spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        return self._engine._spawn(work)
 
 
 def _key(workflow_id: object, tenant: object) -> tuple[str, str]:
@@ -1290,28 +1077,14 @@ def _not_busy() -> AbstractContextManager[object]:
 
 
 class _ResultWaiter:
-    """Shared by the ``result()`` calls waiting on one run; ``finished`` hands them the outcome."""
+    """Shared by the ``result()`` calls waiting on one run; ``_run_closed`` hands them the
+    outcome."""
 
     __slots__ = ("event", "outcome")
 
     def __init__(self) -> None:
         self.event = Flag()  # not anyio's Event: that one asks sniffio for the backend
-        self.outcome: tuple[WorkflowRecord, c.Command] | None = None
-
-
-def _timer_key(row: TimerRow) -> TimerKey:
-    return (row.tenant, row.workflow_id, row.timer_id)
-
-
-def _outcome_command(event: ev.Event) -> c.Command | None:
-    match event:
-        case ev.WorkflowCompleted():
-            return c.CompleteWorkflow(event.result)
-        case ev.WorkflowFailed():
-            return c.FailWorkflow(event.error_type, event.message, event.traceback)
-        case ev.WorkflowCancelled():
-            return c.CancelWorkflow(event.reason)
-    return None
+        self.outcome: tuple[WorkflowRecord, Outcome] | None = None
 
 
 def event_of(item: HistoryEvent | ev.Event) -> ev.Event:
@@ -1335,37 +1108,3 @@ def events_of(history: Sequence[HistoryEvent | ev.Event]) -> list[ev.Event]:
         with contextlib.suppress(*DECODE_ERRORS):  # decoded one by one below, to say which
             return list(decode_events([h.raw for h in history]))  # type: ignore[union-attr]
     return [event_of(h) for h in history]
-
-
-class _Started:
-    """A task status that tells ``_supervise`` (not only ``TaskGroup.start``) about the start."""
-
-    def __init__(self, on_started: Callable[[], None]) -> None:
-        self._on_started = on_started
-
-    def started(self, value: object = None) -> None:
-        self._on_started()
-
-
-@contextlib.contextmanager
-def _one_error() -> Iterator[None]:
-    """A service's task group failed: report its first error, not the group (the supervisor
-    and the embedding service see what went wrong)."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        errors = [e for e in _leaves(group) if isinstance(e, Exception)]
-        if errors:
-            raise errors[0] from group
-        raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions in a group, cancellations left out."""
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out += _leaves(exc)
-        elif not isinstance(exc, anyio.get_cancelled_exc_class()):
-            out.append(exc)
-    return out

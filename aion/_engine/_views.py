@@ -13,15 +13,13 @@ import msgspec
 
 from aion import events as ev
 from aion._codec import decode_payload
+from aion._control import refuse_completion
 from aion._replay import WorkflowDefinition
-from aion._replay._commands import CancelWorkflow, Command, CompleteWorkflow, FailWorkflow
 from aion._replay._definition import convert
 from aion._replay._driver import _return_type
 from aion.errors import (
     AionError,
     InvalidArgument,
-    InvalidToken,
-    WaitpointClosed,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
@@ -32,10 +30,10 @@ from aion.store import (
     Page,
     Status,
     WaitpointRow,
-    WaitpointStatus,
     WorkflowRecord,
 )
 
+from ._messages import Outcome
 from ._types import (
     PENDING_KINDS,
     HistoryEvent,
@@ -113,32 +111,22 @@ class Reader:
         return self._outcome_in(record, events)
 
     def _outcome_in(self, record: WorkflowRecord, events: list[ev.AnyEvent]) -> Any:
-        last = events[-1] if events else None
-        match last:
-            case ev.WorkflowCompleted():
-                return self._result_value(record, last.result)
-            case ev.WorkflowFailed():
-                raise WorkflowFailed(record.workflow_id, last.error_type, last.message)
-            case ev.WorkflowCancelled():
-                raise WorkflowCancelled(
-                    f"workflow {record.workflow_id!r} was cancelled"
-                    + (f": {last.reason}" if last.reason else "")
-                )
-        raise AionError(f"workflow {record.workflow_id!r} has no outcome event")
+        outcome = Outcome.of_event(events[-1] if events else None)
+        if outcome is None:
+            raise AionError(f"workflow {record.workflow_id!r} has no outcome event")
+        return self.outcome_of(record, outcome)
 
-    def outcome_of(self, record: WorkflowRecord, command: Command) -> Any:
-        """The same as :meth:`outcome`, from the command the run closed with (no store read)."""
-        match command:
-            case CompleteWorkflow():
-                return self._result_value(record, command.result)
-            case FailWorkflow():
-                raise WorkflowFailed(record.workflow_id, command.error_type, command.message)
-            case CancelWorkflow():
-                raise WorkflowCancelled(
-                    f"workflow {record.workflow_id!r} was cancelled"
-                    + (f": {command.reason}" if command.reason else "")
-                )
-        raise AionError(f"workflow {record.workflow_id!r} closed with {command!r}")
+    def outcome_of(self, record: WorkflowRecord, outcome: Outcome) -> Any:
+        """What ``result()`` returns, or raises, for a run that closed with ``outcome``."""
+        match outcome.status:
+            case Status.COMPLETED:
+                return self._result_value(record, outcome.result)
+            case Status.FAILED:
+                raise WorkflowFailed(record.workflow_id, outcome.error_type, outcome.message)
+        raise WorkflowCancelled(
+            f"workflow {record.workflow_id!r} was cancelled"
+            + (f": {outcome.message}" if outcome.message else "")
+        )
 
     def _result_value(self, record: WorkflowRecord, result: bytes) -> Any:
         definition = self.definition(record.workflow_type)
@@ -337,15 +325,3 @@ def waitpoint_info(row: WaitpointRow, kid: str = "") -> WaitpointInfo:
         last_failed_validation_at=row.last_failed_validation_at,
         token_kid=row.kid or kid,
     )
-
-
-def refuse_completion(row: WaitpointRow) -> AionError:
-    """Why a waitpoint that is no longer pending cannot be completed."""
-    what = f"waitpoint {row.name!r} of workflow {row.workflow_id!r}"
-    if row.status is WaitpointStatus.EXPIRED:
-        return InvalidToken(f"{what} expired at {row.expires_at}; its token no longer works")
-    if row.status is WaitpointStatus.COMPLETED:
-        return WaitpointClosed(
-            f"{what} was completed already: a token completes its waitpoint once"
-        )
-    return WaitpointClosed(f"{what} is closed: its run has finished")

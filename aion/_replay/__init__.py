@@ -9,8 +9,8 @@ from ._definition import WorkflowDefinition as WorkflowDefinition
 from ._definition import definition_of as definition_of
 from ._definition import workflow as workflow
 from ._driver import Driver as Driver
-from ._driver import DurableFuture as DurableFuture
-from ._driver import WorkflowInfo as WorkflowInfo
+from ._state import DurableFuture as DurableFuture
+from ._state import WorkflowInfo as WorkflowInfo
 from ._waits import Approval as Approval
 from ._waits import ApprovalState as ApprovalState
 from ._waits import Waitpoint as Waitpoint

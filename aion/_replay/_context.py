@@ -17,7 +17,8 @@ from ._definition import RetryPolicy
 if TYPE_CHECKING:
     from aion.events import SearchValue
 
-    from ._driver import Driver, DurableFuture, WorkflowInfo
+    from ._operations import Operations
+    from ._state import DurableFuture, WorkflowInfo
     from ._waits import Waitpoint
 
 __all__ = ["Context"]
@@ -54,7 +55,7 @@ class Context:
 
     __slots__ = ("_driver",)
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Operations) -> None:
         self._driver = driver
 
     @property

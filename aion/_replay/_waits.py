@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._driver import DurableFuture
+    from ._state import DurableFuture
 
 __all__ = ["Approval", "ApprovalState", "Waitpoint", "WaitpointState", "approval_digest"]
 

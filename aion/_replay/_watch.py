@@ -11,12 +11,13 @@ Nothing here starts a thread or does I/O: the replay layer stays pure.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ._driver import Driver
+    from ._definition import WorkflowDefinition
+    from ._state import WorkflowInfo
 
-__all__ = ["LIVE_OVERRUNS", "Activation", "ActivationWatch"]
+__all__ = ["LIVE_OVERRUNS", "Activation", "ActivationWatch", "Running"]
 
 #: A run is parked once this many of its live activations exceeded the limit (one driver's
 #: lifetime). One activation past the limit while its history is replayed parks it at once:
@@ -24,9 +25,26 @@ __all__ = ["LIVE_OVERRUNS", "Activation", "ActivationWatch"]
 LIVE_OVERRUNS = 3
 
 
+class Running(Protocol):
+    """What a watchdog reads of the driver running an activation (a :class:`~._driver.Driver`;
+    a protocol, so that this module need not import the driver, which imports it)."""
+
+    @property
+    def info(self) -> WorkflowInfo | None:
+        """The run's identity (None until its history has started it)."""
+
+    @property
+    def definition(self) -> WorkflowDefinition:
+        """The workflow the run runs."""
+
+    @property
+    def in_replay(self) -> bool:
+        """True while the run's history is replayed."""
+
+
 #: One activation in progress: (the driver running workflow code, since when in
 #: ``time.monotonic()`` seconds, its ordinal). A plain tuple: made on every activation.
-Activation = tuple["Driver", float, int]
+Activation = tuple[Running, float, int]
 
 
 class ActivationWatch:

@@ -6,6 +6,8 @@ timer wheel, step executor, run-actor supervisor) from these parts. See ``docs/s
 
 from __future__ import annotations
 
+from ._budget import RestartBudget as RestartBudget
+from ._dynamic import DynamicSupervisor as DynamicSupervisor
 from ._errors import ChildNotFound as ChildNotFound
 from ._errors import ChildStartError as ChildStartError
 from ._errors import DuplicateChild as DuplicateChild
@@ -19,7 +21,6 @@ from ._spec import ChildState as ChildState
 from ._spec import Restart as Restart
 from ._spec import Shutdown as Shutdown
 from ._spec import Strategy as Strategy
-from ._supervisor import DynamicSupervisor as DynamicSupervisor
 from ._supervisor import Supervisor as Supervisor
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "DuplicateChild",
     "DynamicSupervisor",
     "Restart",
+    "RestartBudget",
     "Shutdown",
     "Strategy",
     "Supervisor",

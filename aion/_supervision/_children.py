@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import anyio
 
 from aion._clock import Clock
 
+from ._budget import RestartBudget
 from ._spec import ChildContext, ChildSpec, ChildState
 
 __all__ = ["Child", "Instance", "describe", "stop_children", "wait_within"]
@@ -21,9 +21,9 @@ class Child:
     """A child slot: its spec and bookkeeping, surviving its restarts."""
 
     __slots__ = (
+        "budget",
         "instance",
         "last_error",
-        "recent",
         "restart_at",
         "restarts",
         "seq",
@@ -41,9 +41,10 @@ class Child:
         self.last_error: BaseException | None = None
         self.instance: Instance | None = None
         self.restart_at = 0.0
-        # Times of this child's restarts inside the intensity window, for its backoff. Created
-        # on its first restart: most children of a dynamic supervisor never restart.
-        self.recent: deque[float] | None = None
+        # This child's own restarts inside the intensity window, for its backoff (the intensity
+        # that escalates is the supervisor's, over all children). Made on its first restart:
+        # most children of a dynamic supervisor never restart.
+        self.budget: RestartBudget | None = None
 
     @property
     def id(self) -> str:

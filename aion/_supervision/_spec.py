@@ -131,6 +131,10 @@ class Backoff:
     factor in ``[1 - jitter, 1 + jitter]`` (and capped at ``maximum`` again), so a crash loop
     slows down and a crowd of crashing siblings does not restart in lock step.
 
+    With ``immediate_first=False`` the first restart waits too: the n-th (n >= 1) waits
+    ``min(maximum, initial * multiplier ** (n - 1))``, jittered and capped alike. For restarts
+    that would otherwise race whatever made them crash (a run actor replaying its history).
+
     Keep ``maximum * max_restarts`` well below the supervisor's ``max_seconds``: restarts spaced
     wider than ``max_seconds / max_restarts`` never exceed the intensity, so the supervisor would
     keep restarting a child that can never run instead of escalating.
@@ -140,12 +144,15 @@ class Backoff:
         maximum: the longest delay, in seconds.
         multiplier: growth factor per further restart (>= 1).
         jitter: relative spread of the random factor, in ``[0, 1]``.
+        immediate_first: whether the first restart in the window is immediate (OTP); if not,
+            it waits ``initial`` (jittered).
     """
 
     initial: float = 0.05
     maximum: float = 1.0
     multiplier: float = 2.0
     jitter: float = 0.1
+    immediate_first: bool = True
 
     NONE: ClassVar[Backoff]
 
@@ -165,11 +172,22 @@ class Backoff:
             rng: the source of jitter (seed it for reproducible delays).
 
         Returns:
-            ``0.0`` for the first restart in the window, else the jittered, capped delay.
+            ``0.0`` for the first restart in the window (unless ``immediate_first`` is false),
+            else the jittered, capped delay.
         """
-        if earlier_restarts <= 0 or self.maximum == 0:
+        if self.immediate_first:
+            steps = earlier_restarts - 1
+            if steps < 0:
+                return 0.0
+        else:
+            steps = max(earlier_restarts, 0)
+        if self.maximum == 0:
             return 0.0
-        base = min(self.maximum, self.initial * self.multiplier ** (earlier_restarts - 1))
+        try:
+            grown = self.initial * self.multiplier**steps
+        except OverflowError:  # a long crash loop under a huge intensity: far past the cap
+            grown = self.maximum if self.initial else 0.0
+        base = min(self.maximum, grown)
         spread = rng.uniform(1.0 - self.jitter, 1.0 + self.jitter) if self.jitter else 1.0
         return min(self.maximum, base * spread)
 

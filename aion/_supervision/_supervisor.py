@@ -1,5 +1,10 @@
 """Supervisors: start children in order, restart them by strategy, stop them, escalate.
 
+Somewhat over 600 lines because it is one thing: the OTP supervisor process, its control loop
+and the decisions that loop makes. What could stand alone lives beside it: the dynamic variant
+(``_dynamic``), the requests in its inbox (``_calls``), child slots and stopping them
+(``_children``), the restart budget (``_budget``).
+
 Each supervisor run is one control loop (the OTP supervisor process) plus one wrapper task per
 running child. A wrapper catches its child's ``Exception`` and posts the exit to the loop's
 inbox, so the anyio task group that holds the children never sees a child's error: without the
@@ -21,6 +26,8 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from aion._clock import Clock, SystemClock
 
+from ._budget import RestartBudget
+from ._calls import Call, StartChild, TerminateChild
 from ._children import Child, Instance, describe, stop_children, wait_within
 from ._errors import (
     ChildNotFound,
@@ -40,39 +47,12 @@ from ._spec import (
     Strategy,
 )
 
-__all__ = ["DynamicSupervisor", "Supervisor"]
+__all__ = ["Supervisor"]
 
 logger = logging.getLogger("aion.supervision")
 
 
-class _Call:
-    """A request from outside the loop, answered through ``reply``."""
-
-    __slots__ = ("error", "reply")
-
-    def __init__(self) -> None:
-        self.reply = anyio.Event()
-        self.error: BaseException | None = None
-
-
-class _StartChild(_Call):
-    __slots__ = ("child_error", "spec")
-
-    def __init__(self, spec: ChildSpec) -> None:
-        super().__init__()
-        self.spec = spec
-        self.child_error: Exception | None = None
-
-
-class _TerminateChild(_Call):
-    __slots__ = ("child_id",)
-
-    def __init__(self, child_id: str) -> None:
-        super().__init__()
-        self.child_id = child_id
-
-
-_Message = Instance | _StartChild | _TerminateChild
+_Message = Instance | StartChild | TerminateChild
 
 
 class Supervisor:
@@ -147,7 +127,8 @@ class Supervisor:
         self._pending: dict[str, Child] = {}  # children waiting out their restart backoff
         self._inbox: deque[_Message] = deque()
         self._wakeup: anyio.Event | None = None
-        self._restart_times: deque[float] = deque()
+        # The intensity, over all children; each child's own budget paces its backoff.
+        self._budget = RestartBudget(max_restarts, self._max_seconds)
         self._seq = 0
         self._tg: TaskGroup | None = None
         self._accepting = False
@@ -236,7 +217,7 @@ class Supervisor:
                 child.state = ChildState.STOPPED
             while self._inbox:
                 message = self._inbox.popleft()
-                if isinstance(message, _Call):
+                if isinstance(message, Call):
                     self._refuse(message)
             finished.set()
         if failure is not None:
@@ -268,7 +249,7 @@ class Supervisor:
             ChildStartError: the child raised before ``ctx.started()``; it was not added.
             SupervisorNotRunning: the supervisor is not running (or is shutting down).
         """
-        call = _StartChild(spec)
+        call = StartChild(spec)
         await self._call(call)
         if call.child_error is not None:
             raise ChildStartError(self._name, spec.id, call.child_error) from call.child_error
@@ -280,7 +261,7 @@ class Supervisor:
             ChildNotFound: no current child has this id.
             SupervisorNotRunning: the supervisor is not running (or is shutting down).
         """
-        await self._call(_TerminateChild(child_id))
+        await self._call(TerminateChild(child_id))
 
     def report(self) -> list[ChildReport]:
         """The children in start order with their state, restart count and last error.
@@ -298,7 +279,7 @@ class Supervisor:
         self._children = {}
         self._pending = {}
         self._inbox = deque()
-        self._restart_times = deque()
+        self._budget.reset()
         self._seq = 0
         self._stop_requested = False
         self._accepting = True
@@ -318,7 +299,7 @@ class Supervisor:
         self._inbox.append(message)
         self._wake()
 
-    async def _call(self, call: _StartChild | _TerminateChild) -> None:
+    async def _call(self, call: StartChild | TerminateChild) -> None:
         if not self._accepting:
             raise SupervisorNotRunning(self._name)
         self._post(call)
@@ -326,7 +307,7 @@ class Supervisor:
         if call.error is not None:
             raise call.error
 
-    def _refuse(self, call: _Call) -> None:
+    def _refuse(self, call: Call) -> None:
         if not call.reply.is_set():
             call.error = call.error or SupervisorNotRunning(self._name)
             call.reply.set()
@@ -384,7 +365,7 @@ class Supervisor:
         if isinstance(message, Instance):
             return await self._on_exit(message)
         try:
-            if isinstance(message, _StartChild):
+            if isinstance(message, StartChild):
                 await self._on_start_child(message)
             else:
                 await self._on_terminate_child(message)
@@ -393,7 +374,7 @@ class Supervisor:
             self._refuse(message)
         return None
 
-    async def _on_start_child(self, call: _StartChild) -> None:
+    async def _on_start_child(self, call: StartChild) -> None:
         spec = call.spec
         if spec.id in self._children:
             call.error = DuplicateChild(self._name, spec.id)
@@ -412,7 +393,7 @@ class Supervisor:
                 )
         call.reply.set()
 
-    async def _on_terminate_child(self, call: _TerminateChild) -> None:
+    async def _on_terminate_child(self, call: TerminateChild) -> None:
         child = self._children.get(call.child_id)
         if child is None:
             call.error = ChildNotFound(self._name, call.child_id)
@@ -460,21 +441,15 @@ class Supervisor:
             return None
 
         now = self._clock.now()
-        cutoff = now - self._max_seconds  # a restart exactly max_seconds ago still counts (OTP)
-        times = self._restart_times
-        times.append(now)
-        while times[0] < cutoff:
-            times.popleft()
-        if len(times) > self._max_restarts:
-            return await self._escalate(child, error, len(times))
-
-        recent = child.recent
-        if recent is None:
-            recent = child.recent = deque()
-        while recent and recent[0] < cutoff:
-            recent.popleft()
-        delay = self._backoff.delay(len(recent), self._rng)
-        recent.append(now)
+        if not self._budget.record(now):
+            return await self._escalate(child, error, self._budget.count)
+        budget = child.budget
+        if budget is None:
+            budget = child.budget = RestartBudget(
+                self._max_restarts, self._max_seconds, self._backoff, self._rng
+            )
+        budget.record(now)  # within the supervisor's budget, so within the child's
+        delay = budget.delay()
 
         group = self._group(child)
         siblings = [c for c in group if c is not child]
@@ -497,7 +472,7 @@ class Supervisor:
             "an abnormal exit" if error is not None else "a normal exit",
             child.id,
             f" in {delay:.3g} s" if delay else "",
-            len(times),
+            self._budget.count,
             self._max_restarts,
             self._max_seconds,
             extra={"supervisor": self._name, "child_id": child.id},
@@ -648,48 +623,3 @@ class Supervisor:
 
 def _by_seq(child: Child) -> int:
     return child.seq
-
-
-class DynamicSupervisor(Supervisor):
-    """A one-for-one supervisor for many children started at run time (OTP ``simple_one_for_one``).
-
-    It has no static children: add them with :meth:`start_child`, remove them with
-    :meth:`terminate_child`. A child is forgotten once it stops for good, so a supervisor of
-    short-lived actors stays small. On shutdown (and escalation) every child is asked to stop at
-    once and the policies' timeouts run concurrently, so 10,000 children with a 5 s policy stop
-    within about 5 s, not 10,000 times that; there is no order among dynamic children.
-
-    Args:
-        name: names the supervisor in logs and errors.
-        max_restarts: restarts allowed within ``max_seconds`` (all children together).
-        max_seconds: the sliding window for ``max_restarts``, in seconds.
-        backoff: delays between repeated restarts of the same child.
-        kill_grace: see :class:`Supervisor`.
-        clock: the source of time.
-        rng: the source of backoff jitter.
-    """
-
-    _concurrent_stop: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        *,
-        name: str = "dynamic_supervisor",
-        max_restarts: int = 3,
-        max_seconds: float = 5.0,
-        backoff: Backoff | None = None,
-        kill_grace: float = 5.0,
-        clock: Clock | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(
-            (),
-            name=name,
-            strategy=Strategy.ONE_FOR_ONE,
-            max_restarts=max_restarts,
-            max_seconds=max_seconds,
-            backoff=backoff,
-            kill_grace=kill_grace,
-            clock=clock,
-            rng=rng,
-        )

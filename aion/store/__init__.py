@@ -1,11 +1,18 @@
 """aion's storage layer: the EventStore protocol and its backends.
 
 Public so that backends may be added later: a backend implements :class:`EventStore` and passes
-the conformance suite in ``tests/store/``.
+the conformance suite in ``tests/store/``. :class:`ForwardingStore` is the base for wrappers of
+a store; :class:`WriteHook` the seam at every boundary of a write, for fault injection
+(``aion.testing.faults``).
 """
 
 from __future__ import annotations
 
+from ._forwarding import ForwardingStore as ForwardingStore
+from ._hooks import SupportsWriteHook as SupportsWriteHook
+from ._hooks import WriteHook as WriteHook
+from ._hooks import WriteInfo as WriteInfo
+from ._hooks import WriteProbe as WriteProbe
 from ._lmdb import LmdbStore as LmdbStore
 from ._memory import MemoryStore as MemoryStore
 from ._protocol import EventStore as EventStore
@@ -34,6 +41,7 @@ __all__ = [
     "CommitResult",
     "DamagedRow",
     "EventStore",
+    "ForwardingStore",
     "InboxCommand",
     "IndexRow",
     "LmdbStore",
@@ -42,10 +50,14 @@ __all__ = [
     "collect_pages",
     "RunInfo",
     "Status",
+    "SupportsWriteHook",
     "TimerRow",
     "WaitpointRow",
     "WaitpointStatus",
     "WorkflowRecord",
     "Write",
+    "WriteHook",
+    "WriteInfo",
+    "WriteProbe",
     "begin_run",
 ]

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import bisect
+import copy
 import itertools
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import anyio
 
 from aion.errors import StoreClosed
 
-from . import _core
-from ._core import KV, Prepared
+from . import _apply, _rows
 from ._cursors import CursorKey
+from ._hooks import ProbedKV, WriteHook, WriteProbe, write_info
+from ._prepare import Prepared
 from ._protocol import KVStore
 from ._records import CommitResult
+from ._rows import KV
 
 __all__ = ["MemoryStore"]
 
@@ -51,7 +54,7 @@ class _Table:
 
 class _Data:
     def __init__(self) -> None:
-        self.tables = {name: _Table() for name in _core.TABLES}
+        self.tables = {name: _Table() for name in _rows.TABLES}
         self.lock = threading.RLock()
         self.inbox_counter = itertools.count(1)
         self.cursor_key = CursorKey.generate()  # per store, kept across reopen()
@@ -102,19 +105,32 @@ class MemoryStore(KVStore):
     Same semantics as :class:`~aion.store.LmdbStore` (both run the same store logic), nothing
     survives the process. :meth:`reopen` returns a new store over the same data, which tests use
     to model a close and reopen.
+
+    Args:
+        write_hook: called at every boundary of every write (see
+            :class:`~aion.store.WriteHook`); for fault-injection tests. Also
+            :meth:`set_write_hook`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, write_hook: WriteHook | None = None) -> None:
         self._data = _Data()
         self._closed = False
+        self._hook = write_hook
 
-    def reopen(self) -> MemoryStore:
-        """A fresh store object over this store's data (as if closed and opened again)."""
+    def reopen(self) -> Self:
+        """A fresh store object over this store's data (as if closed and opened again): of the
+        same class, with no write hook."""
         self._closed = True
-        store = MemoryStore.__new__(MemoryStore)
-        store._data = self._data
+        store = copy.copy(self)
         store._closed = False
+        store._hook = None
         return store
+
+    def set_write_hook(self, hook: WriteHook | None) -> WriteHook | None:
+        """Install ``hook`` (None: remove it) for the writes that begin from now on; returns
+        the hook it replaces. See :class:`~aion.store.WriteHook`."""
+        previous, self._hook = self._hook, hook
+        return previous
 
     def _check_open(self) -> None:
         if self._closed:
@@ -128,17 +144,45 @@ class MemoryStore(KVStore):
     def commit_prepared(self, prepared: Prepared) -> CommitResult:
         """Apply an already prepared write atomically (synchronously)."""
         self._check_open()
+        if self._hook is not None:
+            return self._commit_hooked(self._hook, prepared)
         with self._data.lock:
             undo: list[tuple[str, bytes, bytes | None]] = []
             try:
-                return _core.apply(_MemoryKV(self._data, undo), prepared)
+                return _apply.apply(_MemoryKV(self._data, undo), prepared)
             except BaseException:
-                for table, key, old in reversed(undo):
-                    if old is None:
-                        self._data.tables[table].delete(key)
-                    else:
-                        self._data.tables[table].put(key, old)
+                self._roll_back(undo)
                 raise
+
+    def _commit_hooked(self, hook: WriteHook, prepared: Prepared) -> CommitResult:
+        """``commit_prepared`` with ``hook`` called at each boundary (see ``_hooks``)."""
+        probe: WriteProbe | None = hook.begin_write(write_info(prepared))
+        hook.before_transaction(1)
+        with self._data.lock:
+            undo: list[tuple[str, bytes, bytes | None]] = []
+            try:
+                kv: KV = _MemoryKV(self._data, undo)
+                _apply.check(kv, prepared)
+                if probe is not None:
+                    probe.before_apply(1)
+                    kv = ProbedKV(kv, probe)
+                result = _apply.apply(kv, prepared, checked=True)
+                if probe is not None:
+                    probe.before_commit()
+                hook.before_commit(1)
+            except BaseException:
+                self._roll_back(undo)
+                raise
+        if probe is not None:
+            probe.after_commit()
+        return result
+
+    def _roll_back(self, undo: list[tuple[str, bytes, bytes | None]]) -> None:
+        for table, key, old in reversed(undo):
+            if old is None:
+                self._data.tables[table].delete(key)
+            else:
+                self._data.tables[table].put(key, old)
 
     async def _commit(self, prepared: Prepared) -> CommitResult:
         result = self.commit_prepared(prepared)

@@ -8,9 +8,9 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from aion.events import AnyEvent, Event
 
-from . import _core, _keys
-from ._core import KV, Prepared
+from . import _keys, _prepare, _queries
 from ._cursors import CursorKey
+from ._prepare import Prepared
 from ._records import (
     ApprovalRow,
     CommitResult,
@@ -25,6 +25,7 @@ from ._records import (
     WorkflowRecord,
     Write,
 )
+from ._rows import KV, approval_key, get_row, head_of, waitpoint_key
 
 __all__ = ["EventStore", "KVStore"]
 
@@ -38,6 +39,10 @@ class EventStore(Protocol):
     Every method is tenant-scoped (``tenant="default"`` unless given); a workflow of another
     tenant does not exist for the call. Writes are atomic: :meth:`commit` makes all of a
     :class:`Write` visible or none of it, even across a crash.
+
+    Optional: a backend may also take a :class:`~aion.store.WriteHook` through
+    ``set_write_hook`` (:class:`~aion.store.SupportsWriteHook`), called at every boundary of
+    its writes, for fault-injection tests. LmdbStore and MemoryStore do.
     """
 
     async def commit(self, write: Write) -> CommitResult:
@@ -201,7 +206,7 @@ class KVStore:
         raise NotImplementedError
 
     async def commit(self, write: Write) -> CommitResult:
-        return await self._commit(_core.prepare(write, self._new_inbox_id))
+        return await self._commit(_prepare.prepare(write, self._new_inbox_id))
 
     async def append(
         self,
@@ -212,7 +217,7 @@ class KVStore:
         tenant: str = "default",
     ) -> int:
         # What commit(Write(appends=[Append(...)])) does, without building the Write.
-        prepared = _core.prepare_append(tenant, workflow_id, events, expected_seq)
+        prepared = _prepare.prepare_append(tenant, workflow_id, events, expected_seq)
         del events  # encoded now: do not hold the caller's events while the write is in flight
         result = await self._commit(prepared)
         return result.heads[0]
@@ -225,24 +230,26 @@ class KVStore:
         from_seq: int = 1,
         to_seq: int | None = None,
     ) -> list[AnyEvent]:
-        return self._read(lambda kv: _core.read_history(kv, tenant, workflow_id, from_seq, to_seq))
+        return self._read(
+            lambda kv: _queries.read_history(kv, tenant, workflow_id, from_seq, to_seq)
+        )
 
     async def read_current_run(
         self, workflow_id: str, *, tenant: str = "default"
     ) -> list[AnyEvent]:
-        return self._read(lambda kv: _core.read_current_run(kv, tenant, workflow_id))
+        return self._read(lambda kv: _queries.read_current_run(kv, tenant, workflow_id))
 
     async def head(self, workflow_id: str, *, tenant: str = "default") -> int:
         key = _keys.workflow_key(tenant, workflow_id)
-        return self._read(lambda kv: _core.head_of(kv, key))
+        return self._read(lambda kv: head_of(kv, key))
 
     async def run_chain(self, workflow_id: str, *, tenant: str = "default") -> list[RunInfo]:
-        return self._read(lambda kv: _core.run_chain(kv, tenant, workflow_id))
+        return self._read(lambda kv: _queries.run_chain(kv, tenant, workflow_id))
 
     async def get_workflow(
         self, workflow_id: str, *, tenant: str = "default"
     ) -> WorkflowRecord | None:
-        return self._read(lambda kv: _core.get_workflow(kv, tenant, workflow_id))
+        return self._read(lambda kv: _queries.get_workflow(kv, tenant, workflow_id))
 
     async def list_workflows(
         self,
@@ -256,7 +263,7 @@ class KVStore:
         cursor: str | None = None,
     ) -> Page[WorkflowRecord]:
         return self._read(
-            lambda kv: _core.list_workflows(
+            lambda kv: _queries.list_workflows(
                 kv,
                 tenant,
                 cursors=self._cursor_key(),
@@ -272,24 +279,24 @@ class KVStore:
     async def scan_active(
         self, *, after: tuple[str, str] | None = None, limit: int = 1000
     ) -> list[WorkflowRecord]:
-        return self._read(lambda kv: _core.scan_active(kv, after, limit))
+        return self._read(lambda kv: _queries.scan_active(kv, after, limit))
 
     async def due_timers(
         self, until: datetime, *, limit: int = 1000, after: TimerRow | None = None
     ) -> list[TimerRow]:
-        return self._read(lambda kv: _core.due_timers(kv, until, limit, after))
+        return self._read(lambda kv: _queries.due_timers(kv, until, limit, after))
 
     async def tenants(self) -> list[str]:
-        return self._read(_core.tenants)
+        return self._read(_queries.tenants)
 
     async def next_timer_due(self, after: datetime) -> datetime | None:
-        return self._read(lambda kv: _core.next_timer_due(kv, after))
+        return self._read(lambda kv: _queries.next_timer_due(kv, after))
 
     async def get_waitpoint(
         self, workflow_id: str, waitpoint_id: str, *, tenant: str = "default"
     ) -> WaitpointRow | None:
-        key = _core.waitpoint_key(tenant, workflow_id, waitpoint_id)
-        return self._read(lambda kv: _core.get_row(kv, "waitpoints", key, WaitpointRow))
+        key = waitpoint_key(tenant, workflow_id, waitpoint_id)
+        return self._read(lambda kv: get_row(kv, "waitpoints", key, WaitpointRow))
 
     async def list_waitpoints(
         self,
@@ -301,7 +308,7 @@ class KVStore:
     ) -> Page[WaitpointRow]:
         cursors = self._cursor_key()
         return self._read(
-            lambda kv: _core.list_children(
+            lambda kv: _queries.list_children(
                 kv, "waitpoints", WaitpointRow, tenant, workflow_id, limit, cursor, cursors
             )
         )
@@ -316,14 +323,14 @@ class KVStore:
     ) -> Page[WaitpointRow]:
         cursors = self._cursor_key()
         return self._read(
-            lambda kv: _core.pending_waitpoints(kv, tenant, workflow_id, limit, cursor, cursors)
+            lambda kv: _queries.pending_waitpoints(kv, tenant, workflow_id, limit, cursor, cursors)
         )
 
     async def get_approval(
         self, workflow_id: str, approval_id: str, *, tenant: str = "default"
     ) -> ApprovalRow | None:
-        key = _core.approval_key(tenant, workflow_id, approval_id)
-        return self._read(lambda kv: _core.get_row(kv, "approvals", key, ApprovalRow))
+        key = approval_key(tenant, workflow_id, approval_id)
+        return self._read(lambda kv: get_row(kv, "approvals", key, ApprovalRow))
 
     async def list_approvals(
         self,
@@ -335,7 +342,7 @@ class KVStore:
     ) -> Page[ApprovalRow]:
         cursors = self._cursor_key()
         return self._read(
-            lambda kv: _core.list_children(
+            lambda kv: _queries.list_children(
                 kv, "approvals", ApprovalRow, tenant, workflow_id, limit, cursor, cursors
             )
         )
@@ -344,7 +351,7 @@ class KVStore:
         self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
     ) -> Page[ApprovalRow]:
         cursors = self._cursor_key()
-        return self._read(lambda kv: _core.pending_approvals(kv, tenant, limit, cursor, cursors))
+        return self._read(lambda kv: _queries.pending_approvals(kv, tenant, limit, cursor, cursors))
 
     async def scan_index(
         self,
@@ -357,7 +364,7 @@ class KVStore:
     ) -> Page[IndexRow]:
         cursors = self._cursor_key()
         return self._read(
-            lambda kv: _core.scan_index(kv, index, tenant, prefix, limit, cursor, cursors)
+            lambda kv: _queries.scan_index(kv, index, tenant, prefix, limit, cursor, cursors)
         )
 
     async def put_inbox(self, command: InboxCommand) -> str:
@@ -365,11 +372,11 @@ class KVStore:
         return result.inbox_ids[0]
 
     async def read_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxCommand]:
-        return self._read(lambda kv: _core.read_inbox(kv, limit, after))
+        return self._read(lambda kv: _queries.read_inbox(kv, limit, after))
 
     async def inbox_pending(self, command_ids: Iterable[str]) -> set[str]:
         ids = list(command_ids)
-        return self._read(lambda kv: _core.inbox_pending(kv, ids))
+        return self._read(lambda kv: _queries.inbox_pending(kv, ids))
 
     async def damaged_rows(self, *, full: bool = False, limit: int = 10_000) -> list[DamagedRow]:
-        return self._read(lambda kv: _core.damaged_rows(kv, full=full, limit=limit))
+        return self._read(lambda kv: _queries.damaged_rows(kv, full=full, limit=limit))

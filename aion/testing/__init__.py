@@ -12,6 +12,7 @@ See docs/testing.md for a complete example.
 
 from __future__ import annotations
 
+from aion import _public
 from aion._clock import ManualClock as ManualClock
 
 from ._harness import RunOutcome as RunOutcome
@@ -30,3 +31,6 @@ __all__ = [
     "replay",
     "run_workflow",
 ]
+
+# Tracebacks and reprs name the public path (``aion.testing.ManualClock``).
+_public.publish(globals(), __all__, __name__)

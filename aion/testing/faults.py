@@ -10,8 +10,8 @@ happens to which write:
   outcome is unknown to the caller (it was in fact recorded).
 - **tear**: the write raises :class:`InjectedFault` *inside* its transaction, after ``k`` of its
   own KV writes (puts and deletes) were applied; the backend must roll all of it back. Needs an
-  inner store that lets the wrapper reach between the store logic and the KV:
-  :class:`TearableLmdbStore` or :class:`TearableMemoryStore`.
+  inner store that takes a write hook (:class:`~aion.store.SupportsWriteHook`): LmdbStore,
+  MemoryStore, or a :class:`~aion.store.ForwardingStore` over one.
 - **crash**: the process "dies" before the write, after it (it is recorded, nobody hears), or
   inside its transaction after ``k`` KV writes. With ``crash="halt"`` (the default) nothing
   more reaches the inner store and every later call raises :class:`SimulatedCrash`, so the data
@@ -23,33 +23,23 @@ happens to which write:
 Everything is deterministic: the same plan and the same sequence of writes inject the same
 faults. :attr:`FaultyStore.injected` lists what was injected, for assertions::
 
-    inner = TearableLmdbStore(tmp_path / "data")
-    store = FaultyStore(inner, FaultPlan(fail_writes={3}, lose_ack={5}, raise_after_puts={7: 2}))
+    store = FaultyStore(LmdbStore(tmp_path / "data"), FaultPlan(fail_writes={3}, lose_ack={5},
+                                                                raise_after_puts={7: 2}))
     async with aion.Engine(store, workflows=[...], clock=clock) as engine:
         ...
     await store.aclose()  # the engine does not close a store it was given
     assert [i.kind for i in store.injected] == [FaultKind.FAIL, FaultKind.LOSE_ACK, ...]
 
-How tearing reaches inside a transaction (the protected seams relied on):
-
-- both backends: ``KVStore._commit(prepared)`` is where a prepared write enters the backend; the
-  wrapper marks the write it wants torn with a context variable that the override reads there.
-- :class:`TearableMemoryStore` overrides ``MemoryStore.commit_prepared`` and, for the marked
-  write only, puts counting proxies in front of the tables (``_data.tables``) while the real
-  ``commit_prepared`` (with its undo log) runs.
-- :class:`TearableLmdbStore` puts a proxy in front of the LMDB environment (``_env``) whose write
-  transactions count ``put`` and ``delete`` calls, and overrides ``_apply_in_txn(pending)`` (the
-  writer's "apply this batch in one transaction") to learn which request of the batch the store
-  logic is applying: each request's ``prepared`` is temporarily replaced by a stand-in that,
-  whenever the store logic reads a field of it, names that request as the one whose writes
-  follow. The real ``_apply_in_txn`` runs unchanged, so its rollback and its replay of a
-  poisoned batch are what is tested. Writes the writer makes through a cursor are not fault
-  points: the group-commit writer defers event rows and heads to one bulk ``putmulti`` per
-  batch, after every request was applied, so on LMDB a write has fewer fault points than on
-  the memory store (where every KV write is one).
-
-A store hook, ``KVStore._wrap_kv(kv, prepared)`` called wherever a prepared write meets its KV,
-would replace both overrides and make every KV write a fault point on every backend.
+How it reaches the store: :class:`FaultyStore` is a :class:`~aion.store.ForwardingStore` (every
+call goes through, or is refused after a crash, in one place), and it installs a
+:class:`~aion.store.WriteHook` on the inner store. Failures and lost acknowledgements happen in
+the wrapper, around the inner ``commit``; a tear or an inside crash marks its write with a
+context variable, and the hook's ``begin_write`` (called in the caller's task) hands that write
+a probe that counts its KV writes (``before_kv_write``) and raises before write ``k + 1``. On
+LMDB the writer then applies the batch holding that write row by row, so every KV write of it
+is a fault point on both backends, and its rollback and replay of the rest of the batch are
+what is tested. The hook also counts the writer's transactions and can hold the writer to make
+a batch on purpose (:meth:`FaultyStore.hold_writer`).
 """
 
 from __future__ import annotations
@@ -59,32 +49,25 @@ import enum
 import os
 import signal
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 
 from aion.errors import InvalidArgument, StoreError
-from aion.events import AnyEvent, Event
+from aion.events import Event
 from aion.store import (
     Append,
-    ApprovalRow,
     CommitResult,
-    DamagedRow,
     EventStore,
+    ForwardingStore,
     InboxCommand,
-    IndexRow,
     LmdbStore,
     MemoryStore,
-    Page,
-    RunInfo,
-    Status,
-    TimerRow,
-    WaitpointRow,
-    WorkflowRecord,
     Write,
+    WriteHook,
+    WriteInfo,
+    WriteProbe,
 )
-from aion.store._core import Prepared
 
 __all__ = [
     "AckLost",
@@ -270,12 +253,13 @@ class Injection:
 # --- the wrapper ------------------------------------------------------------------------------
 
 
-class FaultyStore:
+class FaultyStore(ForwardingStore):
     """An :class:`~aion.store.EventStore` that injects faults into chosen writes of ``inner``.
 
     Args:
-        inner: the store to delegate to. Tears and inside crashes need a
-            :class:`TearableLmdbStore` or :class:`TearableMemoryStore`.
+        inner: the store to delegate to. Tears and inside crashes need one that takes a write
+            hook (:class:`~aion.store.SupportsWriteHook`: LmdbStore, MemoryStore, or a
+            :class:`~aion.store.ForwardingStore` over one); this wrapper installs its hook there.
         plan: what to inject; may be replaced later (``store.plan = ...``). Default: nothing.
         crash: how a planned crash happens: ``"halt"`` (this object stops; see the module
             docstring) or ``"kill"`` (SIGKILL to this process).
@@ -301,7 +285,7 @@ class FaultyStore:
     ) -> None:
         if crash not in ("halt", "kill"):
             raise InvalidArgument(f"crash must be 'halt' or 'kill', not {crash!r}")
-        self.inner = inner
+        super().__init__(inner)
         self.plan = plan or FaultPlan()
         self.crash_mode: CrashMode = crash
         self.on_crash = on_crash
@@ -311,6 +295,27 @@ class FaultyStore:
         self.crashed = False
         self.refused = 0
         self._crashed_at = 0
+        self._hook = _install_hook(inner)
+
+    # --- what a test reaches through the hook -------------------------------------------------
+
+    def hold_writer(self) -> WriterHold:
+        """Hold the inner store's writer at the start of its next transaction until
+        ``release()`` (LmdbStore; see :class:`WriterHold`)."""
+        return self._hooked("holding the writer").hold_writer()
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """The number of writes of every transaction attempt of the inner store, in order."""
+        return self._hooked("counting transactions").batch_sizes
+
+    def _hooked(self, what: str) -> _FaultHook:
+        if self._hook is None:
+            raise InvalidArgument(
+                f"{what} needs an inner store that takes a write hook (LmdbStore, MemoryStore "
+                f"or a ForwardingStore over one), not {type(self.inner).__name__}"
+            )
+        return self._hook
 
     # --- faults -----------------------------------------------------------------------------
 
@@ -332,6 +337,11 @@ class FaultyStore:
         if self.crashed:
             self.refused += 1
             raise SimulatedCrash(self._crashed_at)
+
+    def forward(self, method: str) -> EventStore:
+        """Every call but the writes below reaches ``inner`` unless the store "crashed"."""
+        self._alive()
+        return self.inner
 
     async def commit(self, write: Write) -> CommitResult:
         self._alive()
@@ -369,11 +379,7 @@ class FaultyStore:
     async def _tear(
         self, n: int, write: Write, fault: Fault, workflows: tuple[str, ...]
     ) -> CommitResult:
-        if not isinstance(self.inner, _Tearable):
-            raise InvalidArgument(
-                "tearing a write needs an inner store that can be torn: "
-                "TearableLmdbStore or TearableMemoryStore"
-            )
+        self._hooked("tearing a write")
         crash = fault.kind is FaultKind.CRASH_INSIDE
         target = _Target(n, fault.after_puts, kill=crash and self.crash_mode == "kill")
         token = _ARMED.set(target)
@@ -428,177 +434,18 @@ class FaultyStore:
         await self.inner.aclose()
 
     def writer_failure(self) -> BaseException | None:
-        """The inner store's writer failure (``LmdbStore``), so an engine can still watch it."""
+        """The inner store's writer failure (``LmdbStore``), so an engine can still watch it
+        (also after a crash)."""
         failed: Callable[[], BaseException | None] | None = getattr(
             self.inner, "writer_failure", None
         )
         return None if failed is None else failed()
 
-    # --- reads: delegated -----------------------------------------------------------------------
 
-    async def read_history(
-        self,
-        workflow_id: str,
-        *,
-        tenant: str = "default",
-        from_seq: int = 1,
-        to_seq: int | None = None,
-    ) -> list[AnyEvent]:
-        self._alive()
-        return await self.inner.read_history(
-            workflow_id, tenant=tenant, from_seq=from_seq, to_seq=to_seq
-        )
-
-    async def read_current_run(
-        self, workflow_id: str, *, tenant: str = "default"
-    ) -> list[AnyEvent]:
-        self._alive()
-        return await self.inner.read_current_run(workflow_id, tenant=tenant)
-
-    async def head(self, workflow_id: str, *, tenant: str = "default") -> int:
-        self._alive()
-        return await self.inner.head(workflow_id, tenant=tenant)
-
-    async def run_chain(self, workflow_id: str, *, tenant: str = "default") -> list[RunInfo]:
-        self._alive()
-        return await self.inner.run_chain(workflow_id, tenant=tenant)
-
-    async def get_workflow(
-        self, workflow_id: str, *, tenant: str = "default"
-    ) -> WorkflowRecord | None:
-        self._alive()
-        return await self.inner.get_workflow(workflow_id, tenant=tenant)
-
-    async def list_workflows(
-        self,
-        *,
-        tenant: str = "default",
-        status: Status | None = None,
-        workflow_type: str | None = None,
-        started_after: datetime | None = None,
-        started_before: datetime | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> Page[WorkflowRecord]:
-        self._alive()
-        return await self.inner.list_workflows(
-            tenant=tenant,
-            status=status,
-            workflow_type=workflow_type,
-            started_after=started_after,
-            started_before=started_before,
-            limit=limit,
-            cursor=cursor,
-        )
-
-    async def scan_active(
-        self, *, after: tuple[str, str] | None = None, limit: int = 1000
-    ) -> list[WorkflowRecord]:
-        self._alive()
-        return await self.inner.scan_active(after=after, limit=limit)
-
-    async def due_timers(
-        self, until: datetime, *, limit: int = 1000, after: TimerRow | None = None
-    ) -> list[TimerRow]:
-        self._alive()
-        return await self.inner.due_timers(until, limit=limit, after=after)
-
-    async def tenants(self) -> list[str]:
-        self._alive()
-        return await self.inner.tenants()
-
-    async def next_timer_due(self, after: datetime) -> datetime | None:
-        self._alive()
-        return await self.inner.next_timer_due(after)
-
-    async def get_waitpoint(
-        self, workflow_id: str, waitpoint_id: str, *, tenant: str = "default"
-    ) -> WaitpointRow | None:
-        self._alive()
-        return await self.inner.get_waitpoint(workflow_id, waitpoint_id, tenant=tenant)
-
-    async def list_waitpoints(
-        self,
-        workflow_id: str,
-        *,
-        tenant: str = "default",
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> Page[WaitpointRow]:
-        self._alive()
-        return await self.inner.list_waitpoints(
-            workflow_id, tenant=tenant, limit=limit, cursor=cursor
-        )
-
-    async def pending_waitpoints(
-        self,
-        workflow_id: str,
-        *,
-        tenant: str = "default",
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> Page[WaitpointRow]:
-        self._alive()
-        return await self.inner.pending_waitpoints(
-            workflow_id, tenant=tenant, limit=limit, cursor=cursor
-        )
-
-    async def get_approval(
-        self, workflow_id: str, approval_id: str, *, tenant: str = "default"
-    ) -> ApprovalRow | None:
-        self._alive()
-        return await self.inner.get_approval(workflow_id, approval_id, tenant=tenant)
-
-    async def list_approvals(
-        self,
-        workflow_id: str,
-        *,
-        tenant: str = "default",
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> Page[ApprovalRow]:
-        self._alive()
-        return await self.inner.list_approvals(
-            workflow_id, tenant=tenant, limit=limit, cursor=cursor
-        )
-
-    async def pending_approvals(
-        self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
-    ) -> Page[ApprovalRow]:
-        self._alive()
-        return await self.inner.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
-
-    async def scan_index(
-        self,
-        index: str,
-        *,
-        tenant: str = "default",
-        prefix: str = "",
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> Page[IndexRow]:
-        self._alive()
-        return await self.inner.scan_index(
-            index, tenant=tenant, prefix=prefix, limit=limit, cursor=cursor
-        )
-
-    async def read_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxCommand]:
-        self._alive()
-        return await self.inner.read_inbox(limit=limit, after=after)
-
-    async def inbox_pending(self, command_ids: Iterable[str]) -> set[str]:
-        self._alive()
-        return await self.inner.inbox_pending(command_ids)
-
-    async def damaged_rows(self, *, full: bool = False, limit: int = 10_000) -> list[DamagedRow]:
-        self._alive()
-        return await self.inner.damaged_rows(full=full, limit=limit)
+# --- tearing a write inside its transaction, through the store's write hook --------------------
 
 
-# --- tearing a write inside its transaction ------------------------------------------------------
-
-
-class _Target:
+class _Target(WriteProbe):
     """The write to tear: counts its KV writes and raises (or kills) before write ``k + 1``."""
 
     __slots__ = ("after_puts", "applied", "batch", "fired", "kill", "write")
@@ -611,12 +458,14 @@ class _Target:
         self.fired = False
         self.batch: int | None = None
 
-    def restart(self) -> None:
-        """The transaction is applied again from the start (LMDB grew its map)."""
+    def before_apply(self, batch: int) -> None:
+        # Applied from the start again when LMDB retries the transaction (it grew its map, or
+        # replays the batch without a failed write).
         self.applied = 0
+        if self.batch is None:
+            self.batch = batch
 
-    def tick(self) -> None:
-        """Called before each KV write of the target (rollback writes after the fault pass)."""
+    def before_kv_write(self, op: Literal["put", "delete"], table: str, key: bytes) -> None:
         if self.fired:
             return
         if self.applied >= self.after_puts:
@@ -627,145 +476,17 @@ class _Target:
         self.applied += 1
 
 
-#: Set by FaultyStore around the commit of the write to tear; read where it enters the backend.
+#: Set by FaultyStore around the commit of the write to tear; read by the hook's begin_write,
+#: which the store calls in the same task.
 _ARMED: contextvars.ContextVar[_Target | None] = contextvars.ContextVar(
     "aion_faults_armed", default=None
 )
 
 
-class _Tearable:
-    """Marks the backends whose writes FaultyStore can tear."""
-
-
-class _CountingTable:
-    """Stands in front of one MemoryStore table while the target write is applied."""
-
-    __slots__ = ("_table", "_target")
-
-    def __init__(self, table: Any, target: _Target) -> None:
-        self._table = table
-        self._target = target
-
-    def put(self, key: bytes, value: bytes) -> bytes | None:
-        self._target.tick()
-        old: bytes | None = self._table.put(key, value)
-        return old
-
-    def delete(self, key: bytes) -> bytes | None:
-        self._target.tick()
-        old: bytes | None = self._table.delete(key)
-        return old
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._table, name)
-
-
-class TearableMemoryStore(MemoryStore, _Tearable):
-    """A :class:`~aion.store.MemoryStore` whose writes :class:`FaultyStore` can tear.
-
-    Relies on ``MemoryStore.commit_prepared`` applying a write through the tables in
-    ``_data.tables`` (and rolling it back through them too).
-    """
-
-    def reopen(self) -> TearableMemoryStore:
-        store = TearableMemoryStore.__new__(TearableMemoryStore)
-        store._data = self._data
-        store._closed = False
-        self._closed = True
-        return store
-
-    def commit_prepared(self, prepared: Prepared) -> CommitResult:
-        target = _ARMED.get()
-        if target is None:
-            return super().commit_prepared(prepared)
-        target.batch = 1
-        tables = self._data.tables
-        with self._data.lock:
-            originals = dict(tables)
-            for name, table in originals.items():
-                tables[name] = _CountingTable(table, target)  # type: ignore[assignment]
-            try:
-                return super().commit_prepared(prepared)
-            finally:
-                tables.update(originals)
-
-
-class _WriteTxn:
-    """An LMDB write transaction that tells the target of the request being applied."""
-
-    __slots__ = ("_txn", "current")
-
-    def __init__(self, txn: Any) -> None:
-        self._txn = txn
-        self.current: _Target | None = None
-
-    def put(self, key: bytes, value: bytes, *args: Any, **kwargs: Any) -> bool:
-        if self.current is not None:
-            self.current.tick()
-        return bool(self._txn.put(key, value, *args, **kwargs))
-
-    def delete(self, key: bytes, *args: Any, **kwargs: Any) -> bool:
-        if self.current is not None:
-            self.current.tick()
-        return bool(self._txn.delete(key, *args, **kwargs))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._txn, name)
-
-
-class _Stand:
-    """Stands in for a request's ``Prepared`` while its batch is applied: reading any field of
-    it names its request's target (None for requests not to tear) as the one writing next."""
-
-    __slots__ = ("_batch", "_prepared", "_target")
-
-    def __init__(self, prepared: Prepared, target: _Target | None, batch: _Batch) -> None:
-        self._prepared = prepared
-        self._target = target
-        self._batch = batch
-
-    def __getattr__(self, name: str) -> Any:
-        txn = self._batch.txn
-        if txn is not None:
-            txn.current = self._target
-        return getattr(self._prepared, name)
-
-
-class _Batch:
-    """The batch being applied that holds a write to tear (on the writer thread)."""
-
-    __slots__ = ("txn",)
-
-    def __init__(self) -> None:
-        self.txn: _WriteTxn | None = None
-
-
-class _Env:
-    """Stands in front of the LMDB environment: write transactions of a batch holding a write to
-    tear are wrapped; everything else passes through."""
-
-    __slots__ = ("_env", "_store")
-
-    def __init__(self, env: Any, store: TearableLmdbStore) -> None:
-        self._env = env
-        self._store = store
-
-    def begin(self, *args: Any, **kwargs: Any) -> Any:
-        txn = self._env.begin(*args, **kwargs)
-        batch = self._store._tearing
-        if batch is None or not kwargs.get("write", False):
-            return txn
-        batch.txn = _WriteTxn(txn)
-        return batch.txn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._env, name)
-
-
 @dataclass(eq=False)
 class WriterHold:
     """Holds the LMDB writer at the start of its next transaction (see
-    :meth:`TearableLmdbStore.hold_writer`): requests queued meanwhile form one batch next."""
+    :meth:`FaultyStore.hold_writer`): requests queued meanwhile form one batch next."""
 
     reached: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
@@ -774,24 +495,78 @@ class WriterHold:
         self.released.set()
 
 
-class TearableLmdbStore(LmdbStore, _Tearable):
-    """An :class:`~aion.store.LmdbStore` whose writes :class:`FaultyStore` can tear.
+class _FaultHook(WriteHook):
+    """The write hook FaultyStore installs: it hands the armed write its probe, counts the
+    inner store's transactions and holds its writer on request."""
 
-    Relies on ``LmdbStore._env`` (its write transactions' ``put``/``delete`` are what the store
-    logic writes through) and ``LmdbStore._apply_in_txn(pending)`` (applies a batch of requests,
-    each carrying its ``prepared`` write, in one transaction); see the module docstring.
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+        self._hold: WriterHold | None = None
+
+    def begin_write(self, write: WriteInfo) -> WriteProbe | None:
+        return _ARMED.get()
+
+    def before_transaction(self, writes: int) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.reached.set()
+            hold.released.wait()
+        self.batch_sizes.append(writes)
+
+    def hold_writer(self) -> WriterHold:
+        """``hold.reached`` is set (from the writer thread) once it waits. Requests queued
+        while it waits are applied together in the transaction after it: a batch made on
+        purpose. Only for LmdbStore: MemoryStore would hold its caller's event loop."""
+        self._hold = WriterHold()
+        return self._hold
+
+
+def _install_hook(inner: EventStore) -> _FaultHook | None:
+    """Install a :class:`_FaultHook` on ``inner`` (or adopt the one there), if it takes hooks."""
+    # Not isinstance(inner, SupportsWriteHook): a ForwardingStore has the method through its
+    # __getattr__, which a runtime protocol check does not see on every Python version.
+    set_hook: Callable[[WriteHook | None], WriteHook | None] | None = getattr(
+        inner, "set_write_hook", None
+    )
+    if set_hook is None:
+        return None
+    hook = _FaultHook()
+    previous = set_hook(hook)
+    if previous is None:
+        return hook
+    set_hook(previous)
+    if isinstance(previous, _FaultHook):  # a Tearable store, or another FaultyStore over it
+        return previous
+    raise InvalidArgument(
+        f"the inner store has a write hook installed already ({type(previous).__name__}); "
+        "FaultyStore installs its own and does not replace another silently. Remove it first: "
+        "inner.set_write_hook(None)"
+    )
+
+
+class TearableMemoryStore(MemoryStore):
+    """A :class:`~aion.store.MemoryStore`, kept under its old name: every MemoryStore takes the
+    write hook that tearing needs now."""
+
+
+class TearableLmdbStore(LmdbStore):
+    """An :class:`~aion.store.LmdbStore` with :class:`FaultyStore`'s write hook installed from
+    the start, so that its writer can be held before a FaultyStore wraps it. Every LmdbStore
+    can be torn now; :meth:`FaultyStore.hold_writer` and :attr:`FaultyStore.batch_sizes` do
+    what the two members below do.
 
     Attributes:
         batch_sizes: the number of requests of every transaction attempt, in order.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._tearing: _Batch | None = None
-        self._armed: dict[int, _Target] = {}
-        self._hold: WriterHold | None = None
-        self.batch_sizes: list[int] = []
         super().__init__(*args, **kwargs)
-        self._env = _Env(self._env, self)  # type: ignore[assignment]
+        self._faults = _FaultHook()
+        self.set_write_hook(self._faults)
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return self._faults.batch_sizes
 
     def hold_writer(self) -> WriterHold:
         """Hold the writer at the start of its next transaction until ``release()``.
@@ -799,44 +574,4 @@ class TearableLmdbStore(LmdbStore, _Tearable):
         ``hold.reached`` is set (from the writer thread) once it waits. Requests queued while it
         waits are applied together in the transaction after it: a batch made on purpose.
         """
-        self._hold = WriterHold()
-        return self._hold
-
-    async def _commit(self, prepared: Prepared) -> CommitResult:
-        target = _ARMED.get()
-        if target is None:
-            return await super()._commit(prepared)
-        self._armed[id(prepared)] = target
-        try:
-            return await super()._commit(prepared)
-        finally:
-            del self._armed[id(prepared)]
-
-    def _apply_in_txn(self, pending: list[Any]) -> None:
-        hold, self._hold = self._hold, None
-        if hold is not None:
-            hold.reached.set()
-            hold.released.wait()
-        self.batch_sizes.append(len(pending))
-        targets = [self._armed.get(id(request.prepared)) for request in pending]
-        if not any(targets):
-            super()._apply_in_txn(pending)
-            return
-        # Row by row (no deferred bulk writes of event rows and heads): every KV write of the
-        # write to tear is then one put or delete, counted and attributed to its request.
-        self._bulk_writes = False
-        batch = _Batch()
-        originals = [request.prepared for request in pending]
-        for request, target in zip(pending, targets, strict=True):
-            if target is not None:
-                target.restart()
-                if target.batch is None:
-                    target.batch = len(pending)
-            request.prepared = _Stand(request.prepared, target, batch)
-        self._tearing = batch
-        try:
-            super()._apply_in_txn(pending)
-        finally:
-            self._tearing = None
-            for request, prepared in zip(pending, originals, strict=True):
-                request.prepared = prepared
+        return self._faults.hold_writer()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -258,7 +257,7 @@ async def test_idle_runs_are_evicted_and_come_back_by_replay(tmp_path: Path) -> 
             await engine.start(waiter, workflow_id=f"w{i}")
         for i in range(20):
             await waiting_for(engine, f"w{i}", "go")
-        assert len(engine.runtime.actors) <= 2
+        assert engine.resident_runs <= 2
         for i in range(20):
             await engine.signal(f"w{i}", "go", i)
         assert [await engine.handle(f"w{i}").result(timeout=5) for i in range(20)] == list(
@@ -281,13 +280,14 @@ async def start_sleepers(engine: aion.Engine, n: int) -> None:
 def record_arming(engine: aion.Engine) -> list[tuple[str, str]]:
     """Every (workflow id, timer id) the engine arms on its timer wheel, in order."""
     armed: list[tuple[str, str]] = []
-    real_hold = engine.hold_timer
+    timers = engine._timers
+    real_hold = timers.hold
 
-    def hold_timer(row: Any) -> None:
+    def hold(row: Any) -> None:
         armed.append((row.workflow_id, row.timer_id))
         real_hold(row)
 
-    engine.hold_timer = hold_timer  # type: ignore[method-assign]
+    timers.hold = hold  # type: ignore[method-assign]
     return armed
 
 
@@ -297,7 +297,7 @@ async def test_a_timer_that_wakes_an_evicted_run_is_not_armed_again(tmp_path: Pa
     armed = record_arming(engine)
     async with engine:
         await start_sleepers(engine, 5)
-        assert len(engine.runtime.actors) <= 1  # the others were evicted
+        assert engine.resident_runs <= 1  # the others were evicted
         assert sorted(armed) == [(f"r{i}", "timer:1") for i in range(5)]
         armed.clear()
         clock.advance(timedelta(days=31).total_seconds())
@@ -311,7 +311,7 @@ async def test_a_timer_that_wakes_an_evicted_run_is_not_armed_again(tmp_path: Pa
 async def test_a_stale_timer_row_of_an_earlier_run_does_not_hide_a_live_timer(
     tmp_path: Path,
 ) -> None:
-    from aion._engine._actor import Message
+    from aion._engine._messages import TimerDue
     from aion.store import TimerRow
 
     clock = ManualClock(T0)
@@ -319,12 +319,12 @@ async def test_a_stale_timer_row_of_an_earlier_run_does_not_hide_a_live_timer(
     armed = record_arming(engine)
     async with engine:
         await start_sleepers(engine, 2)
-        assert ("default", "r0") not in engine.runtime.actors  # evicted
+        assert ("default", "r0") not in engine._runtime.actors  # evicted
         armed.clear()
         # A row with the same timer id, left by a run before this one (continue-as-new numbers
         # timers from 1 again), wakes the evicted run: its own timer:1 must still be armed.
         stale = TimerRow(T0, "default", "r0", "timer:1", "an-earlier-run")
-        engine.runtime.send(("default", "r0"), Message("timer", {"row": stale}))
+        engine._runtime.send(("default", "r0"), TimerDue(row=stale))
         await engine.wait_idle()
         assert armed == [("r0", "timer:1")]
         clock.advance(timedelta(days=31).total_seconds())
@@ -338,15 +338,15 @@ async def test_a_backlog_of_overdue_timers_is_fed_to_the_workers_at_their_pace(
     async with aion.Engine(
         tmp_path / "d", workflows=ALL, clock=clock, activation_workers=2, max_resident_runs=5
     ) as engine:
-        runtime = engine.runtime
+        scheduler = engine._runtime.scheduler
         queued: list[int] = []
-        real_schedule = runtime._schedule
+        real_schedule = scheduler.schedule
 
         def schedule(actor: Any) -> None:
             real_schedule(actor)
-            queued.append(len(runtime._ready))
+            queued.append(scheduler.backlog)
 
-        runtime._schedule = schedule  # type: ignore[method-assign]
+        scheduler.schedule = schedule  # type: ignore[method-assign]
         await start_sleepers(engine, 30)
         queued.clear()
         clock.advance(timedelta(days=31).total_seconds())  # all 30 timers are overdue at once
@@ -359,24 +359,27 @@ async def test_a_backlog_of_overdue_timers_is_fed_to_the_workers_at_their_pace(
 def test_an_eviction_round_looks_at_a_bounded_number_of_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from aion._engine import _actor
+    from contextlib import nullcontext
 
-    class Busy:
-        idle = False
+    from aion._engine import _scheduler
+    from aion._engine._state import Actor
 
-    class Idle:
-        idle = True
+    async def never(*_: Any) -> None:
+        raise AssertionError("not processed in this test")
 
-    runtime = _actor.Runtime.__new__(_actor.Runtime)
-    runtime.engine = type("E", (), {"max_resident_runs": 10})()  # type: ignore[assignment]
-    runtime.actors = OrderedDict((("t", f"b{i}"), Busy()) for i in range(50))  # type: ignore[misc]
-    runtime.actors.update({("t", f"i{i}"): Idle() for i in range(5)})  # type: ignore[misc]
-    monkeypatch.setattr(_actor, "EVICTION_SCAN", 40)
-    runtime._maybe_evict()  # the idle runs are past the first 40: nothing this round
-    assert len(runtime.actors) == 55
-    monkeypatch.setattr(_actor, "EVICTION_SCAN", 1024)
-    runtime._maybe_evict()
-    assert len(runtime.actors) == 50 and all(isinstance(a, Busy) for a in runtime.actors.values())
+    scheduler = _scheduler.Scheduler(
+        process=never, crashed=never, busy=nullcontext, max_resident=10, workers=1
+    )
+    for i in range(50):
+        scheduler.actors[("t", f"b{i}")] = Actor(("t", f"b{i}"), busy=True)
+    for i in range(5):
+        scheduler.actors[("t", f"i{i}")] = Actor(("t", f"i{i}"))
+    monkeypatch.setattr(_scheduler, "EVICTION_SCAN", 40)
+    scheduler.evict()  # the idle runs are past the first 40: nothing this round
+    assert len(scheduler.actors) == 55
+    monkeypatch.setattr(_scheduler, "EVICTION_SCAN", 1024)
+    scheduler.evict()
+    assert len(scheduler.actors) == 50 and all(a.busy for a in scheduler.actors.values())
 
 
 async def test_commands_left_in_the_inbox_by_another_process(tmp_path: Path) -> None:

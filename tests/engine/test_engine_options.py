@@ -15,6 +15,7 @@ import pytest
 
 import aion
 import aion._engine._engine as engine_module
+import aion._engine._timers as timers_module
 import aion._gc
 from aion._engine._engine import Engine as EngineImpl
 from aion._engine._watchdog import Watchdog
@@ -134,7 +135,7 @@ def _opening_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _loading_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(EngineImpl, "_load_keys", _fail)
+    monkeypatch.setattr(engine_module, "load_keys", _fail)
 
 
 def _recovery_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,7 +147,7 @@ def _watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _timer_wheel_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "TimerWheel", _fail)  # what timer_horizon=-5 did
+    monkeypatch.setattr(timers_module, "TimerWheel", _fail)  # what timer_horizon=-5 did
 
 
 def _inbox_service(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,12 +15,13 @@ of everything that can happen, and checks:
     the same events, values and outcome), and with a real engine on an LMDB store stopped at a
     generated moment and restarted (the same histories, event for event and time for time,
     and the same results; only run ids, and the random values drawn from them, differ);
-(c) the engine ends where a pure model of it (the driver plus the simulator below) ends.
+(c) the engine ends where a pure model of it (the driver and the engine's recorder, driven by
+    the simulator below) ends.
 
-The simulator (:class:`World`) records histories the way the run actors do (the events of an
-activation's commands right after the event that woke it, then the ``StepStarted`` of its
-steps), but it chooses freely, by a Hypothesis draw, which step finishes next and whether time
-moves first; time jumps to the next timer or signal.
+The simulator (:class:`World`) records with the engine's own recorder, one round per message as
+the run actors do, and carries out the rounds' effects itself, but it chooses freely, by a
+Hypothesis draw, which step finishes next, which child reports and whether time moves first;
+time jumps to the next timer or signal.
 
 Times are made tie-free by construction: every timed thing (sleep, signal timeout, retry
 interval, signal arrival) lasts a multiple of 10 s plus its own power of two of microseconds,
@@ -34,11 +35,11 @@ import contextlib
 import heapq
 import tempfile
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import anyio
 import anyio.lowlevel
@@ -51,11 +52,28 @@ import aion
 import aion.testing
 from aion import events as ev
 from aion._clock import from_timestamp
-from aion._codec import decode_payload, encode_payload
+from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from aion._engine._config import RuntimeConfig
+from aion._engine._messages import ChildDone, Message, StepDone, TimerDue
+from aion._engine._messages import Signal as SignalMessage
+from aion._engine._recorder import Recorder
+from aion._engine._round import (
+    CancelChild,
+    CheckChild,
+    DispatchStep,
+    Effect,
+    HoldTimer,
+    Mail,
+    ReleaseTimer,
+    Round,
+    RunClosed,
+    RunStart,
+)
+from aion._engine._state import Actor
 from aion._replay import Driver, definition_of
 from aion._replay import _commands as c
 from aion.errors import StepError, WaitTimedOut
-from aion.store import MemoryStore
+from aion.store import MemoryStore, TimerRow, WorkflowRecord
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 ROOT = "root"
@@ -303,40 +321,64 @@ def _count_timed(program: list[Any]) -> int:
     return n
 
 
-# --- the simulator: the driver alone, recording as the run actors do ---------------------------
+# --- the simulator: the driver and the engine's recorder, scheduled by Hypothesis ---------------
+
+TENANT = "default"
 
 
-def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a step coroutine that never suspends (compute/explode) to its end."""
+def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> tuple[Any, Exception | None]:
+    """Run a step coroutine that never suspends (compute/explode) to its end: (value, error)."""
     try:
         coro.send(None)
     except StopIteration as stop:
-        return stop.value
+        return stop.value, None
+    except Exception as exc:
+        return None, exc
     raise AssertionError("a step suspended")
 
 
 @dataclass
 class SimRun:
-    """One workflow id of the simulation: its history across runs, and its current run."""
+    """One workflow id of the simulation: its actor (the current run, as the recorder keeps
+    it) and its history across runs (the events of its rounds, in commit order)."""
 
-    workflow_id: str
-    driver: Driver
-    parent: SimRun | None = None
-    parent_run_id: str | None = None
-    child_seq: int = 0
-    generation: int = 0
+    actor: Actor
     history: list[ev.Event] = field(default_factory=list)
-    done: bool = False
+
+    @property
+    def workflow_id(self) -> str:
+        return self.actor.key[1]
+
+    @property
+    def record(self) -> WorkflowRecord:
+        assert self.actor.record is not None
+        return self.actor.record
 
     @property
     def run_id(self) -> str:
-        return f"{self.workflow_id}@run{self.generation}"
+        return self.record.run_id
+
+    @property
+    def done(self) -> bool:
+        return self.record.status.is_terminal
+
+
+def _row_key(row: TimerRow) -> tuple[Any, ...]:
+    """A timer row's identity in a store (its run id is not part of it)."""
+    return (row.due, row.tenant, row.workflow_id, row.timer_id)
 
 
 class World:
-    """Runs a root workflow and its children with the pure driver; ``choose(n)`` picks what
-    happens next among ``n`` possibilities: a step in flight finishes, a finished child
-    reports, or (the last one) time moves to the next timer, retry or signal.
+    """Runs a root workflow and its children with the driver and the engine's own
+    :class:`Recorder` (no store, no event loop); ``choose(n)`` picks what happens next among
+    ``n`` possibilities: a step in flight finishes, a finished child reports, or (the last
+    one) time moves to the next timer, retry or signal.
+
+    The recorder decides every event, row and effect, one round per message as the run actors
+    do. The world plays the rest of the engine: a round's events go to the histories and its
+    timer rows to a table (as a store applies a write), and its effects become the world's own
+    schedule: a dispatched step is in flight, a held timer is timed, a closed child reports to
+    its parent. Mail for a closed run records nothing, as with the run actors.
 
     ``choose=lambda n: 0`` is the engine's order under a manual clock: everything that can
     happen at an instant happens before time moves.
@@ -346,118 +388,118 @@ class World:
         self.now = T0
         self.choose = choose
         self.runs: dict[str, SimRun] = {}
-        self.steps: list[tuple[SimRun, str, c.ScheduleStep, int]] = []  # (run, run id, step, try)
-        self.timed: list[tuple[datetime, int, str, Any]] = []  # heap: (due, n, kind, what)
-        self.reports: list[SimRun] = []  # finished children the parent has not heard of
+        self.steps: list[tuple[SimRun, str, DispatchStep]] = []  # in flight (with the run id)
+        self.timed: list[tuple[datetime, int, TimerRow | Signal]] = []  # heap: (due, n, what)
+        self.reports: list[tuple[SimRun, ChildDone]] = []  # (parent, what it is told)
+        self.rows: dict[tuple[Any, ...], TimerRow] = {}  # the timer rows a store would hold
         self.captures: list[tuple[str, str, str, Any]] = []
         self._n = 0
+        self._run_ids = 0
+        self.recorder = Recorder(
+            RuntimeConfig(max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES),
+            now=lambda: self.now,
+            definition={DEFINITION.name: DEFINITION}.get,
+            new_driver=Driver,
+            new_run_id=self._new_run_id,
+        )
         for s in scenario.signals:
-            self._at(s.when, "signal", s)
-        self.root = self._start(ROOT, [scenario.program], None, 0)
-
-    # recording, as the run actors do
-
-    def _start(self, workflow_id: str, args: list[Any], parent: SimRun | None, seq: int) -> SimRun:
-        run = self.runs[workflow_id] = SimRun(
-            workflow_id, Driver(DEFINITION), parent, parent.run_id if parent else None, seq
-        )
-        self._feed(run, self._started(run, encode_payload(args), None))
-        return run
-
-    def _started(
-        self, run: SimRun, data: bytes, previous: str | None
-    ) -> Callable[[int, datetime], ev.Event]:
-        run_id, parent = run.run_id, run.parent
-        return lambda s, at: ev.WorkflowStarted(
-            seq=s,
-            at=at,
-            workflow_id=run.workflow_id,
-            run_id=run_id,
+            self._at(s.when, s)
+        start = RunStart(
+            tenant=TENANT,
+            workflow_id=ROOT,
             workflow_type=DEFINITION.name,
-            input=data,
-            tenant="default",
-            parent_workflow_id=parent.workflow_id if parent else None,
-            parent_run_id=run.parent_run_id,
-            continued_from_run_id=previous,
+            input=encode_payload([scenario.program]),
+            run_id=self._new_run_id(),
         )
+        with self._capturing():
+            actor, rnd, blocked = self.recorder.begin(start)
+        assert blocked is None, blocked
+        self.root = self.runs[ROOT] = SimRun(actor)
+        self._commit(self.root, rnd)
 
-    def _record(self, run: SimRun, make: Callable[[int, datetime], ev.Event]) -> ev.Event:
-        event = make(len(run.history) + 1, self.now)
-        run.history.append(event)
-        return event
+    def _new_run_id(self) -> str:
+        """Run ids in the order runs start: the same in every simulation of a scenario."""
+        self._run_ids += 1
+        return f"run{self._run_ids}"
 
-    def _feed(self, run: SimRun, make: Callable[[int, datetime], ev.Event]) -> None:
-        event = self._record(run, make)
-        driver = run.driver
+    @contextlib.contextmanager
+    def _capturing(self) -> Iterator[None]:
+        """The workflow code runs inside the recorder: what it captures is the world's."""
         global _SINK
         _SINK = self.captures
         try:
-            commands = driver.apply(event)
+            yield
         finally:
             _SINK = None
-        for command in commands:
-            self._record_command(run, command)
-        if driver.outcome is not None:
-            return  # the run ended in this activation: a step it left behind never starts
-        # Every command of the activation first, then the StepStarted of its steps (fed too:
-        # it counts attempts).
-        for command in commands:
-            if isinstance(command, c.ScheduleStep):
-                self._feed(
-                    run,
-                    lambda s, at, seq=command.seq: ev.StepStarted(
-                        seq=s, at=at, step_seq=seq, attempt=1
-                    ),
-                )
-                self.steps.append((run, run.run_id, command, 1))
 
-    def _record_command(self, run: SimRun, command: c.Command) -> None:
-        extra: dict[str, Any] = {}
-        if isinstance(command, c.StartChild):
-            extra["child_run_id"] = f"{command.workflow_id}@run0"
-        if isinstance(command, c.ContinueAsNew):
-            extra["new_run_id"] = f"{run.workflow_id}@run{run.generation + 1}"
-        self._record(run, lambda s, at: c.to_event(command, s, at, **extra))
-        match command:
-            case c.StartTimer():
-                self._at(command.due, "timer", (run, run.run_id, command.seq))
-            case c.CancelTimer():
-                key = ("timer", (run, run.run_id, command.seq))
-                self.timed = [t for t in self.timed if t[2:] != key]
-                heapq.heapify(self.timed)
-            case c.StartChild():
-                args = decode_payload(command.input)
-                self._start(command.workflow_id, args, run, command.seq)
-            case c.CompleteWorkflow() | c.FailWorkflow() | c.CancelWorkflow():
-                run.done = True
-                if run.parent is not None:
-                    self.reports.append(run)
-            case c.ContinueAsNew():
-                previous = run.run_id
-                carried = run.driver.unconsumed_signals()  # they follow, in arrival order
-                run.generation += 1
-                run.driver = Driver(DEFINITION)
-                self._feed(run, self._started(run, command.input, previous))
-                for name, payload in carried:
-                    if run.driver.outcome is not None:
-                        break
-                    self._feed(
-                        run,
-                        lambda s, at, n=name, p=payload: ev.SignalReceived(
-                            seq=s, at=at, name=n, payload=p
-                        ),
-                    )
+    # recording: the recorder's rounds, committed and carried out
 
-    def _at(self, when: datetime, kind: str, what: Any) -> None:
+    def _deliver(self, run: SimRun, message: Message) -> None:
+        """One round of ``run`` for ``message`` (mail for a closed run records nothing)."""
+        if not run.actor.running:
+            return
+        rnd = Round()
+        with self._capturing():
+            self.recorder.handle(run.actor, rnd, message)  # raises Blocked: the code diverged
+        self._commit(run, rnd)
+
+    def _commit(self, run: SimRun, rnd: Round) -> None:
+        """Record ``rnd`` and the children it starts, then carry out the effects: the run's
+        own first, then its children's (as the run actors do after a commit)."""
+        for who, effects in self._write(run, rnd):
+            self._carry_out(who, effects)
+        held = {what for _, _, what in self.timed if isinstance(what, TimerRow)}
+        rows = set(self.rows.values())
+        assert held == rows, f"timers held and rows kept differ: {held ^ rows}"
+
+    def _write(self, run: SimRun, rnd: Round) -> list[tuple[SimRun, list[Effect]]]:
+        run.history += rnd.events
+        for row in rnd.timers_delete:  # as a store applies a write: deletes, then adds
+            self.rows.pop(_row_key(row), None)
+        for row in rnd.timers_add:
+            assert row not in rnd.timers_delete, "a store would keep this row"
+            self.rows[_row_key(row)] = row
+        done = [(run, rnd.effects)]
+        for child in rnd.children:
+            workflow_id = child.actor.key[1]
+            assert workflow_id not in self.runs, f"child id {workflow_id!r} is taken"
+            assert child.actor.driver is not None, f"child {workflow_id!r} started BLOCKED"
+            assert child.append.events == child.round.events and child.append.expected_seq == 0
+            self.runs[workflow_id] = SimRun(child.actor)
+            done += self._write(self.runs[workflow_id], child.round)
+        return done
+
+    def _carry_out(self, run: SimRun, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case DispatchStep():
+                    self.steps.append((run, run.run_id, effect))
+                case HoldTimer(row=row):
+                    self._at(row.due, row)
+                case ReleaseTimer(row=row):
+                    kept = [t for t in self.timed if t[2] != row]
+                    assert len(kept) == len(self.timed) - 1, f"released {row}, never held"
+                    self.timed = kept
+                    heapq.heapify(self.timed)
+                case RunClosed(record=record, outcome=outcome):
+                    assert record.workflow_id == run.workflow_id and record.status.is_terminal
+                    if record.parent_workflow_id is not None:
+                        parent = self.runs[record.parent_workflow_id]
+                        done = ChildDone(child_id=record.workflow_id, outcome=outcome)
+                        self.reports.append((parent, done))
+                case CheckChild() | CancelChild() | Mail():
+                    raise AssertionError(f"{effect!r}: no program here asks for it")
+                case _:
+                    assert_never(effect)
+
+    def _at(self, when: datetime, what: TimerRow | Signal) -> None:
         self._n += 1
-        heapq.heappush(self.timed, (when, self._n, kind, what))
+        heapq.heappush(self.timed, (when, self._n, what))
 
     # what can happen
 
     def run(self) -> World:
         for _ in range(1000):
-            self.timed = [t for t in self.timed if t[2] == "signal" or self._current(*t[3][:2])]
-            heapq.heapify(self.timed)
             options = len(self.steps) + len(self.reports) + (1 if self.timed else 0)
             if not options:
                 return self
@@ -465,118 +507,32 @@ class World:
             if choice < len(self.steps):
                 self._finish_step(*self.steps.pop(choice))
             elif choice < len(self.steps) + len(self.reports):
-                self._report(self.reports.pop(choice - len(self.steps)))
+                self._deliver(*self.reports.pop(choice - len(self.steps)))
             else:
                 self._advance()
         raise AssertionError("the simulation does not end")
 
-    @staticmethod
-    def _current(run: SimRun, run_id: str) -> bool:
-        """Whether ``run_id`` is still the open run of ``run``: timers, retries and steps of a
-        closed or continued-as-new run are dropped."""
-        return not run.done and run.run_id == run_id
-
-    def _finish_step(self, run: SimRun, run_id: str, command: c.ScheduleStep, attempt: int) -> None:
-        if not self._current(run, run_id):
-            return
-        try:
-            value, error = _run_coroutine(command.fn(*command.args, **command.kwargs)), None
-        except Exception as exc:
-            value, error = None, exc
-        seq = command.seq
-        if error is None:
-            result = encode_payload(value)
-            self._feed(
-                run,
-                lambda s, at: ev.StepCompleted(
-                    seq=s, at=at, step_seq=seq, attempt=attempt, result=result
-                ),
-            )
-            return
-        policy = command.retry
-        retryable = policy.retryable(error)
-        name, message = type(error).__name__, str(error)
-        if not (retryable and attempt < policy.max_attempts):
-            self._feed(
-                run,
-                lambda s, at: ev.StepFailed(
-                    seq=s,
-                    at=at,
-                    step_seq=seq,
-                    attempt=attempt,
-                    error_type=name,
-                    message=message,
-                    retryable=retryable,
-                ),
-            )
-            return
-        due = self.now + timedelta(seconds=policy.interval(attempt))
-        self._record(
-            run,
-            lambda s, at: ev.StepFailed(
-                seq=s,
-                at=at,
-                step_seq=seq,
-                attempt=attempt,
-                error_type=name,
-                message=message,
-                retryable=True,
-                will_retry=True,
-            ),
+    def _finish_step(self, run: SimRun, run_id: str, dispatch: DispatchStep) -> None:
+        command = dispatch.command
+        value, error = _run_coroutine(command.fn(*command.args, **command.kwargs))
+        done = StepDone(
+            seq=command.seq, attempt=dispatch.attempt, run_id=run_id, value=value, error=error
         )
-        self._feed(
-            run,
-            lambda s, at: ev.StepRetryScheduled(
-                seq=s, at=at, step_seq=seq, next_attempt=attempt + 1, due=due
-            ),
-        )
-        self._at(due, "retry", (run, run_id, command, attempt + 1))
-
-    def _report(self, child: SimRun) -> None:
-        parent = child.parent
-        assert parent is not None and child.parent_run_id is not None
-        if not self._current(parent, child.parent_run_id):
-            return  # the run that started it is over
-        outcome, seq = child.driver.outcome, child.child_seq
-        if isinstance(outcome, c.CompleteWorkflow):
-            result = outcome.result
-            self._feed(
-                parent, lambda s, at: ev.ChildCompleted(seq=s, at=at, child_seq=seq, result=result)
-            )
-        else:
-            assert isinstance(outcome, c.FailWorkflow), outcome
-            error_type, message = outcome.error_type, outcome.message
-            self._feed(
-                parent,
-                lambda s, at: ev.ChildFailed(
-                    seq=s, at=at, child_seq=seq, error_type=error_type, message=message
-                ),
-            )
+        self._deliver(run, done)  # of a closed or continued run: nothing is recorded
 
     def _advance(self) -> None:
-        when, _, kind, what = heapq.heappop(self.timed)
+        when, _, what = heapq.heappop(self.timed)
         assert not self.timed or self.timed[0][0] > when, "two timed things coincide"
         assert when >= self.now
         self.now = when
-        if kind == "timer":
-            run, _, seq = what
-            self._feed(run, lambda s, at: ev.TimerFired(seq=s, at=at, timer_seq=seq))
-        elif kind == "retry":
-            run, run_id, command, attempt = what
-            self._feed(
-                run,
-                lambda s, at: ev.StepStarted(seq=s, at=at, step_seq=command.seq, attempt=attempt),
-            )
-            self.steps.append((run, run_id, command, attempt))
-        else:
-            signal: Signal = what
-            if self.root.done:
-                return  # a closed workflow takes no signals
-            payload = encode_payload(signal.payload)
-            self._feed(
-                self.root,
-                lambda s, at: ev.SignalReceived(seq=s, at=at, name=signal.name, payload=payload),
-            )
+        if isinstance(what, TimerRow):
+            run = self.runs[what.workflow_id]
+            # The recorder releases the timers of a run that closes or continues as new.
+            assert run.actor.running and what.run_id == run.run_id, (what, run.record)
+            self._deliver(run, TimerDue(row=what))
+        else:  # a closed workflow takes no signals
+            payload = encode_payload(what.payload)
+            self._deliver(self.root, SignalMessage(name=what.name, payload=payload))
 
 
 def replay_with_captures(history: list[ev.Event]) -> tuple[Driver, list[Any]]:

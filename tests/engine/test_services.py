@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 import aion
-from aion.store import InboxCommand, LmdbStore, MemoryStore, _lmdb
+from aion.store import ForwardingStore, InboxCommand, LmdbStore, MemoryStore, _lmdb
 from aion.testing import ManualClock
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -65,18 +65,19 @@ def engine_on(store: Any, **kwargs: Any) -> aion.Engine:
 
 # Each service and how to break it: (service id, patch(engine, times)).
 def break_wheel(engine: aion.Engine, times: int | None) -> None:
-    engine._on_timer = faulty(times, "timer wheel")(engine._on_timer)  # type: ignore[method-assign]
+    timers = engine._timers
+    timers._fire = faulty(times, "timer wheel")(timers._fire)  # type: ignore[method-assign]
 
 
 def break_executor(engine: aion.Engine, times: int | None) -> None:
-    ex = engine.executor
+    ex = engine._executor
     ex._execute = faulty(times, "step executor")(ex._execute)  # type: ignore[method-assign]
 
 
 def break_actors(engine: aion.Engine, times: int | None) -> None:
-    rt = engine.runtime
-    rt._process = faulty(times, "actor")(rt._process)  # type: ignore[method-assign]
-    rt._crashed = faulty(None, "crash handler")(rt._crashed)  # type: ignore[method-assign]
+    sc = engine._runtime.scheduler
+    sc._process = faulty(times, "actor")(sc._process)  # type: ignore[method-assign]
+    sc._crashed = faulty(None, "crash handler")(sc._crashed)  # type: ignore[method-assign]
 
 
 SERVICES = {
@@ -171,32 +172,38 @@ async def test_a_dead_store_writer_stops_the_engine(tmp_path: Path) -> None:
         assert (await again.describe("w")).status is aion.Status.RUNNING
 
 
+class BuggyStore(ForwardingStore):
+    """A store that fails activations of run ``w`` while ``broken``: an engine bug seen from
+    outside (the engine fails on this run, every time it tries)."""
+
+    broken = False
+
+    async def read_current_run(self, workflow_id: str, *, tenant: str = "default") -> Any:
+        if self.broken and workflow_id == "w":
+            raise Boom("engine bug while activating")
+        return await self.inner.read_current_run(workflow_id, tenant=tenant)
+
+
 async def test_a_run_in_an_engine_crash_loop_is_blocked_with_its_traceback_and_unblocked() -> None:
     store = MemoryStore()
-    engine = engine_on(store, max_restarts=2)
-    activate = engine.runtime._activate
-    broken = [True]
-
-    async def buggy(actor: Any) -> bool:
-        if broken[0]:
-            raise Boom("engine bug while activating")
-        return await activate(actor)
-
+    buggy = BuggyStore(store)
+    engine = engine_on(buggy, max_restarts=2, max_resident_runs=1)
     async with engine:
         handle = await engine.start(waits, workflow_id="w")
+        await engine.start(waits, workflow_id="other")  # w is evicted: a signal activates it
         await engine.wait_idle()
-        engine.runtime._activate = buggy  # type: ignore[method-assign]
-        engine.runtime.actors.clear()  # evicted: the signal must activate it
+        assert engine.resident_runs == 1
+        buggy.broken = True
         with anyio.fail_after(10):
             await engine.signal("w", "go", 1)  # acknowledged once the run is parked: kept
+        buggy.broken = False  # the fix is deployed (a parked run is not retried on its own)
         blocked = await engine.describe("w")
         assert blocked.status is aion.Status.BLOCKED
         assert blocked.reason == "crash loop: Boom: engine bug while activating"
         assert "aion unblock w" in blocked.detail
-        assert "Traceback" in blocked.detail and "buggy" in blocked.detail
+        assert "Traceback" in blocked.detail and "read_current_run" in blocked.detail
         with pytest.raises(aion.errors.InvalidArgument, match="not blocked"):
             await _unblock_running(engine)
-        broken[0] = False  # the fix is deployed
         after = await engine.unblock("w")  # the kept signal is applied
         assert after.status is not aion.Status.BLOCKED and after.reason == ""
         assert after.detail == ""

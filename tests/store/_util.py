@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from aion import events as ev
-from aion.store import Status, WorkflowRecord
+from aion.store import Status, WorkflowRecord, WriteHook, WriteInfo, WriteProbe
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -59,3 +60,26 @@ def record(
         created_at=at(created),
         run_started_at=at(created),
     )
+
+
+class FailAtTable(WriteHook):
+    """A write hook that fails every write at its first row in ``table``; ``rows`` lists the
+    ``(op, table)`` of every row the writes reached before."""
+
+    def __init__(self, table: str, error: Exception) -> None:
+        self.table = table
+        self.error = error
+        self.rows: list[tuple[str, str]] = []
+
+    def begin_write(self, write: WriteInfo) -> WriteProbe:
+        return _FailAt(self)
+
+
+class _FailAt(WriteProbe):
+    def __init__(self, hook: FailAtTable) -> None:
+        self.hook = hook
+
+    def before_kv_write(self, op: Literal["put", "delete"], table: str, key: bytes) -> None:
+        if table == self.hook.table:
+            raise self.hook.error
+        self.hook.rows.append((op, table))

@@ -5,13 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from aion.store import EventStore, LmdbStore, MemoryStore
+from aion.store import EventStore, ForwardingStore, LmdbStore, MemoryStore
 
 
-@pytest.fixture(params=["memory", "lmdb"])
+@pytest.fixture(params=["memory", "lmdb", "forwarding"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    """Every backend, for the conformance suite."""
-    s: EventStore = MemoryStore() if request.param == "memory" else LmdbStore(tmp_path / "data")
+    """Every backend, for the conformance suite (and the base of store wrappers)."""
+    s: EventStore
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "lmdb":
+        s = LmdbStore(tmp_path / "data")
+    else:
+        s = ForwardingStore(MemoryStore())
     try:
         yield s
     finally:

@@ -27,30 +27,51 @@ from aion.errors import (
     StoreFull,
     StoreLocked,
 )
-from aion.store import Append, InboxCommand, LmdbStore, Write, _core, _lmdb
+from aion.store import (
+    Append,
+    InboxCommand,
+    LmdbStore,
+    Write,
+    WriteHook,
+    WriteInfo,
+    WriteProbe,
+    _core,
+    _lmdb_writer,
+)
 
 from ._util import T0, record, signal, signals, started
 
 # --- group commit --------------------------------------------------------------------------------
 
 
-class BatchSpy:
-    """Counts the writer's transactions; holds the first one until released, to form a batch."""
+class BatchSpy(WriteHook):
+    """The store's write hook: counts the writer's transactions and holds the first one until
+    released, to form a batch. Writes that append to a workflow in ``poison`` fail halfway
+    through their own rows (a bug in the store logic, say)."""
 
-    def __init__(self, store: LmdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, store: LmdbStore, poison: frozenset[str] = frozenset()) -> None:
         self.sizes: list[int] = []
         self.release = threading.Event()
         self.entered = threading.Event()
-        real = store._apply_in_txn
+        self.poison = poison
+        store.set_write_hook(self)
 
-        def spy(pending: list[Any]) -> None:
-            if not self.sizes:
-                self.entered.set()
-                self.release.wait(10)
-            self.sizes.append(len(pending))
-            real(pending)
+    def before_transaction(self, writes: int) -> None:
+        if not self.sizes:
+            self.entered.set()
+            self.release.wait(10)
+        self.sizes.append(writes)
 
-        monkeypatch.setattr(store, "_apply_in_txn", spy)
+    def begin_write(self, write: WriteInfo) -> WriteProbe | None:
+        if any(workflow_id in self.poison for _, workflow_id in write.appends):
+            return FailsAtItsProjectionRow()
+        return None
+
+
+class FailsAtItsProjectionRow(WriteProbe):
+    def before_kv_write(self, op: str, table: str, key: bytes) -> None:
+        if table == "workflows":
+            raise RuntimeError("bug while writing poison")
 
 
 async def _queue_behind_first(store: LmdbStore, spy: BatchSpy, n: int, fn: Any) -> list[Any]:
@@ -77,7 +98,7 @@ async def test_group_commit_one_transaction_many_requests(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with LmdbStore(tmp_path / "d") as store:
-        spy = BatchSpy(store, monkeypatch)
+        spy = BatchSpy(store)
         results = await _queue_behind_first(
             store, spy, 200, lambda i: store.append(f"w{i}", [started(workflow_id=f"w{i}")], 0)
         )
@@ -101,7 +122,7 @@ class PauseProbe:
         self.ticked_while_filling = threading.Event()
         self.filling = False
         self.hold_fill = False
-        real_hold = _lmdb._LoopPause._hold
+        real_hold = _lmdb_writer._LoopPause._hold
         real_fill = store._fill
 
         def hold(pause: Any) -> None:
@@ -111,7 +132,7 @@ class PauseProbe:
             self.order.append("resume")
 
         def fill(kv: Any, pending: list[Any], results: Any, errors: Any) -> None:
-            if len(pending) < _lmdb.PAUSE_MIN_BATCH:
+            if len(pending) < _lmdb_writer.PAUSE_MIN_BATCH:
                 return real_fill(kv, pending, results, errors)
             assert self.holding.wait(10), "the loop never paused"
             self.filling = True
@@ -122,7 +143,7 @@ class PauseProbe:
             self.order.append(f"filled after {self.ticks - before} loop turns")
             self.filling = False
 
-        monkeypatch.setattr(_lmdb._LoopPause, "_hold", hold)
+        monkeypatch.setattr(_lmdb_writer._LoopPause, "_hold", hold)
         monkeypatch.setattr(store, "_fill", fill)
 
     async def tick(self, done: anyio.Event) -> None:
@@ -158,9 +179,9 @@ async def _big_batch_with_ticker(store: LmdbStore, probe: PauseProbe, spy: Batch
 async def test_a_big_batch_is_written_while_its_loop_stands_still(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_lmdb, "PAUSE_MAX_SECONDS", 30.0)  # only the writer ends this pause
+    monkeypatch.setattr(_lmdb_writer, "PAUSE_MAX_SECONDS", 30.0)  # only the writer ends this pause
     async with LmdbStore(tmp_path / "d") as store:
-        spy = BatchSpy(store, monkeypatch)
+        spy = BatchSpy(store)
         probe = PauseProbe(store, monkeypatch)
         await _big_batch_with_ticker(store, probe, spy)
         # The loop paused before the fill, made no turn during it, and resumed after it.
@@ -171,9 +192,9 @@ async def test_a_big_batch_is_written_while_its_loop_stands_still(
 async def test_a_slow_fill_holds_the_loop_no_longer_than_the_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_lmdb, "PAUSE_MAX_SECONDS", 0.001)
+    monkeypatch.setattr(_lmdb_writer, "PAUSE_MAX_SECONDS", 0.001)
     async with LmdbStore(tmp_path / "d") as store:
-        spy = BatchSpy(store, monkeypatch)
+        spy = BatchSpy(store)
         probe = PauseProbe(store, monkeypatch)
         probe.hold_fill = True  # the fill waits until the loop has moved on without it
         await _big_batch_with_ticker(store, probe, spy)
@@ -184,11 +205,12 @@ async def test_a_slow_fill_holds_the_loop_no_longer_than_the_cap(
 
 def test_small_batches_and_threads_do_not_pause_a_loop() -> None:
     calls: list[Any] = []
-    request = _lmdb._Request(_core.prepare(Write()), calls.append)
-    assert _lmdb._LoopPause.for_batch([request] * (_lmdb.PAUSE_MIN_BATCH - 1)) is None
-    assert _lmdb._LoopPause.for_batch([_lmdb._Request(_core.prepare(Write()), None)] * 99) is None
-    from_thread = _lmdb._Request(_core.prepare(Write()), None)
-    pause = _lmdb._LoopPause.for_batch([from_thread] + [request] * (_lmdb.PAUSE_MIN_BATCH - 1))
+    writer = _lmdb_writer
+    request = writer._Request(_core.prepare(Write()), calls.append)
+    assert writer._LoopPause.for_batch([request] * (writer.PAUSE_MIN_BATCH - 1)) is None
+    assert writer._LoopPause.for_batch([writer._Request(_core.prepare(Write()), None)] * 99) is None
+    from_thread = writer._Request(_core.prepare(Write()), None)
+    pause = writer._LoopPause.for_batch([from_thread] + [request] * (writer.PAUSE_MIN_BATCH - 1))
     assert pause is not None and len(calls) == 1
     pause.end()
     calls[0]()  # the loop reaches the callback after the fill: it returns at once
@@ -198,24 +220,14 @@ def test_a_closed_loop_is_not_waited_for() -> None:
     def closed(callback: Any) -> None:
         raise RuntimeError("Event loop is closed")
 
-    pause = _lmdb._LoopPause(closed)
+    pause = _lmdb_writer._LoopPause(closed)
     pause._hold()  # returns at once: the pause counts as over
 
 
-async def test_requests_in_one_batch_fail_on_their_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_requests_in_one_batch_fail_on_their_own(tmp_path: Path) -> None:
     async with LmdbStore(tmp_path / "d") as store:
         await store.append("shared", [started(workflow_id="shared")], 0)
-        spy = BatchSpy(store, monkeypatch)
-        real_put = _core._put_workflow
-
-        def put_workflow(kv: Any, rec: Any) -> None:
-            if rec.workflow_id == "poison":
-                raise RuntimeError("bug while writing poison")
-            real_put(kv, rec)
-
-        monkeypatch.setattr(_core, "_put_workflow", put_workflow)
+        spy = BatchSpy(store, poison=frozenset({"poison"}))
 
         async def request(i: int) -> Any:
             if i == 3:  # conflicts: another request in the batch appends first
@@ -240,7 +252,7 @@ async def test_requests_in_one_batch_fail_on_their_own(
         assert await store.get_workflow("poison") is None
         names = [getattr(e, "name", None) for e in await store.read_history("shared")]
         assert names == [None, "first"]
-        assert spy.sizes[:2] == [1, 8]
+        assert spy.sizes[:3] == [1, 8, 7]  # the batch, then again without the poisoned one
 
 
 async def test_sync_commit_from_a_plain_thread(tmp_path: Path) -> None:
@@ -449,26 +461,23 @@ async def test_closed_store_says_so(tmp_path: Path) -> None:
         await store.append("wf", [started()], 0)
 
 
-async def test_writer_failure_is_reported_not_hung(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = LmdbStore(tmp_path / "d")
+class BlowsUp(WriteHook):
+    def before_transaction(self, writes: int) -> None:
+        raise MemoryError("writer thread blew up")
+
+
+async def test_writer_failure_is_reported_not_hung(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "d", write_hook=BlowsUp())
     try:
-
-        def broken(batch: list[Any]) -> None:
-            raise MemoryError("writer thread blew up")
-
-        monkeypatch.setattr(store, "_run_batch", broken)
         with pytest.raises(StoreError, match=r"writer .* failed"):
             await store.append("wf", [started()], 0)
+        assert isinstance(store.writer_failure(), MemoryError)
         with pytest.raises(StoreError, match="has failed"):
             await store.append("wf2", [started(workflow_id="wf2")], 0)
     finally:
-        monkeypatch.undo()
-        store._closed = True
-        store._env.close()
-        assert store._lock is not None
-        store._lock.release()
+        await store.aclose()  # the dead writer does not hold up the close
+    async with LmdbStore(tmp_path / "d") as reopened:
+        assert await reopened.head("wf") == 0
 
 
 async def test_a_corrupt_head_row_fails_its_workflow_only(tmp_path: Path) -> None:

@@ -1,0 +1,649 @@
+"""``aion.Client``: start, steer and read workflows from a process that runs no engine.
+
+A client opens the data directory as a client-role store (no lock: it works while an engine
+runs in another process), reads everything straight from the store, and leaves what it sends in
+the store's inbox: the running engine applies it within milliseconds (a doorbell socket wakes
+it), or the next engine to start does. Every request is checked first, with the engine's own
+validation and rules (``aion._validate``, ``aion._control``), against what the store can tell:
+a request the engine would refuse is refused here with the engine's error, and nothing is
+queued. See docs/client.md.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from aion import _control, _validate
+from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload
+from aion._doorbell import ring
+from aion._engine import (
+    PAYLOAD_LIMIT_FILE,
+    HistoryEvent,
+    PendingApproval,
+    Reader,
+    WaitpointInfo,
+    WorkflowDescription,
+    WorkflowHandle,
+)
+from aion._ids import new_id
+from aion._replay import WorkflowDefinition, definition_of
+from aion._tokens import KEY_FILE_NAME, TokenClaims, load_or_create, peek_claims
+from aion.errors import (
+    AionError,
+    InvalidArgument,
+    InvalidToken,
+    WorkflowNotFound,
+)
+from aion.store import (
+    ApprovalStatus,
+    EventStore,
+    InboxCommand,
+    LmdbStore,
+    Page,
+    Status,
+    WorkflowRecord,
+    collect_pages,
+)
+
+__all__ = ["Client"]
+
+#: The largest ``max_payload_bytes`` an engine accepts.
+_MAX_LIMIT = 2**30
+
+#: ``result()`` looks at the store this often: first after 1 ms, then 1.5 times longer each
+#: time, up to 50 ms (a look is one small read: ~20 us).
+_POLL_FIRST = 0.001
+_POLL_GROWTH = 1.5
+_POLL_MAX = 0.05
+
+#: After the engine took an ``unblock``, how long ``unblock()`` waits for the run to move on
+#: before it reports the run as still BLOCKED for the same cause.
+_UNBLOCK_SETTLE = 1.0
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A command durably queued: its id in the inbox, the workflow's record when it was
+    queued (None for a start), and whether a running engine's doorbell was rung."""
+
+    command_id: str
+    record: WorkflowRecord | None
+    rung: bool
+
+
+class Client:
+    """Start, signal, decide, complete and read workflows while an engine runs elsewhere.
+
+    ``async with aion.Client("./aion-data", tenant="acme") as client:`` opens the data
+    directory as a client (``LmdbStore(path, role="client")``: no engine lock, so it works while
+    an engine runs in another process, from any number of processes). LMDB allows one handle
+    per directory and process: open one client per process and share it among tasks. Given a
+    store object instead of a path (``engine.store`` in the engine's own process, a
+    ``MemoryStore``), the client uses it and leaves it open.
+
+    Methods mirror the :class:`aion.Engine` methods of the same name, with the same checks, the
+    same errors and messages, raised before anything is queued wherever the store can tell.
+    Reads (``describe``, ``history``, ``list``, ``pending_approvals``, ``pending_waitpoints``)
+    read the store. Requests (``start``, ``signal``, ``cancel``, ``approve``, ``reject``,
+    ``complete_waitpoint``, ``unblock``) return once the request is durably queued in the
+    store's inbox: a running engine applies it promptly (it is woken at once), otherwise the
+    next engine to start does. Requests for one workflow are applied in arrival order.
+
+    Args:
+        target: the data directory, or a store object (not closed by the client).
+        tenant: the tenant of every call that does not pass ``tenant=``.
+
+    Raises:
+        InvalidArgument: ``tenant`` is malformed.
+    """
+
+    def __init__(
+        self, target: str | os.PathLike[str] | EventStore, *, tenant: str = "default"
+    ) -> None:
+        self.tenant = _validate.identifier(tenant, "tenant")
+        self._target = target
+        self._store: EventStore | None = None
+        self._owns_store = False
+        self._directory: Path | None = None
+        if isinstance(target, str | os.PathLike):
+            self._directory = Path(target)
+        else:
+            path = getattr(target, "path", None)
+            if isinstance(path, str | os.PathLike):
+                self._directory = Path(path)
+        self._definitions: dict[str, WorkflowDefinition] = {}
+        self._reader = Reader(lambda: self.store, self._definitions.get)
+
+    def __repr__(self) -> str:
+        return f"Client({self._target!r}, tenant={self.tenant!r})"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> EventStore:
+        """The store the client reads and queues in (while it is open)."""
+        if self._store is None:
+            raise AionError("the client is not open: use it as `async with aion.Client(...)`")
+        return self._store
+
+    async def __aenter__(self) -> Client:
+        target = self._target
+        if isinstance(target, str | os.PathLike):
+            self._store = await anyio.to_thread.run_sync(lambda: LmdbStore(target, role="client"))
+            self._owns_store = True
+        else:
+            self._store = target
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        store, self._store = self._store, None
+        if store is not None and self._owns_store:
+            self._owns_store = False
+            with anyio.CancelScope(shield=True):
+                await store.aclose()
+
+    # --- starting -----------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Any,
+        *args: Any,
+        workflow_id: str | None = None,
+        tenant: str | None = None,
+    ) -> WorkflowHandle:
+        """Start a workflow, or return a handle to the existing one with this ``workflow_id``.
+
+        ``workflow`` is a workflow function (``@aion.workflow``; its arguments are checked
+        against its annotations here) or the name of a registered workflow type (the engine
+        that applies the start checks them). Returns once the start is durably queued; the
+        handle's ``result()`` waits for the run, whether or not the engine has started it yet.
+
+        A type that the engine does not have is recorded and parked ``BLOCKED`` until an engine
+        with that type runs it; arguments that do not fit the workflow are recorded as a
+        ``FAILED`` run (``result()`` raises :class:`aion.WorkflowFailed` saying why).
+
+        Raises:
+            PayloadError: the arguments cannot be encoded, exceed the payload limit, or do not
+                match the workflow's parameter annotations (nothing is queued).
+            InvalidArgument: malformed id, tenant or type name (``""`` too: pass None for a
+                generated id), wrong number of arguments, or an id taken by a run of another
+                workflow type.
+        """
+        _, handle = await self._start(workflow, args, workflow_id, tenant)
+        return handle
+
+    async def _start(
+        self, workflow: Any, args: tuple[Any, ...], workflow_id: str | None, tenant: str | None
+    ) -> tuple[Queued | None, WorkflowHandle]:
+        tenant = self._tenant(tenant)
+        workflow_id = new_id() if workflow_id is None else _validate.identifier(workflow_id)
+        limit = self._payload_limit()
+        if isinstance(workflow, str):
+            name = _validate.identifier(workflow, "workflow type")
+            encoded = encode_payload(list(args), limit=limit, what=f"input of workflow {name!r}")
+        else:
+            definition = definition_of(workflow)
+            name = definition.name
+            encoded = definition.encode_input(args, limit=limit)
+            self._definitions.setdefault(name, definition)  # results convert to its type
+        record = await self.store.get_workflow(workflow_id, tenant=tenant)
+        if record is not None:
+            _control.check_same_type(record, name)
+            return None, self._handle(workflow_id, tenant)
+        command = InboxCommand("start", tenant, workflow_id, _now(), name=name, payload=encoded)
+        queued = await self._queue(command, None)
+        return queued, self._handle(workflow_id, tenant, queued.command_id)
+
+    def handle(self, workflow_id: str, *, tenant: str | None = None) -> WorkflowHandle:
+        """A handle to an existing workflow (whether it exists is not checked until used).
+
+        Raises:
+            InvalidArgument: the id or tenant is malformed.
+        """
+        workflow_id, tenant = self._key(workflow_id, tenant)
+        return self._handle(workflow_id, tenant)
+
+    def _handle(self, workflow_id: str, tenant: str, command_id: str = "") -> WorkflowHandle:
+        async def result(workflow_id: str, tenant: str, timeout: float | None) -> Any:
+            return await self._result(workflow_id, tenant, timeout, command_id)
+
+        return WorkflowHandle(workflow_id, tenant, result)
+
+    async def _result(
+        self, workflow_id: str, tenant: str, timeout: float | None, command_id: str
+    ) -> Any:
+        """Wait for the run's outcome by looking at the store, first after 1 ms, backing off
+        to 50 ms. While its start waits in the inbox, the run is on its way, not missing."""
+        timeout = _validate.optional_seconds(timeout, "result(timeout=...)")
+        delay = _POLL_FIRST
+        with anyio.fail_after(timeout) if timeout is not None else nullcontext():
+            while True:
+                record = await self.store.get_workflow(workflow_id, tenant=tenant)
+                if record is None and not await self._start_queued(workflow_id, tenant, command_id):
+                    # Applied in between? The start's write deletes the command.
+                    record = await self.store.get_workflow(workflow_id, tenant=tenant)
+                    if record is None:
+                        raise WorkflowNotFound(workflow_id, tenant)
+                if record is not None and record.status.is_terminal:
+                    return await self._reader.outcome(record)
+                await anyio.sleep(delay)
+                delay = min(delay * _POLL_GROWTH, _POLL_MAX)
+
+    async def _open_or_starting(self, workflow_id: str, tenant: str) -> WorkflowRecord | None:
+        """The record of a workflow that takes signals and cancellations, or None when its
+        start is still queued (what is queued after it applies after it, in order).
+
+        Raises:
+            WorkflowNotFound: no such workflow, and no start of it queued.
+            WorkflowClosed: it has finished.
+        """
+        record = await self.store.get_workflow(workflow_id, tenant=tenant)
+        if record is None and not await self._start_queued(workflow_id, tenant, ""):
+            record = await self._reader.record(workflow_id, tenant)  # started meanwhile?
+        if record is not None:
+            _control.check_open(record)
+        return record
+
+    async def _start_queued(self, workflow_id: str, tenant: str, command_id: str) -> bool:
+        if command_id:
+            return bool(await self.store.inbox_pending([command_id]))
+        after: str | None = None
+        while True:
+            commands = await self.store.read_inbox(limit=500, after=after)
+            for c in commands:
+                if c.kind == "start" and (c.tenant, c.workflow_id) == (tenant, workflow_id):
+                    return True
+            if len(commands) < 500:
+                return False
+            after = commands[-1].command_id
+
+    # --- steering -----------------------------------------------------------------------------
+
+    async def signal(
+        self, workflow_id: str, name: str, payload: Any = None, *, tenant: str | None = None
+    ) -> None:
+        """Send signal ``name`` with ``payload``; returns once it is durably queued (applied in
+        arrival order; a BLOCKED run takes it once it runs again; a workflow whose start is
+        still queued gets it right after its start).
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant (and no start of it queued).
+            WorkflowClosed: the workflow has finished.
+            PayloadError: the payload cannot be encoded or is too large.
+            InvalidArgument: the id, tenant or name is malformed (names: non-empty text of at
+                most 256 UTF-8 bytes).
+        """
+        await self._signal(workflow_id, name, payload, tenant=tenant)
+
+    async def _signal(
+        self, workflow_id: str, name: str, payload: Any, *, tenant: str | None
+    ) -> Queued:
+        workflow_id, tenant = self._key(workflow_id, tenant)
+        name = _validate.name(name, "signal name")
+        encoded = self._encode(payload, f"signal {name!r}")
+        record = await self._open_or_starting(workflow_id, tenant)
+        command = InboxCommand("signal", tenant, workflow_id, _now(), name=name, payload=encoded)
+        return await self._queue(command, record)
+
+    async def cancel(
+        self, workflow_id: str, *, reason: str | None = None, tenant: str | None = None
+    ) -> None:
+        """Ask the workflow to cancel: its current await raises ``aion.Cancelled``. Returns
+        once the request is durably queued (also for a workflow whose start is still queued).
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant (and no start of it queued).
+            WorkflowClosed: the workflow has finished.
+            InvalidArgument: the id or tenant is malformed, or ``reason`` is not text (of at
+                most 64 KiB).
+        """
+        await self._cancel(workflow_id, reason=reason, tenant=tenant)
+
+    async def _cancel(self, workflow_id: str, *, reason: str | None, tenant: str | None) -> Queued:
+        workflow_id, tenant = self._key(workflow_id, tenant)
+        reason = _validate.optional_text(reason, "cancel reason")
+        record = await self._open_or_starting(workflow_id, tenant)
+        command = InboxCommand("cancel", tenant, workflow_id, _now(), comment=reason)
+        return await self._queue(command, record)
+
+    async def unblock(
+        self, workflow_id: str, *, tenant: str | None = None, timeout: float | None = 10.0
+    ) -> WorkflowDescription:
+        """Retry a ``BLOCKED`` run now: replay it and go on (after the cause was fixed).
+
+        Queues the retry, then waits for the running engine to make it, and returns the run's
+        description afterwards: ``RUNNING`` (or finished) if it went on, ``BLOCKED`` with the
+        new reason if another cause stopped it. It returns the description as it stands
+        (``BLOCKED``) without waiting longer when no engine is listening (the next engine to
+        start retries the run), when the engine took the retry and the run is still blocked for
+        the same cause a second later, or after ``timeout`` seconds.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+            InvalidArgument: the run is not blocked (or the id or ``timeout`` is malformed).
+        """
+        _, _, description = await self._unblock(workflow_id, tenant=tenant, timeout=timeout)
+        return description
+
+    async def _unblock(
+        self, workflow_id: str, *, tenant: str | None, timeout: float | None
+    ) -> tuple[Queued, bool, WorkflowDescription]:
+        """The retry queued, whether an engine took it, and the run's description after."""
+        workflow_id, tenant = self._key(workflow_id, tenant)
+        timeout = _validate.optional_seconds(timeout, "unblock(timeout=...)")
+        record = await self._reader.record(workflow_id, tenant)
+        _control.check_blocked(record)
+        head = await self.store.head(workflow_id, tenant=tenant)
+        queued = await self._queue(InboxCommand("unblock", tenant, workflow_id, _now()), record)
+        taken = False
+        if queued.rung:
+            with anyio.move_on_after(timeout) if timeout is not None else nullcontext():
+                taken = await self._wait_taken(queued.command_id)
+                with anyio.move_on_after(_UNBLOCK_SETTLE):
+                    await self._wait_moved_on(workflow_id, tenant, record, head)
+        return queued, taken, await self._reader.describe(workflow_id, tenant=tenant)
+
+    async def _wait_taken(self, command_id: str) -> bool:
+        delay = _POLL_FIRST
+        while await self.store.inbox_pending([command_id]):
+            await anyio.sleep(delay)
+            delay = min(delay * _POLL_GROWTH, _POLL_MAX)
+        return True
+
+    async def _wait_moved_on(
+        self, workflow_id: str, tenant: str, before: WorkflowRecord, head: int
+    ) -> None:
+        delay = _POLL_FIRST
+        while True:
+            record = await self.store.get_workflow(workflow_id, tenant=tenant)
+            if record is None or record.status is not Status.BLOCKED:
+                return
+            if record.reason != before.reason:
+                return
+            if await self.store.head(workflow_id, tenant=tenant) != head:
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * _POLL_GROWTH, _POLL_MAX)
+
+    # --- people and outside systems -----------------------------------------------------------
+
+    async def approve(
+        self,
+        workflow_id: str,
+        *,
+        user: str,
+        comment: str | None = None,
+        approval_id: str | None = None,
+        digest: str | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        """Approve the run's pending approval; returns once the decision is durably queued.
+
+        The approval is chosen here, from the store (the only pending one, or ``approval_id``),
+        and the decision names it: it applies to exactly that approval, or not at all (the
+        engine drops a decision that lost a race with another one, with a WARNING in its log).
+
+        Args:
+            approval_id: which approval (needed when several are pending).
+            digest: if given, the decision applies only if the pending approval is for exactly
+                this (``PendingApproval.digest``): what you approve is what you saw.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+            WorkflowClosed: the workflow has finished.
+            WorkflowBlocked: the run is parked BLOCKED: decide once it runs again.
+            NoPendingApproval: nothing (or not that approval, or not with that digest) is
+                pending.
+            AmbiguousApproval: several approvals are pending and no ``approval_id`` was given.
+        """
+        await self._decide("approve", workflow_id, user, comment, approval_id, digest, tenant)
+
+    async def reject(
+        self,
+        workflow_id: str,
+        *,
+        user: str,
+        comment: str | None = None,
+        approval_id: str | None = None,
+        digest: str | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        """Reject the run's pending approval: the workflow's ``await`` raises
+        ``aion.ApprovalRejected`` naming ``user`` and ``comment``. Same errors as
+        :meth:`approve`."""
+        await self._decide("reject", workflow_id, user, comment, approval_id, digest, tenant)
+
+    async def _decide(
+        self,
+        kind: str,
+        workflow_id: str,
+        user: str,
+        comment: str | None,
+        approval_id: str | None,
+        digest: str | None,
+        tenant: str | None,
+        *,
+        pick: str = _control.PICK_APPROVAL,
+    ) -> Queued:
+        workflow_id, tenant = self._key(workflow_id, tenant)
+        user = _validate.user(user)
+        comment = _validate.optional_text(comment, "comment")
+        approval_id = _validate.optional_identifier(approval_id, "approval_id")
+        digest = _validate.optional_text(digest, "digest", limit=_validate.MAX_NAME_BYTES)
+        record = await self._reader.record(workflow_id, tenant)
+        _control.check_decidable(record)
+        store = self.store
+        rows = await collect_pages(
+            lambda cursor: store.list_approvals(
+                workflow_id, tenant=tenant, limit=100, cursor=cursor
+            )
+        )
+        pending = [row for row in rows if row.status is ApprovalStatus.PENDING]
+        # The timeout is left to the engine, whose clock decides it.
+        chosen = _control.choose_approval(
+            workflow_id, pending, approval_id, digest, None, pick=pick
+        )
+        command = InboxCommand(
+            kind,
+            tenant,
+            workflow_id,
+            _now(),
+            user=user,
+            comment=comment,
+            target_id=chosen.approval_id,
+            digest=digest or "",
+        )
+        return await self._queue(command, record)
+
+    async def complete_waitpoint(self, token: str, payload: Any = None) -> None:
+        """Complete the waitpoint ``token`` names with ``payload``; returns once the completion
+        is durably queued.
+
+        The token is verified here with the data directory's key file (``waitpoint-keys.json``)
+        when there is one; the engine verifies it again when it applies the completion.
+
+        Raises:
+            InvalidToken: the token is forged, malformed, truncated, re-signed, signed with an
+                unknown or retired key, expired, or names no waitpoint of this store.
+            WaitpointClosed: the waitpoint was completed already (tokens are one-shot), or its
+                run has finished.
+            PayloadError: the payload cannot be encoded or is too large.
+        """
+        await self._complete_waitpoint(token, payload)
+
+    async def _complete_waitpoint(self, token: str, payload: Any) -> Queued:
+        claims = self._claims(token)
+        store = self.store
+        row = await store.get_waitpoint(
+            claims.workflow_id, claims.waitpoint_id, tenant=claims.tenant
+        )
+        row = _control.check_waitpoint_row(row, claims)
+        encoded = self._encode(payload, f"completion of waitpoint {row.name!r}")
+        record = await self._reader.record(claims.workflow_id, claims.tenant)
+        _control.check_completable(record)
+        command = InboxCommand(
+            "complete_waitpoint",
+            claims.tenant,
+            claims.workflow_id,
+            _now(),
+            payload=encoded,
+            token=token,
+        )
+        return await self._queue(command, record)
+
+    def _claims(self, token: object) -> TokenClaims:
+        if not isinstance(token, str):
+            raise InvalidToken(f"a waitpoint token is text, not {type(token).__name__}")
+        directory = self._directory
+        if directory is not None and (directory / KEY_FILE_NAME).exists():
+            now = _now()
+            return load_or_create(directory, now=now, require_existing=True).verify(token, now=now)
+        # No key file here (a store without a directory): the engine verifies the signature.
+        claims = peek_claims(token)
+        if claims is None:
+            raise InvalidToken("the token is malformed (it names no waitpoint); nothing was queued")
+        return claims
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def describe(self, workflow_id: str, *, tenant: str | None = None) -> WorkflowDescription:
+        """Status, times, result or error, history length and what the run waits on.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+        """
+        workflow_id, tenant = self._key(workflow_id, tenant)
+        return await self._reader.describe(workflow_id, tenant=tenant)
+
+    async def history(
+        self, workflow_id: str, *, after_seq: int = 0, tenant: str | None = None
+    ) -> list[HistoryEvent]:
+        """The recorded events after ``after_seq``, in order.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+            InvalidArgument: the id or tenant is malformed, or ``after_seq`` is not an int >= 0.
+        """
+        workflow_id, tenant = self._key(workflow_id, tenant)
+        after_seq = _validate.after_seq(after_seq)
+        return await self._reader.history(workflow_id, after_seq=after_seq, tenant=tenant)
+
+    async def list(
+        self,
+        *,
+        status: Status | None = None,
+        workflow_type: str | None = None,
+        tenant: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WorkflowDescription]:
+        """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back).
+
+        Raises:
+            InvalidArgument: a filter, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
+                the cursor was made for another query.
+        """
+        tenant = self._tenant(tenant)
+        if status is not None:
+            status = _status(status)
+        workflow_type = _validate.optional_identifier(workflow_type, "workflow_type")
+        limit = _validate.page_limit(limit)
+        cursor = _validate.cursor(cursor)
+        return await self._reader.list(
+            status=status, workflow_type=workflow_type, tenant=tenant, limit=limit, cursor=cursor
+        )
+
+    async def pending_approvals(
+        self, *, tenant: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[PendingApproval]:
+        """Approvals waiting for a person across the tenant's runs, oldest first (keyset
+        pagination: pass ``next_cursor`` back).
+
+        Raises:
+            InvalidArgument: the tenant, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
+                the cursor was made for another query.
+        """
+        tenant = self._tenant(tenant)
+        limit = _validate.page_limit(limit)
+        cursor = _validate.cursor(cursor)
+        return await self._reader.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
+
+    async def pending_waitpoints(
+        self,
+        workflow_id: str,
+        *,
+        tenant: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[WaitpointInfo]:
+        """The workflow's pending waitpoints by id (keyset pagination). Items show a fingerprint
+        of the token, never the token.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+            InvalidArgument: the id, tenant, ``limit`` (1 to 10,000) or ``cursor`` is
+                malformed, or the cursor was made for another query.
+        """
+        workflow_id, tenant = self._key(workflow_id, tenant)
+        limit = _validate.page_limit(limit)
+        cursor = _validate.cursor(cursor)
+        return await self._reader.pending_waitpoints(
+            workflow_id, tenant=tenant, limit=limit, cursor=cursor
+        )
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _tenant(self, tenant: object) -> str:
+        return self.tenant if tenant is None else _validate.identifier(tenant, "tenant")
+
+    def _key(self, workflow_id: object, tenant: object) -> tuple[str, str]:
+        return _validate.identifier(workflow_id), self._tenant(tenant)
+
+    async def _queue(self, command: InboxCommand, record: WorkflowRecord | None) -> Queued:
+        """Leave ``command`` in the inbox (durably), then wake the engine."""
+        command_id = await self.store.put_inbox(command)
+        rung = ring(self._directory, self.store)
+        return Queued(command_id, record, rung)
+
+    def _payload_limit(self) -> int:
+        """The ``max_payload_bytes`` of the engine that last started on the data directory (it
+        records it there), else the default."""
+        if self._directory is None:
+            return DEFAULT_MAX_PAYLOAD_BYTES
+        try:
+            text = (self._directory / PAYLOAD_LIMIT_FILE).read_text(encoding="ascii")
+            limit = int(text)
+        except (OSError, ValueError):
+            return DEFAULT_MAX_PAYLOAD_BYTES  # no engine has run here yet, or unreadable
+        return limit if 1 <= limit <= _MAX_LIMIT else DEFAULT_MAX_PAYLOAD_BYTES
+
+    def _encode(self, value: Any, what: str) -> bytes:
+        return encode_payload(value, limit=self._payload_limit(), what=what)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _status(status: object) -> Status:
+    if isinstance(status, Status):
+        return status
+    if isinstance(status, str) and status in _STATUS_VALUES:  # its value: "running" ...
+        return Status(status)
+    choices = ", ".join(repr(s.value) for s in Status)
+    raise InvalidArgument(
+        f"status {_validate.shown(status)} is not a status: pass an aion.Status ({choices})"
+    )
+
+
+_STATUS_VALUES = frozenset(s.value for s in Status)
