@@ -11,6 +11,9 @@ past its restart budget. A BLOCKED run keeps the mail that must not be lost in t
 
 The runtime knows nothing of :class:`aion.Engine`: it is given a :class:`~._config.RuntimeConfig`
 and :class:`~._config.Services`.
+
+(A little over ~600 lines, kept whole: activation, commit and parking share the rules about
+what a run may lose and what it must keep, and read best side by side.)
 """
 
 from __future__ import annotations
@@ -444,7 +447,7 @@ class Runtime:
         records = [actor.record]
         timers_add, timers_delete = rnd.timers_add, rnd.timers_delete
         approvals, waitpoints = rnd.approvals, rnd.waitpoints
-        children = list(_descendants(rnd))
+        children = list(_descendants(rnd)) if rnd.children else []
         for child in children:
             assert child.actor.record is not None
             appends.append(child.append)

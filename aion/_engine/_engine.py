@@ -75,7 +75,7 @@ from ._messages import Cancel, Complete, Decide, Message, Outcome, Reply, Signal
 from ._options import check_options
 from ._policy import ApprovalPolicy, ApprovalRule
 from ._round import RunStart
-from ._steps import StepExecutor, StepJob
+from ._steps import StepExecutor
 from ._tasks import Started, leaves, one_error
 from ._timers import Timers
 from ._types import (
@@ -597,7 +597,7 @@ class Engine:
             return await self._existing(workflow_id, tenant, definition)
         return WorkflowHandle(workflow_id, tenant, self._result)  # (the ids are checked)
 
-    async def _start_from_inbox(self, command: InboxCommand) -> None:
+    async def _start_from_inbox(self, command: InboxCommand) -> bool:
         """Begin the run a start command left by another process asks for; its first write
         deletes the command. An unregistered type starts parked BLOCKED (it runs once an
         engine with the type runs it); arguments that do not fit the workflow fail the run at
@@ -605,7 +605,7 @@ class Engine:
         key = (command.tenant, command.workflow_id)
         record = await self.store.get_workflow(command.workflow_id, tenant=command.tenant)
         if record is None and key in self._runtime.actors:
-            return  # being started here right now: the next read of the inbox decides
+            return False  # being started here right now: the next read of the inbox decides
         if record is not None:
             if record.workflow_type != command.name:
                 log.warning(
@@ -617,7 +617,7 @@ class Engine:
                     record.workflow_type,
                 )
             await self.store.commit(Write(inbox_delete=[command.command_id]))
-            return
+            return True
         definition = self._registry.get(command.name)
         encoded, error = command.payload, None
         if definition is not None:
@@ -626,8 +626,11 @@ class Engine:
             except (InvalidArgument, PayloadError) as exc:
                 error = exc
         start = RunStart(command.tenant, command.workflow_id, command.name, encoded, new_id())
-        with contextlib.suppress(SequenceConflict):  # started meanwhile: read again next round
+        try:
             await self._runtime.start(start, inbox_id=command.command_id, error=error)
+        except SequenceConflict:
+            return False  # started meanwhile: the next read of the inbox decides
+        return True
 
     async def _existing(
         self, workflow_id: str, tenant: str, definition: WorkflowDefinition
@@ -990,31 +993,34 @@ _NOT_BUSY: AbstractContextManager[object] = nullcontext()
 
 class _Services:
     """What an engine gives its runtime (:class:`~._config.Services`): the store, its clock,
-    workflow definitions, token signing, timers, steps, result waiters, background tasks."""
+    workflow definitions, token signing, timers, steps, result waiters, background tasks.
 
-    __slots__ = ("_engine",)
+    The calls made for every workflow are the engine's own bound methods, set once here.
+    """
+
+    __slots__ = ("_engine", "busy", "definition", "now", "run_closed", "spawn", "submit_step")
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self.busy = engine._busy
+        self.now = engine.now
+        self.definition = engine._registry.get
+        self.submit_step = engine._executor.submit
+        self.run_closed = engine._run_closed
+        self.spawn = engine._spawn
 
     @property
     def store(self) -> EventStore:
-        return self._engine.store
-
-    def now(self) -> datetime:
-        return self._engine.now()
+        store = self._engine._store
+        if store is None:
+            raise EngineStopped("the engine is not running: use it as `async with Engine(...)`")
+        return store
 
     def monotonic(self) -> float:
         return self._engine.clock.now()
 
     async def sleep(self, seconds: float) -> None:
         await self._engine.clock.sleep(seconds)
-
-    def busy(self) -> AbstractContextManager[object]:
-        return self._engine._busy()
-
-    def definition(self, workflow_type: str) -> WorkflowDefinition | None:
-        return self._engine._registry.get(workflow_type)
 
     def sign_waitpoint(
         self,
@@ -1039,17 +1045,8 @@ class _Services:
     def release_timer(self, row: TimerRow) -> None:
         self._engine._timers.release(row)
 
-    def submit_step(self, job: StepJob) -> None:
-        self._engine._executor.submit(job)
-
-    def run_closed(self, record: WorkflowRecord, outcome: Outcome) -> None:
-        self._engine._run_closed(record, outcome)
-
     def inbox_message(self, command: InboxCommand) -> Message | str:
         return self._engine._inbox.message(command)
-
-    def spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
-        return self._engine._spawn(work)
 
 
 def _key(workflow_id: object, tenant: object) -> tuple[str, str]:

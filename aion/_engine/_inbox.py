@@ -75,7 +75,8 @@ class Inbox:
         limit: the engine's ``max_payload_bytes``.
         send: hands a message to a run.
         resident: whether a run has an actor in memory.
-        start: begins the run an inbox ``start`` command asks for (deleting the command).
+        start: begins the run an inbox ``start`` command asks for (deleting the command);
+            False when it must wait (the id is being started in this process right now).
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class Inbox:
         limit: int,
         send: Callable[[tuple[str, str], Message], None],
         resident: Callable[[tuple[str, str]], bool],
-        start: Callable[[InboxCommand], Awaitable[None]],
+        start: Callable[[InboxCommand], Awaitable[bool]],
     ) -> None:
         self._store = store
         self._verify = verify
@@ -109,13 +110,21 @@ class Inbox:
         while True:
             commands = await self.read()
             now = time.monotonic()
+            # Runs whose start is still in the inbox: their later commands wait for it (a
+            # Client may signal a run it has just asked to start).
+            starting: set[tuple[str, str]] = set()
             for command in commands:
-                count, due = tries.get(command.command_id, (0, 0.0))
-                if due > now:
+                key = (command.tenant, command.workflow_id)
+                if key in starting:
                     continue
-                delay = min(max(interval, 0.05) * 2**count, INBOX_MAX_BACKOFF)
-                tries[command.command_id] = (count + 1, now + delay)
-                await self.apply(command)
+                count, due = tries.get(command.command_id, (0, 0.0))
+                if due <= now:
+                    delay = min(max(interval, 0.05) * 2**count, INBOX_MAX_BACKOFF)
+                    tries[command.command_id] = (count + 1, now + delay)
+                    if await self.apply(command):
+                        continue
+                if command.kind == "start":
+                    starting.add(key)
             present = {command.command_id for command in commands}
             tries = {i: t for i, t in tries.items() if i in present}
             await wait(interval)
@@ -171,17 +180,17 @@ class Inbox:
                 return Wake(inbox_id=inbox_id)
         return f"kind {command.kind!r} is not understood"
 
-    async def apply(self, command: InboxCommand) -> None:
+    async def apply(self, command: InboxCommand) -> bool:
         """Hand a command left by another process to its run; the write that applies it
-        deletes it. One that cannot apply is logged and deleted."""
+        deletes it. One that cannot apply is logged and deleted. False when it waits in the
+        inbox (a start deferred, a command kept for a BLOCKED run)."""
         store = self._store()
         key = (command.tenant, command.workflow_id)
         message: Message | str = ""
         if command.kind == "start":
             problem = _start_problem(command, self._limit)
             if problem is None:
-                await self._start(command)
-                return
+                return await self._start(command)
         else:
             message = self.message(command)
             problem = message if isinstance(message, str) else None
@@ -201,15 +210,16 @@ class Inbox:
                 problem,
             )
             await store.commit(Write(inbox_delete=[command.command_id]))
-            return
+            return True
         assert not isinstance(message, str) and record is not None
         if isinstance(message, Wake):
             await store.commit(Write(inbox_delete=[command.command_id]))
             self._send(key, Wake())
-            return
+            return True
         if record.status is Status.BLOCKED and not self._resident(key):
-            return  # kept: the run takes it when it runs again
+            return False  # kept: the run takes it when it runs again
         self._send(key, message)
+        return True
 
 
 def _start_problem(command: InboxCommand, limit: int) -> str | None:

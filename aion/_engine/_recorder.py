@@ -142,8 +142,7 @@ class Recorder:
         except Blocked as block:
             self.blocked(actor, rnd, block.reason)
             return actor, rnd, block.reason
-        actor.record = self.with_waiting(actor)
-        return actor, rnd, None
+        return actor, rnd, None  # what it waits on is written with its commit
 
     def _open(
         self, actor: Actor, rnd: Round, definition: WorkflowDefinition, started: ev.WorkflowStarted
@@ -685,10 +684,13 @@ class Recorder:
     def _drop_all_timers(self, actor: Actor, rnd: Round) -> None:
         driver = actor.driver
         assert driver is not None
-        rows = [self.timer_row(actor, f"timer:{seq}", due) for seq, due in driver.pending_timers()]
+        timers, steps = driver.pending_timers(), driver.pending_steps()
+        if not timers and not any(step.retry_due is not None for step in steps):
+            return
+        rows = [self.timer_row(actor, f"timer:{seq}", due) for seq, due in timers]
         rows += [
             self.timer_row(actor, f"retry:{step.command.seq}", step.retry_due)
-            for step in driver.pending_steps()
+            for step in steps
             if step.retry_due is not None
         ]
         for row in rows:
@@ -767,7 +769,9 @@ class Recorder:
             parent_run_id=actor.record.run_id,
         )
         child, child_round, blocked = self.begin(start)
-        if blocked is not None:
+        if blocked is None:
+            child.record = self.with_waiting(child)  # written with the parent's commit
+        else:
             # The child's own first step cannot be taken (say, a grandchild type that is not
             # registered): the child starts parked BLOCKED, as a top-level start would.
             log.error("run %s/%s is BLOCKED: %s", tenant, command.workflow_id, blocked)

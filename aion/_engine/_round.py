@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import msgspec
 
@@ -89,8 +90,7 @@ class Blocked(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class RunStart:
+class RunStart(NamedTuple):
     """A new run of a workflow id (a start, a child's start)."""
 
     tenant: str

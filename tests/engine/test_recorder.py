@@ -399,7 +399,7 @@ def test_begin_records_the_start_and_a_step_with_its_first_attempt() -> None:
     assert (effect.attempt, effect.command.seq, effect.command.name) == (1, 1, "double")
     assert (effect.command.fn, effect.command.args) == (double, (21,))
     assert actor.key == (TENANT, WF) and actor.head == 3
-    assert record(actor) == WorkflowRecord(
+    assert rig.recorder.with_waiting(actor) == WorkflowRecord(
         tenant=TENANT,
         workflow_id=WF,
         run_id=RUN,
@@ -420,7 +420,7 @@ def test_begin_records_a_timer_with_its_row_and_holds_it() -> None:
     row = timer_row(60, "timer:1")
     assert rnd.timers_add == [row]
     assert rnd.effects == [HoldTimer(row)]
-    assert record(actor).waiting_on == ("timer:#1 due 2026-03-01 00:01:00",)
+    assert rig.recorder.with_waiting(actor).waiting_on == ("timer:#1 due 2026-03-01 00:01:00",)
 
 
 def test_an_unregistered_type_is_parked_blocked_at_its_start() -> None:
@@ -851,7 +851,7 @@ def test_a_child_starts_in_the_parents_round_with_its_own_round_and_record() -> 
         )
     ]
     assert rnd.effects == []  # the child's effects are its own
-    assert record(actor).waiting_on == (f"child:{child_id}",)
+    assert rig.recorder.with_waiting(actor).waiting_on == (f"child:{child_id}",)
     (child,) = rnd.children
     assert child.actor.key == (TENANT, child_id)
     assert child.append.workflow_id == child_id and child.append.tenant == TENANT
