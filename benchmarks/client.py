@@ -222,6 +222,9 @@ def _against_a_running_engine(data: Path, runs: list[dict[str, Any]]) -> list[di
         if server.poll() is None:
             server.kill()
             server.wait()
+        for stream in (server.stdin, server.stdout):
+            if stream is not None:
+                stream.close()
 
 
 def run(quick: bool = False) -> dict[str, Any]:

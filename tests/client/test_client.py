@@ -63,6 +63,8 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
 
 
 @pytest.fixture

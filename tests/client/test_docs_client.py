@@ -44,6 +44,7 @@ def background(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
 
 
 def test_client_guide_example_runs(tmp_path: Path) -> None:
