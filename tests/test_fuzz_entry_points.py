@@ -276,7 +276,8 @@ def _fuzz_engine(tmp_path: Path, portal: anyio.from_thread.BlockingPortal, examp
 
 
 async def _still_works(engine: aion.Engine) -> None:
-    """Every history reads, nothing is BLOCKED, every unfinished run takes a cancellation and
+    """Every history reads, nothing is BLOCKED (but a run that started a child of a type this
+    engine lacks: it waits for the type), every other unfinished run takes a cancellation and
     finishes, a fresh workflow completes, and the inbox is empty."""
     await engine.wait_idle()
     store = engine.store
@@ -288,7 +289,10 @@ async def _still_works(engine: aion.Engine) -> None:
         for record in records:
             await engine.history(record.workflow_id, tenant=tenant)
             description = await engine.describe(record.workflow_id, tenant=tenant)
-            assert description.status is not Status.BLOCKED, description
+            if description.status is Status.BLOCKED:
+                assert "is not registered with this engine" in description.reason, description
+                assert description.reason.startswith("child workflow type"), description
+                continue
             if not description.status.is_terminal:
                 unfinished.append((tenant, record.workflow_id))
     for tenant, workflow_id in unfinished:
