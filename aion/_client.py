@@ -25,7 +25,6 @@ from aion import _control, _validate
 from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload
 from aion._doorbell import ring
 from aion._engine import (
-    PAYLOAD_LIMIT_FILE,
     HistoryEvent,
     PendingApproval,
     Reader,
@@ -33,12 +32,12 @@ from aion._engine import (
     WorkflowDescription,
     WorkflowHandle,
 )
+from aion._engine._datadir import data_dir, read_payload_limit
 from aion._ids import new_id
 from aion._replay import WorkflowDefinition, definition_of
 from aion._tokens import KEY_FILE_NAME, TokenClaims, load_or_create, peek_claims
 from aion.errors import (
     AionError,
-    InvalidArgument,
     InvalidToken,
     WorkflowNotFound,
 )
@@ -112,13 +111,8 @@ class Client:
         self._target = target
         self._store: EventStore | None = None
         self._owns_store = False
-        self._directory: Path | None = None
-        if isinstance(target, str | os.PathLike):
-            self._directory = Path(target)
-        else:
-            path = getattr(target, "path", None)
-            if isinstance(path, str | os.PathLike):
-                self._directory = Path(path)
+        directory = data_dir(target)
+        self._directory = None if directory is None else Path(directory)
         self._definitions: dict[str, WorkflowDefinition] = {}
         self._reader = Reader(lambda: self.store, self._definitions.get)
 
@@ -555,7 +549,7 @@ class Client:
         """
         tenant = self._tenant(tenant)
         if status is not None:
-            status = _status(status)
+            status = _validate.member(status, Status, "status")
         workflow_type = _validate.optional_identifier(workflow_type, "workflow_type")
         limit = _validate.page_limit(limit)
         cursor = _validate.cursor(cursor)
@@ -618,14 +612,10 @@ class Client:
     def _payload_limit(self) -> int:
         """The ``max_payload_bytes`` of the engine that last started on the data directory (it
         records it there), else the default."""
-        if self._directory is None:
-            return DEFAULT_MAX_PAYLOAD_BYTES
-        try:
-            text = (self._directory / PAYLOAD_LIMIT_FILE).read_text(encoding="ascii")
-            limit = int(text)
-        except (OSError, ValueError):
+        limit = None if self._directory is None else read_payload_limit(self._directory)
+        if limit is None or not 1 <= limit <= _MAX_LIMIT:
             return DEFAULT_MAX_PAYLOAD_BYTES  # no engine has run here yet, or unreadable
-        return limit if 1 <= limit <= _MAX_LIMIT else DEFAULT_MAX_PAYLOAD_BYTES
+        return limit
 
     def _encode(self, value: Any, what: str) -> bytes:
         return encode_payload(value, limit=self._payload_limit(), what=what)
@@ -633,17 +623,3 @@ class Client:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _status(status: object) -> Status:
-    if isinstance(status, Status):
-        return status
-    if isinstance(status, str) and status in _STATUS_VALUES:  # its value: "running" ...
-        return Status(status)
-    choices = ", ".join(repr(s.value) for s in Status)
-    raise InvalidArgument(
-        f"status {_validate.shown(status)} is not a status: pass an aion.Status ({choices})"
-    )
-
-
-_STATUS_VALUES = frozenset(s.value for s in Status)

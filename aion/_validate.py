@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 import reprlib
 from datetime import datetime, timedelta
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
 from aion._codec import (
     MAX_PAYLOAD_DEPTH,
@@ -39,6 +40,8 @@ from aion._codec import (
     too_deep,
 )
 from aion.errors import InvalidArgument, PayloadError
+
+E = TypeVar("E", bound=Enum)
 
 __all__ = [
     "MAX_CURSOR_CHARS",
@@ -328,6 +331,19 @@ def _integer(value: object, what: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidArgument(f"{what} must be from {low} to {high}, not {shown(value)}")
     return int(value)
+
+
+def member(value: object, enum: type[E], what: str) -> E:
+    """A member of ``enum``, given as itself or as its value (e.g. ``"running"``)."""
+    if isinstance(value, enum):
+        return value
+    values = {m.value: m for m in enum}
+    if isinstance(value, str) and value in values:
+        return values[value]
+    choices = ", ".join(repr(m.value) for m in enum)
+    raise InvalidArgument(
+        f"{what} {shown(value)} is not a {what}: pass an aion.{enum.__name__} ({choices})"
+    )
 
 
 def after_seq(value: object) -> int:

@@ -12,7 +12,13 @@ from typing import Any
 from aion._tokens import KeyRing, load_or_create
 from aion.errors import DataDirectoryError
 
-__all__ = ["PAYLOAD_LIMIT_FILE", "data_dir", "load_keys", "record_payload_limit"]
+__all__ = [
+    "PAYLOAD_LIMIT_FILE",
+    "data_dir",
+    "load_keys",
+    "read_payload_limit",
+    "record_payload_limit",
+]
 
 log = logging.getLogger("aion.engine")
 
@@ -73,3 +79,13 @@ def record_payload_limit(target: object, limit: int) -> None:
         os.replace(partial, path)
     except OSError as exc:
         log.warning("could not record the payload limit in %s: %s", path, exc)
+
+
+def read_payload_limit(directory: str | os.PathLike[str]) -> int | None:
+    """The limit the engine that last started on ``directory`` recorded; None when no engine
+    has run there yet, or the file cannot be read."""
+    try:
+        with open(os.path.join(directory, PAYLOAD_LIMIT_FILE), encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None

@@ -767,7 +767,7 @@ class Engine:
         """
         tenant = _validate.identifier(tenant, "tenant")
         if status is not None:
-            status = _status(status)
+            status = _validate.member(status, Status, "status")
         workflow_type = _validate.optional_identifier(workflow_type, "workflow_type")
         limit = _validate.page_limit(limit)
         cursor = _validate.cursor(cursor)
@@ -998,46 +998,38 @@ class _Services:
     The calls made for every workflow are the engine's own bound methods, set once here.
     """
 
-    __slots__ = ("_engine", "busy", "definition", "now", "run_closed", "spawn", "submit_step")
+    __slots__ = (
+        "_engine",
+        "activation_watch",
+        "busy",
+        "definition",
+        "monotonic",
+        "now",
+        "run_closed",
+        "sign_waitpoint",
+        "sleep",
+        "spawn",
+        "submit_step",
+    )
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.busy = engine._busy
         self.now = engine.now
+        self.monotonic = engine.clock.now
+        self.sleep = engine.clock.sleep
         self.definition = engine._registry.get
+        self.sign_waitpoint = engine._sign_waitpoint
+        self.activation_watch = engine._activation_watch
         self.submit_step = engine._executor.submit
         self.run_closed = engine._run_closed
         self.spawn = engine._spawn
 
     @property
     def store(self) -> EventStore:
-        store = self._engine._store
-        if store is None:
-            raise EngineStopped("the engine is not running: use it as `async with Engine(...)`")
-        return store
+        return self._engine.store
 
-    def monotonic(self) -> float:
-        return self._engine.clock.now()
-
-    async def sleep(self, seconds: float) -> None:
-        await self._engine.clock.sleep(seconds)
-
-    def sign_waitpoint(
-        self,
-        tenant: str,
-        workflow_id: str,
-        waitpoint_id: str,
-        created_at: datetime,
-        expires_at: datetime | None,
-        kid: str | None,
-    ) -> tuple[str, str]:
-        return self._engine._sign_waitpoint(
-            tenant, workflow_id, waitpoint_id, created_at, expires_at, kid
-        )
-
-    @property
-    def activation_watch(self) -> ActivationWatch | None:
-        return self._engine._activation_watch
+    # Made after the runtime (they take its scheduler): looked up at each call.
 
     def hold_timer(self, row: TimerRow) -> None:
         self._engine._timers.hold(row)
@@ -1052,20 +1044,6 @@ class _Services:
 def _key(workflow_id: object, tenant: object) -> tuple[str, str]:
     """A public method's (workflow id, tenant), checked (ARCHITECTURE.md, invariant 17)."""
     return _validate.identifier(workflow_id), _validate.identifier(tenant, "tenant")
-
-
-def _status(status: object) -> Status:
-    if isinstance(status, Status):
-        return status
-    if isinstance(status, str) and status in _STATUS_VALUES:  # its value: "running" ...
-        return Status(status)
-    choices = ", ".join(repr(s.value) for s in Status)
-    raise InvalidArgument(
-        f"status {_validate.shown(status)} is not a status: pass an aion.Status ({choices})"
-    )
-
-
-_STATUS_VALUES = frozenset(s.value for s in Status)
 
 
 def _not_busy() -> AbstractContextManager[object]:

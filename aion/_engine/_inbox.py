@@ -25,7 +25,7 @@ from aion._codec import decode_payload
 from aion.errors import AionError, InvalidToken
 from aion.store import EventStore, InboxCommand, Status, Write
 
-from ._messages import Cancel, Complete, Decide, Message, Signal, Wake
+from ._messages import Message, Wake, from_inbox
 
 __all__ = ["INBOX_MAX_BACKOFF", "Inbox", "check_command"]
 
@@ -148,37 +148,17 @@ class Inbox:
             check_command(command, self._limit)
         except AionError as exc:  # InvalidArgument, PayloadError
             return f"{exc} (the engine's methods refuse it too)"
-        inbox_id = command.command_id
-        match command.kind:
-            case "complete_waitpoint":
-                try:
-                    claims = self._verify(command.token, command.created_at)
-                except InvalidToken as exc:
-                    return str(exc)
-                if (claims.tenant, claims.workflow_id) != (command.tenant, command.workflow_id):
-                    return "the token is for another workflow than the command names"
-                return Complete(
-                    waitpoint_id=claims.waitpoint_id,
-                    payload=command.payload,
-                    token=command.token,
-                    inbox_id=inbox_id,
-                )
-            case "signal":
-                return Signal(name=command.name, payload=command.payload, inbox_id=inbox_id)
-            case "cancel":
-                return Cancel(reason=command.comment, inbox_id=inbox_id)
-            case "approve" | "reject":
-                return Decide(
-                    approved=command.kind == "approve",
-                    user=command.user,
-                    comment=command.comment,
-                    approval_id=command.target_id or None,
-                    digest=command.digest or None,
-                    inbox_id=inbox_id,
-                )
-            case "unblock":
-                return Wake(inbox_id=inbox_id)
-        return f"kind {command.kind!r} is not understood"
+        waitpoint_id = ""
+        if command.kind == "complete_waitpoint":
+            try:
+                claims = self._verify(command.token, command.created_at)
+            except InvalidToken as exc:
+                return str(exc)
+            if (claims.tenant, claims.workflow_id) != (command.tenant, command.workflow_id):
+                return "the token is for another workflow than the command names"
+            waitpoint_id = claims.waitpoint_id
+        message = from_inbox(command, waitpoint_id)
+        return f"kind {command.kind!r} is not understood" if message is None else message
 
     async def apply(self, command: InboxCommand) -> bool:
         """Hand a command left by another process to its run; the write that applies it

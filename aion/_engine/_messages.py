@@ -35,6 +35,7 @@ __all__ = [
     "StepDone",
     "TimerDue",
     "Wake",
+    "from_inbox",
     "to_inbox",
 ]
 
@@ -144,6 +145,37 @@ def to_inbox(message: Message, tenant: str, workflow_id: str, at: datetime) -> I
             )
         case Cancel():
             return InboxCommand("cancel", tenant, workflow_id, at, comment=message.reason)
+    return None
+
+
+def from_inbox(command: InboxCommand, waitpoint_id: str = "") -> Message | None:
+    """The message an inbox command stands for (its fields checked; ``waitpoint_id``: the one
+    a completion's verified token names), or None for a kind that is not a message (a start
+    begins a run) or is not understood."""
+    inbox_id = command.command_id
+    match command.kind:
+        case "signal":
+            return Signal(name=command.name, payload=command.payload, inbox_id=inbox_id)
+        case "cancel":
+            return Cancel(reason=command.comment, inbox_id=inbox_id)
+        case "complete_waitpoint":
+            return Complete(
+                waitpoint_id=waitpoint_id,
+                payload=command.payload,
+                token=command.token,
+                inbox_id=inbox_id,
+            )
+        case "approve" | "reject":
+            return Decide(
+                approved=command.kind == "approve",
+                user=command.user,
+                comment=command.comment,
+                approval_id=command.target_id or None,
+                digest=command.digest or None,
+                inbox_id=inbox_id,
+            )
+        case "unblock":
+            return Wake(inbox_id=inbox_id)
     return None
 
 

@@ -115,23 +115,8 @@ class Recorder:
         """A new run's actor and first round: its ``WorkflowStarted`` and what the code does
         first. The third item is why it is parked BLOCKED at once (the code cannot take its
         first step with this engine), recorded in the round; None when it runs."""
-        actor = Actor((start.tenant, start.workflow_id))
-        rnd = Round()
+        actor, rnd, started = self._started(start)
         definition = self.definition(start.workflow_type)
-        started, actor.record = begin_run(
-            tenant=start.tenant,
-            workflow_id=start.workflow_id,
-            run_id=start.run_id,
-            workflow_type=start.workflow_type,
-            input=start.input,
-            at=self.now(),
-            parent_workflow_id=start.parent_workflow_id,
-            parent_run_id=start.parent_run_id,
-            code_version=self.config.code_version,
-        )
-        actor.head = 1
-        rnd.at = started.at
-        rnd.events.append(started)
         try:
             if definition is None:
                 raise Blocked(
@@ -159,28 +144,39 @@ class Recorder:
     def failed_start(self, start: RunStart, error: AionError) -> tuple[Actor, Round]:
         """A run whose input does not fit its workflow (a start left in the inbox by another
         process): recorded, and failed at once with ``error``."""
+        actor, rnd, started = self._started(start)
+        assert actor.record is not None
+        message = _validate.error_text(error)
+        failed = self._record(
+            actor,
+            rnd,
+            partial(_make, ev.WorkflowFailed, error_type=type(error).__name__, message=message),
+        )
+        assert isinstance(failed, ev.WorkflowFailed)
+        actor.record = _replace(actor.record, status=Status.FAILED, closed_at=started.at)
+        outcome = Outcome(Status.FAILED, error_type=failed.error_type, message=message)
+        rnd.effects.append(RunClosed(actor.record, outcome))
+        return actor, rnd
+
+    def _started(self, start: RunStart) -> tuple[Actor, Round, ev.WorkflowStarted]:
+        """A new run's actor and a round holding its ``WorkflowStarted`` (and record)."""
         actor = Actor((start.tenant, start.workflow_id))
         rnd = Round()
-        started, record = begin_run(
+        started, actor.record = begin_run(
             tenant=start.tenant,
             workflow_id=start.workflow_id,
             run_id=start.run_id,
             workflow_type=start.workflow_type,
             input=start.input,
             at=self.now(),
+            parent_workflow_id=start.parent_workflow_id,
+            parent_run_id=start.parent_run_id,
             code_version=self.config.code_version,
         )
+        actor.head = 1
         rnd.at = started.at
-        message = _validate.error_text(error)
-        failed = ev.WorkflowFailed(
-            seq=2, at=started.at, error_type=type(error).__name__, message=message
-        )
-        rnd.events += [started, failed]
-        actor.head = 2
-        actor.record = _replace(record, status=Status.FAILED, closed_at=started.at)
-        outcome = Outcome(Status.FAILED, error_type=failed.error_type, message=message)
-        rnd.effects.append(RunClosed(actor.record, outcome))
-        return actor, rnd
+        rnd.events.append(started)
+        return actor, rnd, started
 
     # --- one round -------------------------------------------------------------------------------
 

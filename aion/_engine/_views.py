@@ -15,8 +15,7 @@ from aion import events as ev
 from aion._codec import decode_payload
 from aion._control import refuse_completion
 from aion._replay import WorkflowDefinition
-from aion._replay._definition import convert
-from aion._replay._driver import _return_type
+from aion._replay._definition import convert, return_type
 from aion.errors import (
     AionError,
     InvalidArgument,
@@ -285,7 +284,7 @@ def last_step_failure(events: list[ev.AnyEvent]) -> StepFailure | None:
 
 
 def _return_annotation(definition: WorkflowDefinition) -> Any:
-    return _return_type(definition.fn)
+    return return_type(definition.fn)
 
 
 def pending_approval(row: ApprovalRow) -> PendingApproval:

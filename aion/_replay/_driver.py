@@ -49,7 +49,7 @@ from ._commands import (
     is_command_event,
 )
 from ._context import Context
-from ._definition import WorkflowDefinition, return_type
+from ._definition import WorkflowDefinition
 from ._matching import Diverged
 from ._operations import ContinueAsNewRequest, Operations, Signer
 from ._state import DurableFuture, PendingStep, Task, WorkflowInfo, fail, resolve
@@ -57,9 +57,6 @@ from ._waits import ApprovalState, WaitpointState
 from ._watch import LIVE_OVERRUNS, ActivationWatch
 
 __all__ = ["Driver", "DurableFuture", "PendingStep", "Signer", "WorkflowInfo"]
-
-#: Kept under its old name (it moved to ``_definition``): ``aion._engine._views`` imports it.
-_return_type = return_type
 
 
 class Driver(Operations):

@@ -20,19 +20,16 @@ lists start again from their first page.
 from __future__ import annotations
 
 import base64
-import contextlib
-import errno
 import hashlib
 import hmac
-import os
 import secrets
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from aion._secretfile import read_private, write_private
 from aion.errors import DataDirectoryError, InvalidArgument
 
 __all__ = ["CURSOR_KEY_FILE", "CursorKey", "load_or_create_key", "refused"]
@@ -47,6 +44,7 @@ MAX_CURSOR_LENGTH = 4096
 _DOMAIN = b"aion-cursor-v2\x00"
 _TAG_BYTES = hashlib.sha256().digest_size
 _ENCODER = msgspec.msgpack.Encoder()
+_WHAT = "cursor key file"  # in errors about the file
 
 
 def refused() -> InvalidArgument:
@@ -125,7 +123,9 @@ def load_or_create_key(directory: Path) -> CursorKey:
     key = _read(path)
     if key is not None:
         return key
-    _create(path, CursorKey.generate())
+    # Never overwrites: a file another process linked first wins, and is read back below.
+    data = (CursorKey.generate()._secret.hex() + "\n").encode("ascii")
+    write_private(path, data, what=_WHAT, replace=False)
     key = _read(path)
     if key is None:
         raise DataDirectoryError(f"{path} appeared and vanished while it was being created; retry")
@@ -133,35 +133,9 @@ def load_or_create_key(directory: Path) -> CursorKey:
 
 
 def _read(path: Path) -> CursorKey | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    data = read_private(path, what=_WHAT, limit=2 * KEY_BYTES + 2)
+    if data is None:
         return None
-    except OSError as exc:
-        raise DataDirectoryError(
-            f"cannot open the cursor key file {path}: {exc.strerror}. Check that this user owns "
-            "it and can read it."
-        ) from exc
-    try:
-        try:
-            info = os.fstat(fd)
-            data = os.read(fd, 2 * KEY_BYTES + 2) if stat.S_ISREG(info.st_mode) else b""
-        except OSError as exc:
-            raise DataDirectoryError(
-                f"cannot read the cursor key file {path}: {exc.strerror}"
-            ) from exc
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise DataDirectoryError(
-            f"{path} is not a regular file; move it away so a cursor key can be created there"
-        )
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & ~0o600:
-        raise DataDirectoryError(
-            f"the cursor key file {path} has permissions {mode:04o}, but it holds a secret key "
-            f"and must be accessible by its owner only. Fix it with: chmod 600 {path}"
-        )
     try:
         return CursorKey(bytes.fromhex(data.decode("ascii").strip()))
     except (UnicodeDecodeError, ValueError):
@@ -170,43 +144,3 @@ def _read(path: Path) -> CursorKey | None:
             "Delete it: a new key is made on the next open, and only the list cursors issued "
             "so far stop working (their lists start again from the first page)."
         ) from None
-
-
-def _create(path: Path, key: CursorKey) -> None:
-    """Write ``key`` to a 0600 temp file, fsync it, then link it to ``path`` unless a file is
-    there already (a link cannot clobber). The file never exists with wider permissions."""
-    data = (key._secret.hex() + "\n").encode("ascii")
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # the umask may have taken the owner's bits, too
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
-            # No hard links on this filesystem: a rename, which cannot refuse to clobber,
-            # after a last look.
-            if path.exists():
-                return
-            os.replace(temp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        raise DataDirectoryError(
-            f"cannot write the cursor key file {path}: {exc.strerror}. Check that the data "
-            "directory is writable by this user and the disk is not full."
-        ) from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)

@@ -304,10 +304,7 @@ class _GroupCommit:
                 kv = _WriterKV(txn, self._dbs, heads, bulk=self._bulk_writes and probes is None)
             pause = _LoopPause.for_batch(pending)
             try:
-                if probes is None:
-                    self._fill(kv, pending, results, errors)
-                else:
-                    _fill_probed(kv, pending, probes, results, errors)
+                self._fill(kv, pending, results, errors, probes)
             finally:
                 if pause is not None:
                     pause.end()  # before anything that may wait on the loop (a map resize)
@@ -334,9 +331,13 @@ class _GroupCommit:
         pending: list[_Request],
         results: list[CommitResult | None],
         errors: list[tuple[int, BaseException]],
+        probes: list[WriteProbe | None] | None = None,
     ) -> None:
+        """Put every request's rows. A followed write's rows go through its probe (``probes``:
+        one per request, None when the hook follows none), and whatever a probe raises fails
+        its write alone."""
         check, apply = _apply.check, _apply.apply
-        for request in pending:
+        for index, request in enumerate(pending):
             prepared = request.prepared
             try:
                 check(kv, prepared)
@@ -344,8 +345,14 @@ class _GroupCommit:
                 errors.append((len(results), exc))
                 results.append(None)
                 continue
+            probe = None if probes is None else probes[index]
             try:
-                results.append(apply(kv, prepared, checked=True))
+                if probe is None:
+                    results.append(apply(kv, prepared, checked=True))
+                else:
+                    probe.before_apply(len(pending))
+                    results.append(apply(ProbedKV(kv, probe), prepared, checked=True))
+                    probe.before_commit()
             except (lmdb.MapFullError, _FlushFailed):
                 raise
             except Exception as exc:
@@ -368,39 +375,6 @@ def _probes_of(pending: list[_Request]) -> list[WriteProbe | None] | None:
     """The probes of a batch's requests, or None when the hook follows none of them."""
     probes = [getattr(request, "probe", None) for request in pending]
     return probes if any(probe is not None for probe in probes) else None
-
-
-def _fill_probed(
-    kv: _LmdbKV,
-    pending: list[_Request],
-    probes: list[WriteProbe | None],
-    results: list[CommitResult | None],
-    errors: list[tuple[int, BaseException]],
-) -> None:
-    """``_GroupCommit._fill`` for a batch with followed writes: each one's rows go through its
-    probe, and whatever a probe raises fails its write alone."""
-    check, apply = _apply.check, _apply.apply
-    for request, probe in zip(pending, probes, strict=True):
-        prepared = request.prepared
-        try:
-            check(kv, prepared)
-        except AionError as exc:  # SequenceConflict, CorruptRecord: nothing written
-            errors.append((len(results), exc))
-            results.append(None)
-            continue
-        try:
-            if probe is None:
-                results.append(apply(kv, prepared, checked=True))
-            else:
-                probe.before_apply(len(pending))
-                results.append(apply(ProbedKV(kv, probe), prepared, checked=True))
-                probe.before_commit()
-        except (lmdb.MapFullError, _FlushFailed):
-            raise
-        except Exception as exc:
-            raise _Poisoned(request, exc) from exc
-    if isinstance(kv, _WriterKV):
-        kv.flush()
 
 
 def _after_commit(pending: list[_Request], probes: list[WriteProbe | None]) -> None:

@@ -131,15 +131,17 @@ class PauseProbe:
             real_hold(pause)
             self.order.append("resume")
 
-        def fill(kv: Any, pending: list[Any], results: Any, errors: Any) -> None:
+        def fill(
+            kv: Any, pending: list[Any], results: Any, errors: Any, probes: Any = None
+        ) -> None:
             if len(pending) < _lmdb_writer.PAUSE_MIN_BATCH:
-                return real_fill(kv, pending, results, errors)
+                return real_fill(kv, pending, results, errors, probes)
             assert self.holding.wait(10), "the loop never paused"
             self.filling = True
             before = self.ticks
             if self.hold_fill:
                 assert self.ticked_while_filling.wait(10), "the loop stayed paused"
-            real_fill(kv, pending, results, errors)
+            real_fill(kv, pending, results, errors, probes)
             self.order.append(f"filled after {self.ticks - before} loop turns")
             self.filling = False
 
