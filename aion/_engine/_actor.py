@@ -103,6 +103,7 @@ class Runtime:
             crashed=self._crashed,
             busy=services.busy,
             max_resident=config.max_resident_runs,
+            max_resident_bytes=config.max_resident_bytes,
             workers=config.activation_workers,
         )
         self.actors = self.scheduler.actors
@@ -185,6 +186,7 @@ class Runtime:
             assert actor.record is not None
             if blocked is not None:
                 return actor.record
+            self.scheduler.charge(actor)
             actor.queued = False
             if actor.mailbox:
                 self.scheduler.schedule(actor)
@@ -212,7 +214,7 @@ class Runtime:
             if rows:
                 await store.commit(Write(timers_delete=rows))
             self._drop_mail(actor, error)
-            self.actors.pop(actor.key, None)
+            self.scheduler.forget(actor)
             return False
         wake: Message | None = None
         if record.status is Status.BLOCKED:
@@ -242,6 +244,7 @@ class Runtime:
         segment = await self.services.store.read_current_run(workflow_id, tenant=tenant)
         actor.record = record
         actor.head = segment[-1].seq if segment else 0
+        actor.since = segment[0].seq if segment else 1
         definition = self.services.definition(record.workflow_type)
         if definition is None:
             reason = f"workflow type {record.workflow_type!r} is not registered with this engine"
@@ -423,7 +426,7 @@ class Runtime:
     def _parked(self, actor: Actor) -> None:
         """The run is parked BLOCKED: no driver; an actor with no mail leaves memory (mail
         that comes later activates a fresh one, which keeps or refuses it)."""
-        actor.driver = None
+        actor.drop_driver()
         actor.blocked = True
         if not actor.mailbox:
             self.scheduler.forget(actor)
@@ -608,7 +611,7 @@ class Runtime:
         log.warning(
             "run %s crashed in the engine; restarting it by replay", actor.key, exc_info=exc
         )
-        actor.driver = None
+        actor.drop_driver()
         budget = actor.restarts
         if budget is None:
             budget = actor.restarts = RestartBudget(
@@ -645,7 +648,7 @@ class Runtime:
             log.error("could not park run %s as BLOCKED (%s); retrying later", actor.key, failure)
             error = failure if isinstance(failure, AionError) else AionError(str(failure))
             self._drop_mail(actor, error)
-            actor.driver = None
+            actor.drop_driver()
             self.restart_later(actor.key, RUN_BACKOFF.maximum * (0.5 + self._rng.random()))
 
     async def _block(self, actor: Actor, reason: str, hint: str) -> None:

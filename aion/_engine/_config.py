@@ -36,6 +36,7 @@ class RuntimeConfig:
     max_restarts: int = 5
     restart_window: float = 60.0
     max_resident_runs: int = 10_000
+    max_resident_bytes: int = 64 * 2**20
     activation_workers: int = 256
 
 

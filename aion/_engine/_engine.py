@@ -103,8 +103,11 @@ class Engine:
         clock: the source of time (``aion.testing.ManualClock`` in tests).
         durable: fsync every commit (default). See docs/operations.md.
         max_payload_bytes: limit for encoded arguments, results and signal payloads.
-        max_resident_runs: runs kept in memory; idle runs beyond it are evicted and replayed
-            when something happens to them.
+        max_resident_runs / max_resident_bytes: idle runs are evicted (least recently used
+            first) while more than ``max_resident_runs`` runs are in memory or their estimated
+            memory is above ``max_resident_bytes`` (default 64 MiB; a run is counted at 8 KiB
+            plus 128 bytes per event of its current run); an evicted run leaves nothing in
+            memory and is replayed when something happens to it. See docs/operations.md.
         max_concurrent_steps: steps running at once; ``step_threads``: of them, sync steps in
             worker threads at once.
         activation_workers: runs processed concurrently (their commits share fsyncs).
@@ -143,6 +146,7 @@ class Engine:
         durable: bool = True,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_resident_runs: int = 10_000,
+        max_resident_bytes: int = 64 * 2**20,
         max_concurrent_steps: int = 256,
         step_threads: int = 32,
         activation_workers: int = 256,
@@ -163,6 +167,7 @@ class Engine:
             durable=durable,
             max_payload_bytes=max_payload_bytes,
             max_resident_runs=max_resident_runs,
+            max_resident_bytes=max_resident_bytes,
             max_concurrent_steps=max_concurrent_steps,
             step_threads=step_threads,
             activation_workers=activation_workers,
@@ -184,6 +189,7 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self.max_payload_bytes = max_payload_bytes
         self.max_resident_runs = max_resident_runs
+        self.max_resident_bytes = max_resident_bytes
         self.max_restarts = max_restarts
         self.restart_window = restart_window
         self.code_version = code_version
@@ -226,6 +232,7 @@ class Engine:
             max_restarts=max_restarts,
             restart_window=restart_window,
             max_resident_runs=max_resident_runs,
+            max_resident_bytes=max_resident_bytes,
             activation_workers=activation_workers,
         )
         self._runtime = Runtime(config, _Services(self))
@@ -435,8 +442,14 @@ class Engine:
     @property
     def resident_runs(self) -> int:
         """How many runs are in memory now (resident actors; parked runs evicted under
-        ``max_resident_runs`` are not)."""
+        ``max_resident_runs`` or ``max_resident_bytes`` are not)."""
         return len(self._runtime.actors)
+
+    @property
+    def resident_bytes(self) -> int:
+        """The estimated memory of the resident runs, as counted against
+        ``max_resident_bytes``."""
+        return self._runtime.scheduler.resident_bytes
 
     @property
     def failure(self) -> AionError | None:

@@ -23,6 +23,7 @@ MAX_SECONDS = 1e9
 _COUNTS: dict[str, tuple[int, int]] = {
     "max_payload_bytes": (1, 2**30),
     "max_resident_runs": (1, 2**31),
+    "max_resident_bytes": (1, 2**50),
     "max_concurrent_steps": (1, 2**20),
     "step_threads": (1, 4096),
     "activation_workers": (1, 2**20),

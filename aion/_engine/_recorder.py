@@ -135,6 +135,7 @@ class Recorder:
         """A new driver takes the run from its ``WorkflowStarted`` (a start, a child, a
         successor); what the code issues first is recorded."""
         actor.driver = self.new_driver(definition)
+        actor.since = started.seq
         try:
             commands = actor.driver.apply(started)
         except NondeterminismError as exc:
@@ -542,7 +543,7 @@ class Recorder:
         if actor.driver is not None:
             actor.record = self.with_waiting(actor)  # what it waits on after this round
         actor.record = _replace(actor.record, status=Status.BLOCKED, reason=reason)
-        actor.driver = None
+        actor.drop_driver()
 
     def with_waiting(self, actor: Actor) -> WorkflowRecord:
         """The run's projection row with what it waits on now."""

@@ -2,8 +2,10 @@
 
 A message for a run goes to its actor's mailbox; an actor with mail waits in one FIFO ready
 queue; a fixed pool of workers takes actors from it, one round each, so a parked run costs no
-task. Resident actors are kept in least-recently-used order: past ``max_resident_runs`` idle
-ones are evicted (a later message re-activates the run by replay).
+task. Resident actors are kept in least-recently-used order: past ``max_resident_runs``, or
+past ``max_resident_bytes`` of estimated memory, idle ones are evicted (a later message
+re-activates the run by replay). An evicted run leaves nothing behind: its driver's reference
+cycles are taken apart, so that its memory is freed at once rather than by a full collection.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ __all__ = ["Scheduler"]
 EVICTION_SCAN = 1024
 #: The timer wheel waits while this many runs per activation worker wait to be processed.
 TIMER_BACKLOG_PER_WORKER = 2
+#: What a resident run is charged against ``max_resident_bytes``: a run's driver, coroutine
+#: frames and futures, measured at ~7.3 KB for a run waiting on a signal (``python -m
+#: benchmarks workflows``), plus per event of its current run what its code may keep of it.
+RESIDENT_RUN_BYTES = 8 * 1024
+RESIDENT_EVENT_BYTES = 128
 
 
 class Scheduler:
@@ -34,6 +41,8 @@ class Scheduler:
         crashed: what follows a crash (restart later, or park).
         busy: held while an actor is processed (see :class:`~._config.Services`).
         max_resident: idle actors beyond this many are evicted.
+        max_resident_bytes: idle actors are evicted while the estimated memory of the resident
+            ones (see :func:`cost`) is above this.
         workers: the number of activation workers (bounds the timer back-pressure).
     """
 
@@ -44,14 +53,17 @@ class Scheduler:
         crashed: Callable[[Actor, Exception], Awaitable[None]],
         busy: Callable[[], AbstractContextManager[object]],
         max_resident: int,
+        max_resident_bytes: int,
         workers: int,
     ) -> None:
         self.actors: OrderedDict[Key, Actor] = OrderedDict()
+        self.resident_bytes = 0  # the sum of the actors' charges
         self.processing = 0
         self._process = process
         self._crashed = crashed
         self._busy = busy
         self._max_resident = max_resident
+        self._max_bytes = max_resident_bytes
         self._workers = workers
         self._ready: WorkQueue[Actor] = WorkQueue()
 
@@ -86,6 +98,19 @@ class Scheduler:
         """``actor`` leaves memory (if it is still the resident one of its run)."""
         if self.actors.get(actor.key) is actor:
             del self.actors[actor.key]
+            self._release(actor)
+
+    def charge(self, actor: Actor) -> None:
+        """Count the resident ``actor`` at what it costs now (after a round or a start)."""
+        if self.actors.get(actor.key) is actor:
+            charge = cost(actor)
+            self.resident_bytes += charge - actor.charged
+            actor.charged = charge
+
+    def _release(self, actor: Actor) -> None:
+        self.resident_bytes -= actor.charged
+        actor.charged = 0
+        actor.drop_driver()
 
     def reschedule(self) -> None:
         """After the activation workers restarted: every run with mail gets processed."""
@@ -127,6 +152,7 @@ class Scheduler:
             finally:
                 actor.busy = False
                 self.processing -= 1
+                self.charge(actor)
             if crashed:
                 pass  # a restart is scheduled after a backoff (or the run was parked)
             elif actor.mailbox:
@@ -141,19 +167,36 @@ class Scheduler:
                 self.evict()
 
     def evict(self) -> None:
-        """Evict idle runs beyond the resident limit, least recently used first."""
+        """Evict idle runs beyond the resident limits, least recently used first."""
         excess = len(self.actors) - self._max_resident
-        if excess <= 0:
+        over = self.resident_bytes - self._max_bytes
+        if excess <= 0 and over <= 0:
             return
         # Oldest first; stop as soon as enough idle runs are found, and look at no more than
         # EVICTION_SCAN runs: when the oldest are all busy (a backlog of woken runs), a full walk
         # on every processing round is quadratic. Busy runs move to the end once processed, so
         # idle ones surface and a later round evicts them.
-        idle: list[Key] = []
-        for key, actor in itertools.islice(self.actors.items(), EVICTION_SCAN):
+        idle: list[Actor] = []
+        for actor in itertools.islice(self.actors.values(), EVICTION_SCAN):
             if actor.idle:
-                idle.append(key)
-                if len(idle) >= excess:
+                idle.append(actor)
+                excess -= 1
+                over -= actor.charged
+                if excess <= 0 and over <= 0:
                     break
-        for key in idle:
-            del self.actors[key]
+        for actor in idle:
+            del self.actors[actor.key]
+            self._release(actor)
+
+
+def cost(actor: Actor) -> int:
+    """The estimated memory of a resident run: nothing without a driver (a run with mail, not
+    yet activated), else :func:`cost_of` the events of its current run."""
+    if actor.driver is None:
+        return 0
+    return cost_of(events=actor.head - actor.since + 1)
+
+
+def cost_of(*, events: int) -> int:
+    """What a resident run with ``events`` events in its current run is charged."""
+    return RESIDENT_RUN_BYTES + RESIDENT_EVENT_BYTES * events

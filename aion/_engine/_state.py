@@ -30,6 +30,15 @@ class Actor:
     steps_in_flight: int = 0
     restarts: RestartBudget | None = None  # made at its first crash
     blocked: bool = False
+    since: int = 1  # the sequence number of its current run's WorkflowStarted
+    charged: int = 0  # the bytes it is counted for in the resident set's budget
+
+    def drop_driver(self) -> None:
+        """Forget the replay driver (the run restarts by replay, is parked or leaves memory),
+        taking its reference cycles apart so that its memory is freed now."""
+        driver, self.driver = self.driver, None
+        if driver is not None:
+            driver.discard()
 
     @property
     def idle(self) -> bool:

@@ -374,6 +374,49 @@ class Driver(Operations):
         for step in self._steps.values():
             step.future.callbacks.clear()
 
+    def discard(self) -> None:
+        """The run leaves memory (evicted, or its actor dropped): take its reference cycles
+        apart so that reference counting frees it now.
+
+        Otherwise a waiting run is cyclic garbage (task -> coroutine frame -> context -> driver
+        -> task, futures <-> their waiters), freed only by a full collection, which in a process
+        with many long-lived objects runs rarely: evicted runs' memory would pile up until then.
+        Closing the coroutines runs the workflow's ``finally`` blocks as the collector would
+        have; an operation they await stops them there (nothing is recorded: the driver is
+        gone). The driver must not be used afterwards.
+        """
+        self._ready.clear()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            _close(task.coro)
+            if task.waiting_on is not None:
+                task.waiting_on.waiters.clear()
+                task.waiting_on = None
+        self._main = self._stepping = None
+        self._ready.clear()  # what the cleanup code woke
+        # Futures keep closures over the driver (timeouts, gather) and the tasks waiting.
+        futures: list[DurableFuture | None] = [s.future for s in self._steps.values()]
+        futures += self._timers.values()
+        futures += (child.future for child in self._children.values())
+        for waits in self._signal_waiters.values():
+            futures += waits
+        futures += (approval.future for approval in self._approvals.values())
+        futures += (waitpoint.future for waitpoint in self._waitpoints.values())
+        for future in futures:
+            if future is not None:
+                future.callbacks.clear()
+                future.waiters.clear()
+        self._steps.clear()
+        self._timers.clear()
+        self._children.clear()
+        self._signal_waiters.clear()
+        self._approvals.clear()
+        self._waitpoints.clear()
+        self._closed.clear()
+        self._compensations.clear()
+        self._new = []
+        self._fatal = None
+
     def _outcome_command(self, value: Any, error: BaseException | None) -> Command:
         assert self.info is not None
         if isinstance(error, ContinueAsNewRequest):
@@ -504,3 +547,22 @@ def _code_location(coro: Coroutine[Any, Any, Any]) -> str:
     if frame is None:
         return "location unknown"
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}"
+
+
+#: How many times :func:`_close` throws ``GeneratorExit`` into a coroutine whose cleanup awaits.
+_CLOSE_ATTEMPTS = 8
+
+
+def _close(coro: Coroutine[Any, Any, Any]) -> None:
+    """Close ``coro`` whatever its cleanup does: an operation awaited in a ``finally`` block
+    makes ``close()`` fail with "coroutine ignored GeneratorExit" and leaves it suspended there;
+    closing again ends that block. (A coroutine that keeps catching it is left to the collector.)
+    """
+    for _ in range(_CLOSE_ATTEMPTS):
+        try:
+            coro.close()
+        except RuntimeError:
+            continue  # it awaited in its cleanup: throw again where it waits now
+        except BaseException:  # its cleanup raised: it is closed
+            return
+        return

@@ -368,7 +368,12 @@ def test_an_eviction_round_looks_at_a_bounded_number_of_runs(
         raise AssertionError("not processed in this test")
 
     scheduler = _scheduler.Scheduler(
-        process=never, crashed=never, busy=nullcontext, max_resident=10, workers=1
+        process=never,
+        crashed=never,
+        busy=nullcontext,
+        max_resident=10,
+        max_resident_bytes=2**40,
+        workers=1,
     )
     for i in range(50):
         scheduler.actors[("t", f"b{i}")] = Actor(("t", f"b{i}"), busy=True)
