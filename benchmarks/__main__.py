@@ -10,7 +10,7 @@ import platform
 import sys
 from typing import Any
 
-NAMES = ("client", "recovery", "store", "timers", "workflows")
+NAMES = ("client", "instructions", "recovery", "scaling", "store", "timers", "workflows")
 
 
 def machine() -> dict[str, Any]:

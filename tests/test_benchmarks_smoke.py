@@ -77,3 +77,8 @@ def test_command_line_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["benchmark"] == "store"
     assert set(report["machine"]) >= {"python", "platform", "cpus", "processor"}
     assert set(report["figures"]) == {"quick", "load_average", "durable_appends", "history_read"}
+
+
+def test_scaling_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scaling", "--quick"]) == 0
+    assert "restart: reopen" in capsys.readouterr().out

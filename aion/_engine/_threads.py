@@ -11,7 +11,6 @@ started and not finished, so the next engine runs it again: at-least-once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -28,6 +27,9 @@ _Job = tuple[
     Callable[[], Any],
     asyncio.AbstractEventLoop,
     "asyncio.Future[tuple[Any, BaseException | None]]",
+]
+_Outcome = tuple[
+    "asyncio.Future[tuple[Any, BaseException | None]]", tuple[Any, BaseException | None]
 ]
 
 
@@ -50,6 +52,8 @@ class DaemonThreads:
         self._lock = threading.Lock()
         self._idle = 0  # threads waiting for a job and not yet claimed by one
         self._made = 0
+        # Outcomes not yet taken by their event loop, by loop (see _report).
+        self._outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
 
     async def run(self, fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
         """Run ``fn()`` on a daemon thread: ``(its result, None)``, or ``(None, what it
@@ -90,17 +94,36 @@ class DaemonThreads:
                 value = fn()
             except BaseException as exc:
                 value, error = None, exc
-            # A closed event loop refuses it (RuntimeError): nobody waits for this result.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, (value, error))
+            self._report(loop, future, (value, error))
             del fn, loop, future, value, error  # not kept alive while this thread waits
             with self._lock:
                 self._idle += 1
 
+    def _report(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[tuple[Any, BaseException | None]],
+        outcome: tuple[Any, BaseException | None],
+    ) -> None:
+        """Hand an outcome to its loop. Outcomes that finish while the loop has not yet taken
+        the earlier ones go with them: one wake-up of the loop (a write to its self-pipe, a
+        callback) per batch, not one per step."""
+        with self._lock:
+            batch = self._outcomes.get(loop)
+            if batch is not None:
+                batch.append((future, outcome))
+                return
+            batch = self._outcomes[loop] = [(future, outcome)]
+        # A closed event loop refuses it (RuntimeError): nobody waits for these results.
+        try:
+            loop.call_soon_threadsafe(self._settle_all, loop)
+        except RuntimeError:
+            with self._lock:
+                self._outcomes.pop(loop, None)
 
-def _settle(
-    future: asyncio.Future[tuple[Any, BaseException | None]],
-    outcome: tuple[Any, BaseException | None],
-) -> None:
-    if not future.done():  # else abandoned
-        future.set_result(outcome)
+    def _settle_all(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            batch = self._outcomes.pop(loop, ())
+        for future, outcome in batch:
+            if not future.done():  # else abandoned
+                future.set_result(outcome)

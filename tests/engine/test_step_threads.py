@@ -15,6 +15,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,34 @@ async def test_a_step_raising_system_exit_or_keyboard_interrupt_just_fails() -> 
         handle = await e.start(raises_base_exceptions)
         assert await handle.result(timeout=20) == ["SystemExit", "KeyboardInterrupt"]
         assert e.failure is None
+
+
+async def test_outcomes_that_finish_together_wake_the_loop_once() -> None:
+    import asyncio
+
+    from aion._engine._threads import DaemonThreads
+
+    threads = DaemonThreads("test-batch")
+    loop = asyncio.get_running_loop()
+    wakes = 0
+    real = loop.call_soon_threadsafe
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal wakes
+        wakes += 1
+        return real(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        calls = [asyncio.ensure_future(threads.run(lambda i=i: i * 2)) for i in range(20)]
+        await asyncio.sleep(0)  # every call is submitted
+        # The loop stands still until every thread reported: their outcomes wait together.
+        deadline = time.monotonic() + 30
+        while len(threads._outcomes.get(loop, ())) < 20:
+            assert time.monotonic() < deadline, "the threads did not report"
+            time.sleep(0.001)
+        results = await asyncio.gather(*calls)
+    finally:
+        del loop.call_soon_threadsafe
+    assert results == [(i * 2, None) for i in range(20)]
+    assert wakes == 1
