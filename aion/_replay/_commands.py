@@ -8,15 +8,17 @@ match is by kind, per-kind sequence number and name.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from aion import events as ev
 
 from ._definition import RetryPolicy
 
 __all__ = [
+    "COMMAND_EVENT_TYPES",
     "CancelTimer",
     "CancelWorkflow",
     "Command",
@@ -38,13 +40,11 @@ __all__ = [
 ]
 
 
-class Command:
-    """Base of every command."""
+class Command(msgspec.Struct):
+    """Base of every command. (Structs: made in C, one for every operation the code calls,
+    replayed or live.)"""
 
-    __slots__ = ()
 
-
-@dataclass(slots=True)
 class ScheduleStep(Command):
     seq: int
     name: str
@@ -56,20 +56,17 @@ class ScheduleStep(Command):
     timeout: float | None
 
 
-@dataclass(slots=True)
 class StartTimer(Command):
     seq: int
     due: datetime
     name: str = ""
 
 
-@dataclass(slots=True)
 class CancelTimer(Command):
     seq: int
     due: datetime  # so the engine can delete the timer's index row
 
 
-@dataclass(slots=True)
 class StartChild(Command):
     seq: int
     workflow_type: str
@@ -77,7 +74,6 @@ class StartChild(Command):
     input: bytes
 
 
-@dataclass(slots=True)
 class RequestApproval(Command):
     seq: int
     approval_id: str
@@ -88,7 +84,6 @@ class RequestApproval(Command):
     wait: Any = None  # the driver's record of it; the engine stamps the request time on it
 
 
-@dataclass(slots=True)
 class CreateWaitpoint(Command):
     seq: int
     waitpoint_id: str
@@ -99,34 +94,28 @@ class CreateWaitpoint(Command):
     fingerprint: str
 
 
-@dataclass(slots=True)
 class RecordPatch(Command):
     patch_id: str
 
 
-@dataclass(slots=True)
 class UpsertSearchAttributes(Command):
     attributes: dict[str, ev.SearchValue]
 
 
-@dataclass(slots=True)
 class CompleteWorkflow(Command):
     result: bytes
 
 
-@dataclass(slots=True)
 class FailWorkflow(Command):
     error_type: str
     message: str
     traceback: str
 
 
-@dataclass(slots=True)
 class CancelWorkflow(Command):
     reason: str | None
 
 
-@dataclass(slots=True)
 class ContinueAsNew(Command):
     workflow_type: str
     input: bytes
@@ -146,7 +135,9 @@ _COMMAND_EVENTS: tuple[type[ev.Event], ...] = (
     ev.WorkflowCancelled,
     ev.WorkflowContinuedAsNew,
 )
-_COMMAND_EVENT_TYPES = frozenset(_COMMAND_EVENTS)
+#: The types of the events :func:`is_command_event` may call so (event types are never
+#: subclassed: a test of ``type(event)`` is exact and O(1)).
+COMMAND_EVENT_TYPES = frozenset(_COMMAND_EVENTS)
 
 
 def is_command_event(event: ev.Event) -> bool:
@@ -158,41 +149,64 @@ def is_command_event(event: ev.Event) -> bool:
     kind = type(event)
     if kind is ev.ApprovalRequested:
         return event.step_seq == 0  # type: ignore[attr-defined, no-any-return]
-    return kind in _COMMAND_EVENT_TYPES  # event types are never subclassed: exact and O(1)
+    return kind in COMMAND_EVENT_TYPES
 
 
 def matches(command: Command, event: ev.Event) -> bool:
-    """Whether ``event`` is the record of ``command`` (kind, sequence number and name)."""
-    match command, event:
-        case ScheduleStep(), ev.StepScheduled():
-            return command.seq == event.step_seq and command.name == event.name
-        case StartTimer(), ev.TimerScheduled():
-            return command.seq == event.timer_seq
-        case CancelTimer(), ev.TimerCancelled():
-            return command.seq == event.timer_seq
-        case StartChild(), ev.ChildStarted():
-            return command.seq == event.child_seq and command.workflow_type == event.workflow_type
-        case RequestApproval(), ev.ApprovalRequested():
-            # Bound to what is approved: other details are another approval.
+    """Whether ``event`` is the record of ``command`` (kind, sequence number and name).
+
+    Only an event recorded for a command (:func:`is_command_event`) matches one. Checked for
+    every replayed command: dispatch on the command, then the event's exact type (event types
+    are never subclassed).
+    """
+    match command:
+        case ScheduleStep():
             return (
-                command.seq == event.approval_seq
+                type(event) is ev.StepScheduled
+                and command.seq == event.step_seq
+                and command.name == event.name
+            )
+        case StartTimer():
+            return type(event) is ev.TimerScheduled and command.seq == event.timer_seq
+        case CancelTimer():
+            return type(event) is ev.TimerCancelled and command.seq == event.timer_seq
+        case StartChild():
+            return (
+                type(event) is ev.ChildStarted
+                and command.seq == event.child_seq
+                and command.workflow_type == event.workflow_type
+            )
+        case RequestApproval():
+            # Bound to what is approved: other details are another approval. (One the engine's
+            # policy requested for a held step, step_seq != 0, is not the code's.)
+            return (
+                type(event) is ev.ApprovalRequested
+                and event.step_seq == 0
+                and command.seq == event.approval_seq
                 and command.action == event.action
                 and command.digest == event.digest
             )
-        case CreateWaitpoint(), ev.WaitpointCreated():
-            return command.seq == event.waitpoint_seq and command.name == event.name
-        case RecordPatch(), ev.PatchRecorded():
-            return command.patch_id == event.patch_id
-        case UpsertSearchAttributes(), ev.SearchAttributesUpserted():
-            return True
-        case CompleteWorkflow(), ev.WorkflowCompleted():
-            return True
-        case FailWorkflow(), ev.WorkflowFailed():
-            return True
-        case CancelWorkflow(), ev.WorkflowCancelled():
-            return True
-        case ContinueAsNew(), ev.WorkflowContinuedAsNew():
-            return command.workflow_type == event.workflow_type
+        case CreateWaitpoint():
+            return (
+                type(event) is ev.WaitpointCreated
+                and command.seq == event.waitpoint_seq
+                and command.name == event.name
+            )
+        case RecordPatch():
+            return type(event) is ev.PatchRecorded and command.patch_id == event.patch_id
+        case UpsertSearchAttributes():
+            return type(event) is ev.SearchAttributesUpserted
+        case CompleteWorkflow():
+            return type(event) is ev.WorkflowCompleted
+        case FailWorkflow():
+            return type(event) is ev.WorkflowFailed
+        case CancelWorkflow():
+            return type(event) is ev.WorkflowCancelled
+        case ContinueAsNew():
+            return (
+                type(event) is ev.WorkflowContinuedAsNew
+                and command.workflow_type == event.workflow_type
+            )
     return False
 
 

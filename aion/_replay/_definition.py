@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 import msgspec
 
 from aion import _validate
-from aion._codec import decode_payload, encode_payload
+from aion._codec import What, decode_payload, encode_payload
 from aion.errors import InvalidArgument, PayloadError
 
 __all__ = [
@@ -224,13 +224,15 @@ class WorkflowDefinition:
         return values
 
 
-def convert(value: Any, tp: Any, *, what: str) -> Any:
-    """Convert a decoded payload into ``tp`` (no-op for ``Any``/unannotated)."""
-    if tp is Any or tp is inspect.Parameter.empty:
+def convert(value: Any, tp: Any, *, what: What) -> Any:
+    """Convert a decoded payload into ``tp`` (no-op for ``Any``/unannotated, and for a value of
+    exactly the annotated scalar type: a step's ``int`` result on every replayed step)."""
+    if tp is Any or tp is inspect.Parameter.empty or (type(value) is tp and tp in _EXACT):
         return value
     try:
         return msgspec.convert(value, tp, strict=False)
     except (msgspec.ValidationError, TypeError) as exc:
+        what = what if isinstance(what, str) else what()
         raise PayloadError(f"{what} does not match its annotation {tp!r}: {exc}") from exc
 
 

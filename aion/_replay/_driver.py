@@ -41,6 +41,7 @@ from aion.errors import (
 )
 
 from ._commands import (
+    COMMAND_EVENT_TYPES,
     CancelWorkflow,
     Command,
     CompleteWorkflow,
@@ -71,6 +72,14 @@ class Driver(Operations):
             an activation that holds the event loop longer parks the run (replaying: the first
             time; live: the ``LIVE_OVERRUNS``-th time) with :class:`ActivationFailed`.
     """
+
+    __slots__ = (
+        "_in_replay",
+        "_main",
+        "_stepping",
+        "_watch",
+        "overruns",
+    )
 
     def __init__(
         self,
@@ -106,26 +115,54 @@ class Driver(Operations):
         self._history = events
         self._pos = 0
         self._in_replay = True
+        # The hot loop of every reactivation: locals, and the code runs only when an event woke
+        # some of it (a StepStarted wakes nothing); without a watch, an activation is no more
+        # than running what is ready. (``while True``: CPython 3.11 specializes a loop's code
+        # while it runs only at an unconditional jump back, else from the 8th call on.)
+        ready = self._ready
+        resolve_event = self._resolve_event
+        run = self._run if self._watch is not None else self._run_ready
+        end = len(events)
         try:
-            while self._pos < len(self._history):
-                event = self._history[self._pos]
-                self._pos += 1
-                if is_command_event(event):
-                    self._diverge(event, None)
-                self._resolve_event(event)
-                self._run()
+            while True:
+                pos = self._pos  # (commands the code issues advance it too)
+                if pos >= end:
+                    break
+                event = events[pos]
+                self._pos = pos + 1
+                if type(event) in COMMAND_EVENT_TYPES and is_command_event(event):
+                    self._diverge(event, None)  # (the set test first: no call for a fact)
+                resolve_event(event)
+                if ready:
+                    run()
+        except Diverged:  # found by the driver, not in the code: a recorded fact it cannot take
+            raise self._diverged() from None
         finally:
             self._history = ()
             self._pos = 0
             self._in_replay = False
 
     def apply(self, event: ev.Event) -> list[Command]:
-        """Feed one new fact (live) and return the commands the code issued in response."""
+        """Feed one new fact (live) and return the commands the code issued in response.
+
+        Raises:
+            NondeterminismError: the fact contradicts what the code did (say, the result of a
+                step it has not scheduled).
+        """
         if is_command_event(event):
             raise InvalidArgument(f"{type(event).__name__} is recorded by the driver, not fed")
-        self._resolve_event(event)
+        try:
+            self._resolve_event(event)
+        except Diverged:
+            raise self._diverged() from None
         self._run()
         return self.take_commands()
+
+    def _diverged(self) -> NondeterminismError:
+        """Why the run diverged, once ``_diverge`` has unwound past the code (it raised
+        ``Diverged``, which must not leave the driver)."""
+        assert self._fatal is not None
+        return self._fatal
 
     # --- what the run waits on (for describe) ------------------------------------------------
 
@@ -193,8 +230,10 @@ class Driver(Operations):
     # --- events -----------------------------------------------------------------------------
 
     def _resolve_event(self, event: ev.Event) -> None:
+        """Feed one recorded fact: resolve what it resolves (see ``_ON_EVENT``), which queues
+        the code that awaited it."""
         self.position = event.seq
-        if not isinstance(event, ev.WorkflowStarted) and self.info is None:
+        if self.info is None and type(event) is not ev.WorkflowStarted:
             kind = type(event).__name__
             raise NondeterminismError(
                 "",
@@ -207,59 +246,53 @@ class Driver(Operations):
                 remedy="Replay a run's history from its WorkflowStarted event.",
             )
         self.time = event.at
-        match event:
-            case ev.WorkflowStarted():
-                self._start(event)
-            case ev.StepStarted():
-                step = self._steps.get(event.step_seq)
-                if step is not None:
-                    step.attempts = max(step.attempts, event.attempt)
-                    step.retry_due = None
-            case ev.StepRetryScheduled():
-                step = self._steps.get(event.step_seq)
-                if step is not None:
-                    step.retry_due = event.due
-            case ev.StepCompleted():
-                step = self._take_step(event, event.step_seq)
-                value = self._decode(
-                    event.result, step.result_type, f"result of step {step.name!r}"
-                )
-                resolve(step.future, value)
-            case ev.StepFailed():
-                if not event.will_retry:
-                    step = self._take_step(event, event.step_seq)
-                    fail(
-                        step.future,
-                        StepError(step.name, event.error_type, event.message, event.attempt),
-                    )
-            case ev.TimerFired():
-                timer = self._timers.pop(event.timer_seq, None)
-                if timer is not None:
-                    resolve(timer, None)
-            case ev.SignalReceived():
-                self._deliver_signal(event.name, event.payload)
-            case ev.ChildCompleted():
-                child = self._take_child(event, event.child_seq)
-                value = self._decode(event.result, child.result_type, "child result")
-                resolve(child.future, value)
-            case ev.ChildFailed():
-                child = self._take_child(event, event.child_seq)
-                error: BaseException
-                if event.error_type == "WorkflowCancelled":
-                    error = WorkflowCancelled(f"child workflow {child.workflow_id!r} was cancelled")
-                else:
-                    error = WorkflowFailed(child.workflow_id, event.error_type, event.message)
-                fail(child.future, error)
-            case ev.ApprovalRequested():
-                self._hold_step(event)
-            case ev.ApprovalDecided():
-                self._decide(event)
-            case ev.WaitpointCompleted():
-                self._complete_waitpoint(event)
-            case ev.WorkflowCancelRequested():
-                self._cancel(event.reason)
-            case _:
-                pass  # markers, blocked/unblocked, retries scheduled: nothing wakes
+        on_event = _ON_EVENT.get(type(event))
+        if on_event is not None:  # (markers, blocked/unblocked, retries scheduled: nothing wakes)
+            on_event(self, event)
+
+    def _step_started(self, event: ev.StepStarted) -> None:
+        step = self._steps.get(event.step_seq)
+        if step is not None:
+            step.attempts = max(step.attempts, event.attempt)
+            step.retry_due = None
+
+    def _step_retry_scheduled(self, event: ev.StepRetryScheduled) -> None:
+        step = self._steps.get(event.step_seq)
+        if step is not None:
+            step.retry_due = event.due
+
+    def _step_completed(self, event: ev.StepCompleted) -> None:
+        step = self._take_step(event, event.step_seq)
+        resolve(step.future, self._decode(event.result, step.result_type, step.what_result))
+
+    def _step_failed(self, event: ev.StepFailed) -> None:
+        if not event.will_retry:
+            step = self._take_step(event, event.step_seq)
+            fail(step.future, StepError(step.name, event.error_type, event.message, event.attempt))
+
+    def _timer_fired(self, event: ev.TimerFired) -> None:
+        timer = self._timers.pop(event.timer_seq, None)
+        if timer is not None:
+            resolve(timer, None)
+
+    def _signal_received(self, event: ev.SignalReceived) -> None:
+        self._deliver_signal(event.name, event.payload)
+
+    def _child_completed(self, event: ev.ChildCompleted) -> None:
+        child = self._take_child(event, event.child_seq)
+        resolve(child.future, self._decode(event.result, child.result_type, "child result"))
+
+    def _child_failed(self, event: ev.ChildFailed) -> None:
+        child = self._take_child(event, event.child_seq)
+        error: BaseException
+        if event.error_type == "WorkflowCancelled":
+            error = WorkflowCancelled(f"child workflow {child.workflow_id!r} was cancelled")
+        else:
+            error = WorkflowFailed(child.workflow_id, event.error_type, event.message)
+        fail(child.future, error)
+
+    def _cancel_requested(self, event: ev.WorkflowCancelRequested) -> None:
+        self._cancel(event.reason)
 
     def _start(self, event: ev.WorkflowStarted) -> None:
         if self.info is not None:
@@ -360,7 +393,9 @@ class Driver(Operations):
             else:
                 fail(task.future, error)
             return
-        self._issue(self._outcome_command(value, error))
+        outcome = self._outcome_command(value, error)
+        self._issue(outcome)
+        self.outcome = outcome
         for other in list(self._tasks):  # the run is over: drop what still runs
             # Its cleanup failing does not change the run's outcome (a divergence in it set
             # self._fatal, which _run raises).
@@ -385,6 +420,8 @@ class Driver(Operations):
         have; an operation they await stops them there (nothing is recorded: the driver is
         gone). The driver must not be used afterwards.
         """
+        if self.outcome is not None and not self._tasks:
+            return  # the run ended: _finish took its cycles apart already
         self._ready.clear()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
@@ -489,6 +526,26 @@ class Driver(Operations):
         return ActivationFailed(
             workflow_id, self.position, now, remedy, workflow_type=workflow_type
         )
+
+
+#: What a recorded fact does, by its exact type (event types are never subclassed): one lookup
+#: per replayed event, where a ``match`` would test the types in turn. Facts not listed wake
+#: nothing.
+_ON_EVENT: dict[type[ev.Event], Callable[[Driver, Any], None]] = {
+    ev.WorkflowStarted: Driver._start,
+    ev.StepStarted: Driver._step_started,
+    ev.StepRetryScheduled: Driver._step_retry_scheduled,
+    ev.StepCompleted: Driver._step_completed,
+    ev.StepFailed: Driver._step_failed,
+    ev.TimerFired: Driver._timer_fired,
+    ev.SignalReceived: Driver._signal_received,
+    ev.ChildCompleted: Driver._child_completed,
+    ev.ChildFailed: Driver._child_failed,
+    ev.ApprovalRequested: Driver._hold_step,
+    ev.ApprovalDecided: Driver._decide,
+    ev.WaitpointCompleted: Driver._complete_waitpoint,
+    ev.WorkflowCancelRequested: Driver._cancel_requested,
+}
 
 
 async def _raise(exc: BaseException) -> Any:

@@ -14,17 +14,7 @@ from aion import events as ev
 from aion._codec import encode
 from aion.errors import NondeterminismError
 
-from ._commands import (
-    CancelWorkflow,
-    Command,
-    CompleteWorkflow,
-    ContinueAsNew,
-    FailWorkflow,
-    describe_command,
-    describe_event,
-    is_command_event,
-    matches,
-)
+from ._commands import Command, describe_command, describe_event, matches
 
 if TYPE_CHECKING:
     from ._definition import WorkflowDefinition
@@ -32,10 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MARKERS", "Diverged", "Matcher", "unchecked"]
 
-#: The engine's markers in a history: the code issued nothing there.
-MARKERS = (ev.WorkflowBlocked, ev.WorkflowUnblocked)
-
-_OUTCOMES = (CompleteWorkflow, FailWorkflow, CancelWorkflow, ContinueAsNew)
+#: The types of the engine's markers in a history: the code issued nothing there. (Event types
+#: are never subclassed: a test of ``type(event)`` is exact and O(1).)
+MARKERS = frozenset({ev.WorkflowBlocked, ev.WorkflowUnblocked})
 
 
 class Diverged(BaseException):
@@ -48,6 +37,21 @@ class Matcher:
     Args:
         definition: the workflow the run runs.
     """
+
+    # Slots in the three classes of the driver (Matcher, Operations, Driver): its attributes
+    # are read on every replayed event, and more than 30 of them in a __dict__ would make
+    # each read a hash lookup.
+    __slots__ = (
+        "__weakref__",
+        "_fatal",
+        "_history",
+        "_new",
+        "_pos",
+        "definition",
+        "info",
+        "outcome",
+        "position",
+    )
 
     def __init__(self, definition: WorkflowDefinition) -> None:
         self.definition = definition
@@ -71,19 +75,19 @@ class Matcher:
 
     def _issue(self, command: Command) -> ev.Event | None:
         """Issue ``command``: replaying, match it and return the recorded event; live, queue it
-        for the engine and return None."""
-        self._skip_markers()
-        if self._pos < len(self._history):
-            event = self._history[self._pos]
-            if not is_command_event(event) or not matches(command, event):
+        for the engine and return None. (The driver records an outcome command as the run's
+        ``outcome`` once it is issued.)"""
+        history, pos = self._history, self._pos
+        while pos < len(history) and type(history[pos]) in MARKERS:
+            pos += 1  # (what _skip_markers does, on the path of every command)
+        self._pos = pos
+        if pos < len(history):
+            event = history[pos]
+            if not matches(command, event):  # (only a command's event matches a command)
                 self._diverge(event, command)
-            self._pos += 1
-            if isinstance(command, _OUTCOMES):
-                self.outcome = command
+            self._pos = pos + 1
             return event
         self._new.append(command)
-        if isinstance(command, _OUTCOMES):
-            self.outcome = command
         return None
 
     def _skip_markers(self) -> None:
@@ -91,14 +95,14 @@ class Matcher:
         there. A run parked while its code was at a point (say, awaiting something that is not
         an aion operation) resumes there after the fix, and its next command comes after them."""
         history = self._history
-        while self._pos < len(history) and isinstance(history[self._pos], MARKERS):
+        while self._pos < len(history) and type(history[self._pos]) in MARKERS:
             self._pos += 1
 
     def _recorded_next(self) -> ev.Event | None:
         """Replaying, the event the next command must match (markers passed over, not
         consumed); live, None."""
         history, pos = self._history, self._pos
-        while pos < len(history) and isinstance(history[pos], MARKERS):
+        while pos < len(history) and type(history[pos]) in MARKERS:
             pos += 1
         return history[pos] if pos < len(history) else None
 

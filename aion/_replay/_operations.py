@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from aion import _validate
 from aion import events as ev
-from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, decode_payload, encode_payload
+from aion._codec import DEFAULT_MAX_PAYLOAD_BYTES, What, decode_payload, encode_payload
 from aion._tokens import fingerprint as token_fingerprint
 from aion.errors import ApprovalRejected, Cancelled, InvalidArgument, PayloadError, WaitTimedOut
 
@@ -78,6 +78,30 @@ class Operations(Matcher):
         resolve: turns a workflow type name into a definition (for typed child results).
         sign: signs waitpoint tokens (without it, ``ctx.waitpoint`` hands out empty tokens).
     """
+
+    __slots__ = (
+        "_approvals",
+        "_children",
+        "_closed",
+        "_compensations",
+        "_continued",
+        "_counters",
+        "_patches",
+        "_ready",
+        "_resolve",
+        "_rng",
+        "_sign",
+        "_signal_ordinal",
+        "_signal_waiters",
+        "_signals",
+        "_steps",
+        "_tasks",
+        "_timers",
+        "_waitpoints",
+        "cancel_requested",
+        "max_payload_bytes",
+        "time",
+    )
 
     def __init__(
         self,
@@ -141,7 +165,7 @@ class Operations(Matcher):
             )
         return child
 
-    def _decode(self, data: bytes, tp: Any, what: str) -> Any:
+    def _decode(self, data: bytes, tp: Any, what: What) -> Any:
         return convert(decode_payload(data, what=what), tp, what=what)
 
     # --- operations -------------------------------------------------------------------------
@@ -173,7 +197,7 @@ class Operations(Matcher):
     ) -> DurableFuture:
         step_name = name or getattr(fn, "__qualname__", None) or repr(fn)
         encoded = encode_payload(
-            [list(args), kwargs],
+            [args, kwargs],  # (the tuple encodes as the list it decodes to)
             limit=self.max_payload_bytes,
             what=lambda: f"arguments of step {step_name!r}",
         )

@@ -64,12 +64,8 @@ def replay(
     events = events_of(history)
     if not events:
         raise InvalidArgument("the history is empty: nothing to replay")
-    segments: list[list[ev.Event]] = []
-    for event in events:
-        if isinstance(event, ev.WorkflowStarted) or not segments:
-            segments.append([])
-        segments[-1].append(event)
     driver: Driver | None = None
+    segments = _segments(events)
     for segment in segments:
         first = segment[0]
         seg_definition = definition
@@ -86,9 +82,21 @@ def replay(
     return _result(driver, len(segments), len(events))
 
 
+def _segments(events: list[ev.Event]) -> list[Sequence[ev.Event]]:
+    """The run segments of a history: each from a ``WorkflowStarted`` up to the next (the
+    first from the first event, whatever it is)."""
+    starts = [i for i, event in enumerate(events) if type(event) is ev.WorkflowStarted]
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    if len(starts) == 1:
+        return [events]  # one run, the common case: no copy
+    ends = [*starts[1:], len(events)]
+    return [events[start:end] for start, end in zip(starts, ends, strict=True)]
+
+
 def _replay_segment(
     definition: WorkflowDefinition,
-    segment: list[ev.Event],
+    segment: Sequence[ev.Event],
     registry: dict[str, WorkflowDefinition],
 ) -> Driver:
     driver = Driver(definition, resolve=registry.get)

@@ -97,3 +97,23 @@ def test_a_replayed_driver_discarded_then_replayed_again_behaves_the_same() -> N
     assert second.pending() == sim.driver.pending()
     second.discard()
     sim.driver.discard()
+
+
+@aion.workflow(name="discard-finishes")
+async def finishes(ctx: aion.Context) -> Any:
+    await ctx.step(echo, 1)
+    return await ctx.gather(ctx.step(echo, 2), ctx.sleep(0))
+
+
+@pytest.mark.usefixtures("no_automatic_collection")
+def test_a_finished_driver_needs_no_collector_either() -> None:
+    sim = Sim(finishes)
+    while sim.run_one_step() or sim.fire_next_timer():
+        pass
+    assert sim.driver.outcome is not None
+    gone = weakref.ref(sim.driver)
+    gc.collect()
+    sim.driver.discard()
+    sim.driver = None  # type: ignore[assignment]
+    assert gone() is None
+    assert gc.collect() == 0
