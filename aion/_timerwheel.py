@@ -3,7 +3,8 @@
 The wheel knows nothing about workflows. It holds timers (a due time, an ordered hashable key, a
 payload) due within a *horizon*, fires each one by awaiting a callback, and is driven by one task
 (:meth:`TimerWheel.run`) sleeping on an injected :class:`~aion._clock.Clock`. Timers due further
-out stay in a durable due-time index (the store) and are loaded by range scan as time advances.
+out stay in a durable due-time index (the store) and are loaded by range scan as time advances,
+at most ``max_held`` at a time: a backlog of due timers is paged through, never loaded whole.
 
 Shape (see docs/timers.md for the reasoning and the measured costs):
 
@@ -59,11 +60,18 @@ class Timer(NamedTuple, Generic[K, P]):
 FireCallback: TypeAlias = Callable[[Timer[K, P]], Awaitable[None]]
 """``async fire(timer)``: awaited by the driver for each timer, one at a time, in due order."""
 
-Loader: TypeAlias = Callable[[float, float], Awaitable[Iterable[tuple[float, K, P]]]]
-"""``async load(after, until)``: every stored ``(due, key, payload)`` with ``after < due <= until``.
+Loader: TypeAlias = Callable[[float, K | None, float, int], Awaitable[Iterable[tuple[float, K, P]]]]
+"""``async load(after, after_key, until, limit)``: a page of the stored timers past a position.
 
-In due order (rows outside the range are ignored). ``after`` is ``-inf`` on the first load of a
-run, so it also returns overdue timers.
+Returns the stored ``(due, key, payload)`` rows positioned after ``(after, after_key)`` and due at
+or before ``until``, in ``(due, key)`` order: the first ``limit`` of them, or all if fewer. A
+row is past the position if ``due > after``, or ``due == after`` and ``key > after_key``;
+``after_key`` None means every key at ``after`` is done (``due > after``). ``after`` is ``-inf``
+on the first load of a run, so it also returns overdue timers. Fewer than ``limit`` rows in the
+range means there are no more up to ``until``; with ``limit`` or more, the wheel takes the
+range as loaded through the ``limit``-th row and asks for the rest later. Rows at or before the
+position or past ``until`` may be included (a loader that rounds the bounds returns some): they
+are ignored and not counted.
 """
 
 Peeker: TypeAlias = Callable[[float], Awaitable[float | None]]
@@ -78,6 +86,10 @@ _COMPACT_MIN_DEAD = 1 << 16
 _FIRES_PER_CHECKPOINT = 64  # let other tasks run during a long backlog of quick callbacks
 _SMALL_SLOT = 32  # up to this many timers in the next slot: sleep until the earliest one
 _ROWS_PER_FIRE = 256  # scanned rows applied between two looks for timers come due
+# Rows asked of one scan at most, whatever room max_held leaves: the read blocks the event loop
+# (about 2 us a row in the engine's LMDB adapter), so one scan stays a ~20 ms stall, and due
+# timers fire between scans.
+_SCAN_PAGE = 8192
 
 # An entry is a list [due, key, seq, payload, tick]: lists compare like tuples, and cancel
 # overwrites the payload with _CANCELLED (so a cancelled entry is recognised without hashing its
@@ -97,20 +109,23 @@ class TimerWheel(Generic[K, P]):
     thread only.
 
     With a ``load`` callback the wheel mirrors a durable due-time index: it holds only timers
-    due up to :attr:`loaded_until` (about ``horizon`` seconds ahead of the clock) and loads the
-    next range by scan as time advances. A timer is *scheduled* by writing its row durably and
-    then calling :meth:`schedule`; a timer beyond the loaded range is not held in memory, since
-    the scan that covers its due time will load it. Without ``load``, the wheel holds every timer
-    it is given (no durable index; ``horizon`` is unused).
+    up to :attr:`loaded_until` (at most ``horizon`` seconds ahead of the clock) and loads the
+    next range by scan as time advances, at most ``max_held`` timers at a time: a backlog of
+    due timers (after an outage) is paged through in due order, never loaded whole. A timer is
+    *scheduled* by writing its row durably and then calling :meth:`schedule`; a timer beyond the
+    loaded range is not held in memory, since the scan that covers its due time will load it.
+    Without ``load``, the wheel holds every timer it is given (no durable index; ``horizon`` and
+    ``max_held`` are unused).
 
     Contract with the durable index (what makes "fires once" hold):
 
     - Call :meth:`schedule` after the timer's row is committed, and :meth:`cancel` after its
       deletion is committed.
-    - ``load`` returns every row with ``after < due <= until``, in due order (as a range scan of
-      the index does); rows just outside the range are ignored. A timer's due time is the same
-      float in :meth:`schedule` and in ``load`` (round it once, before both, to the precision
-      the store keeps), otherwise a timer can fall between two scans.
+    - ``load`` returns the first ``limit`` rows of its range (see :data:`Loader`), in
+      ``(due, key)`` order, as a range scan of the index does: the key order must be the
+      index's order, since a page can end between two timers due at the same time. A timer's
+      due time is the same float in :meth:`schedule` and in ``load`` (round it once, before
+      both, to the precision the store keeps), otherwise a timer can fall between two scans.
     - Firing is at least once, as with any durable timer: a restarted driver rescans the index,
       so a timer whose row the engine has not yet deleted can fire again. The engine's
       bookkeeping (record the fire and delete the row in one transaction) must treat a fire of
@@ -119,7 +134,8 @@ class TimerWheel(Generic[K, P]):
     Args:
         clock: the source of time; the driver sleeps with ``clock.sleep_until``.
         fire: awaited for each due timer (see :meth:`run` for ordering and errors).
-        load: the range scan of the durable index; None to hold every timer in memory.
+        load: reads a page of the durable index (:data:`Loader`); None to hold every timer in
+            memory.
         peek: the due time of the next stored timer after a point. Optional; with it an idle
             wheel sleeps until the next stored timer is near instead of rescanning every
             ``horizon / 2`` seconds, so a manual clock can jump 30 days in a few steps.
@@ -129,9 +145,14 @@ class TimerWheel(Generic[K, P]):
             worth of timers: at high timer rates a shorter horizon keeps each scan short.
         resolution: tick length in seconds, from 1e-6 to 60. It affects only speed, never the
             order or the exact time of firing; a power of two keeps tick arithmetic exact.
+        max_held: with ``load``, the most timers a scan brings in: a scan asks for
+            ``max_held`` minus the timers held, and runs only once at most half of
+            ``max_held`` are held. Timers scheduled directly within the loaded range are held
+            whatever their number (they are as many as the engine schedules within it).
 
     Raises:
-        ValueError: ``horizon`` or ``resolution`` is out of range, or ``peek`` without ``load``.
+        ValueError: ``horizon``, ``resolution`` or ``max_held`` is out of range, or ``peek``
+            without ``load``.
     """
 
     def __init__(
@@ -143,12 +164,15 @@ class TimerWheel(Generic[K, P]):
         peek: Peeker | None = None,
         horizon: float = 60.0,
         resolution: float = 2.0**-10,
+        max_held: int = 50_000,
     ) -> None:
         if not (0.0 < horizon < _MAX_DUE and 1e-6 <= resolution <= 60.0):
             raise ValueError(
                 f"horizon ({horizon!r}) must be a positive number of seconds and resolution "
                 f"({resolution!r}) between 1e-6 and 60 seconds"
             )
+        if not (isinstance(max_held, int) and max_held >= 1):
+            raise ValueError(f"max_held ({max_held!r}) must be a positive int")
         if peek is not None and load is None:
             raise ValueError("peek needs load: it only tells the wheel when to scan next")
         self._clock = clock
@@ -156,6 +180,8 @@ class TimerWheel(Generic[K, P]):
         self._load = load
         self._peek = peek
         self._horizon = float(horizon)
+        self._max_held = max_held
+        self._low_water = max_held // 2  # a scan waits until at most this many are held
         self._res = float(resolution)
         self._inv = 1.0 / self._res
         levels = -(-int(_MAX_DUE * self._inv).bit_length() // _BITS)
@@ -173,16 +199,23 @@ class TimerWheel(Generic[K, P]):
         self._seq = 0  # entries ever made
         self._removed = 0  # entries dropped from the structure; _seq - _removed are stored
         self._compact_at = _COMPACT_EVERY
-        # Loading state. Stored timers with due <= _loaded are held (or done). No stored timer
-        # has a due time in (_loaded, _next_stored), as far as scans and schedules have shown.
-        # schedule() holds timers with due <= _limit: _loaded, or the range being scanned.
+        # Loading state. A *position* is (due, key); key None stands for every key at that due.
+        # Stored timers at or before (_loaded, _loaded_key) are held (or done): a scan cut short
+        # by max_held ends between two keys of one due time. No stored timer has a due time in
+        # (_loaded, _next_stored), as far as scans and schedules have shown. schedule() holds
+        # timers at or before (_limit, _limit_key): the loaded position, or the scanned range.
         unbounded = load is None
         self._loaded = _MAX_DUE if unbounded else -math.inf
+        self._loaded_key: K | None = None
         self._next_stored = _MAX_DUE if unbounded else -math.inf
         self._limit = self._loaded
+        self._limit_key: K | None = None
         self._loading = False
         self._tombstones: set[K] = set()  # keys cancelled while a scan is in flight
         self._dropped_min = math.inf  # earliest due dropped while a scan is in flight
+        # Entries scheduled directly while a scan is awaited: held because the scan's snapshot
+        # may miss them, but let go if the scan is cut short before them. None: not recording.
+        self._meanwhile: list[_Entry] | None = None
         # Driver state. _wake_at is the driver's sleep target, -inf while it is not sleeping.
         self._running = False
         self._wake_at = -math.inf
@@ -197,8 +230,22 @@ class TimerWheel(Generic[K, P]):
 
     @property
     def loaded_until(self) -> float:
-        """Every stored timer due at or before this time is held or done (``-inf`` at first)."""
+        """Every stored timer due before this time is held or done (``-inf`` at first).
+
+        So are those due exactly at it, unless the last scan was cut short by ``max_held``
+        between two timers due at this time: then only those up to :attr:`loaded_key`.
+        """
         return self._loaded
+
+    @property
+    def loaded_key(self) -> K | None:
+        """The last key loaded at :attr:`loaded_until`, or None if all of them are."""
+        return self._loaded_key
+
+    @property
+    def max_held(self) -> int:
+        """The most timers a scan brings in (with a loader)."""
+        return self._max_held
 
     def __len__(self) -> int:
         """Timers held: scheduled or loaded, not yet cancelled, and not done firing."""
@@ -227,8 +274,10 @@ class TimerWheel(Generic[K, P]):
         Raises:
             ValueError: ``due`` is not finite, or (without a loader) later than year 9999.
         """
-        if not due <= self._limit:  # also NaN
-            return self._schedule_beyond(due, key, payload)
+        if not due < self._limit:  # also NaN
+            key_limit = self._limit_key
+            if due != self._limit or (key_limit is not None and key_limit < key):
+                return self._schedule_beyond(due, key, payload)
         try:
             t = int(due * self._inv)
         except OverflowError:  # -inf
@@ -239,6 +288,8 @@ class TimerWheel(Generic[K, P]):
         if self._index.setdefault(key, entry) is not entry:
             self._removed += 1
             return False
+        if self._meanwhile is not None:
+            self._meanwhile.append(entry)
         cur = self._cur
         if t < cur:
             heapq.heappush(self._ready, entry)
@@ -268,6 +319,8 @@ class TimerWheel(Generic[K, P]):
         if entry is None:
             return False
         entry[3] = _CANCELLED
+        if len(self._index) == self._low_water and self._load is not None:
+            self._interrupt()  # a scan held back by max_held may be due
         return True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -279,9 +332,10 @@ class TimerWheel(Generic[K, P]):
         callback delays the ones after it.
 
         A callback that raises crashes the driver: the exception propagates out of ``run`` (with
-        a note naming the timer) for a supervisor to restart it. The failed timer stays held,
-        so calling ``run`` again retries it first; a restart also rescans the durable index
-        from the beginning, deduplicating by key. Errors of ``load`` and ``peek`` propagate too.
+        a note naming the timer) for a supervisor to restart it. Calling ``run`` again retries
+        the failed timer first: without a loader it stays held; with one, a restart lets go of
+        every held timer and rescans the durable index from the beginning, which still has the
+        failed timer's row. Errors of ``load`` and ``peek`` propagate too.
 
         Raises:
             RuntimeError: ``run`` is already running for this wheel.
@@ -291,8 +345,11 @@ class TimerWheel(Generic[K, P]):
         self._running = True
         try:
             if self._load is not None:
-                # A restart trusts nothing from before the crash: rescan from the start.
+                # A restart trusts nothing from before the crash: rescan from the start. Held
+                # timers go too: one past the first page would fire before earlier stored ones.
+                self._clear()
                 self._loaded = self._next_stored = self._limit = -math.inf
+                self._loaded_key = self._limit_key = None
             await self._drive(task_status)
         finally:
             self._running = False
@@ -306,9 +363,11 @@ class TimerWheel(Generic[K, P]):
         started = False
         while True:
             now = clock.now()
-            if self._load is not None and now >= self._next_stored - self._horizon / 2:
+            if self._load is not None and now >= self._scan_at():
+                # One page, then fire what is due: held timers are all at or before the loaded
+                # position, so they may fire before the next page is read.
                 await self._refill(now + self._horizon, fire_meanwhile=started)
-                continue
+                now = clock.now()
             if not started:
                 task_status.started()
                 started = True
@@ -335,42 +394,80 @@ class TimerWheel(Generic[K, P]):
         if self._sleep_scope is not None:
             self._sleep_scope.cancel()
 
+    def _scan_at(self) -> float:
+        """When the next scan is due: half a horizon before the next stored timer, once at most
+        half of ``max_held`` are held (inf until then: the driver wakes to fire them anyway)."""
+        if len(self._index) > self._low_water:
+            return math.inf
+        return self._next_stored - self._horizon / 2
+
     async def _refill(self, until: float, *, fire_meanwhile: bool) -> None:
-        """Load the stored timers due in (loaded_until, until] and learn when to scan next.
+        """Load the stored timers after the loaded position and due by ``until``, at most
+        ``max_held`` minus those held, and learn when to scan next.
 
         With ``fire_meanwhile``, timers already held that come due while a long scan result is
         being applied fire between chunks of rows, so a scan does not hold them up.
         """
         assert self._load is not None
-        after = self._loaded
+        after, after_key = self._loaded, self._loaded_key
+        limit = max(1, min(self._max_held - len(self._index), _SCAN_PAGE))
         self._loading = True
         # A timer committed after the scan's snapshot is not in its result, so hold timers
         # scheduled directly in the range being scanned; the scan's copy is then a duplicate.
-        self._limit = max(self._limit, until)
+        if until > self._limit:
+            self._limit, self._limit_key = until, None
         self._dropped_min = math.inf
+        meanwhile: list[_Entry] = []
         try:
-            rows = await self._load(after, until)
+            self._meanwhile = meanwhile
+            rows = await self._load(after, after_key, until, limit)
+            self._meanwhile = None
             tombstones = self._tombstones
-            last = -math.inf
+            last: float = -math.inf
+            last_key: Any = None
+            taken = 0  # rows of the range seen: applied, duplicates and tombstoned alike
+            cut = False  # the page ends before `until`: loaded only through (last, last_key)
             for n, (due, key, payload) in enumerate(rows, 1):
-                if due < last:
+                if not due >= last or (due == last and n > 1 and key < last_key):
                     raise ValueError(
-                        f"timer loader returned {key!r} due {due!r} after a timer due {last!r}: "
-                        "return the timers of the range in due order, as a scan of the index does"
+                        f"timer loader returned {key!r} due {due!r} after {last_key!r} due "
+                        f"{last!r}: return the rows of the range in (due, key) order, as a "
+                        "scan of the index does"
                     )
-                last = due
-                # A row just outside the range (a loader that rounds the bounds to the store's
-                # precision returns some) belongs to the neighbouring scan, which has it. A key
-                # cancelled during the scan may be in a snapshot taken before its deletion.
-                if after < due <= until and key not in tombstones:
+                # A row at or before the position (a loader that rounds the bounds to the
+                # store's precision returns some) was covered by an earlier scan.
+                if not (
+                    due > after or (due == after and after_key is not None and after_key < key)
+                ):
+                    last, last_key = due, key
+                    continue
+                if due > until:
+                    break  # past the range (and so is the rest): it belongs to the next scan
+                if taken == limit:
+                    cut = True  # more than asked for: the rest is left for the next scan
+                    break
+                last, last_key = due, key
+                taken += 1
+                # A key cancelled during the scan may be in a snapshot taken before its deletion.
+                if key not in tombstones:
                     self.schedule(due, key, payload)
                 if fire_meanwhile and n % _ROWS_PER_FIRE == 0:
                     now = self._clock.now()
                     if last > now:  # the rows still to come are later still: order holds
                         self._advance(now)
+                        self._meanwhile = meanwhile
                         await self._fire_due(now)
+                        self._meanwhile = None
+            else:
+                cut = taken >= limit  # a full page: there may be more
             self._tombstones.clear()
-            self._loaded = until
+            if cut:
+                self._loaded, self._loaded_key = last, last_key
+                self._let_go_beyond(meanwhile, last, last_key)
+                # The next stored timer is at `last` or later: scan again once there is room.
+                self._next_stored = last
+                return
+            self._loaded, self._loaded_key = until, None
             if self._peek is None:
                 nxt = until
             else:
@@ -385,12 +482,36 @@ class TimerWheel(Generic[K, P]):
             # in the peek's snapshot.
             self._next_stored = min(nxt, self._dropped_min)
         finally:
+            self._meanwhile = None
             self._loading = False
             self._tombstones.clear()
-            self._limit = self._loaded
+            self._limit, self._limit_key = self._loaded, self._loaded_key
+
+    def _let_go_beyond(self, entries: list[_Entry], due: float, key: Any) -> None:
+        """Stop holding the entries (scheduled during a scan) past the position (due, key).
+
+        The scan was cut short before them; their rows are in the index, and the next scan,
+        which starts at that position, loads them.
+        """
+        index = self._index
+        for entry in entries:
+            d, k = entry[0], entry[1]
+            if (d > due or (d == due and key < k)) and index.get(k) is entry:
+                del index[k]
+                entry[3] = _CANCELLED
+
+    def _clear(self) -> None:
+        """Let go of every held timer (a restart with a loader reloads them from the index)."""
+        for row in self._levels:
+            for i, slot in enumerate(row):
+                if slot:
+                    row[i] = []
+        self._ready.clear()
+        self._index.clear()
+        self._removed = self._seq
 
     def _schedule_beyond(self, due: float, key: K, payload: P) -> bool:
-        """The slow path of :meth:`schedule`: ``due`` is past the loaded range (or invalid)."""
+        """The slow path of :meth:`schedule`: past the loaded position (or an invalid due)."""
         if not -math.inf < due < math.inf:
             raise ValueError(f"timer {key!r}: due time must be finite, got {due!r}")
         if self._load is None:
@@ -409,7 +530,8 @@ class TimerWheel(Generic[K, P]):
             frontier = min(self._clock.now() + self._horizon, math.nextafter(nxt, -math.inf))
             if frontier > self._loaded:
                 self._loaded = self._limit = frontier
-            if due <= self._limit:
+                self._loaded_key = self._limit_key = None
+            if due <= self._limit and self._limit_key is None:
                 return self.schedule(due, key, payload)
             self._next_stored = due
             if due - self._horizon / 2 < self._wake_at:
@@ -540,7 +662,7 @@ class TimerWheel(Generic[K, P]):
             self._levels[level][index] = []  # all cancelled: drop them, look further
             self._removed += len(slot)
         if self._load is not None:
-            target = min(target, self._next_stored - self._horizon / 2)
+            target = min(target, self._scan_at())
         return target
 
     def _maybe_compact(self) -> None:

@@ -237,10 +237,15 @@ class SortedIndex:
         self.dues = [row[0] for row in self.rows]
         self.scans = 0
 
-    async def load(self, after: float, until: float) -> list[tuple[float, Key, None]]:
+    async def load(
+        self, after: float, after_key: Key | None, until: float, limit: int
+    ) -> list[tuple[float, Key, None]]:
         self.scans += 1
-        lo = bisect.bisect_right(self.dues, after)
-        hi = bisect.bisect_right(self.dues, until)
+        if after_key is None:
+            lo = bisect.bisect_right(self.dues, after)
+        else:
+            lo = bisect.bisect_right(self.rows, (after, after_key), key=lambda row: row[:2])
+        hi = min(bisect.bisect_right(self.dues, until), lo + limit)
         return self.rows[lo:hi]
 
     async def peek(self, after: float) -> float | None:

@@ -37,6 +37,9 @@ class FakeIndex:
     def __init__(self, slack: float = 0.0) -> None:
         self.rows: list[tuple[float, int, str]] = []
         self.loads: list[tuple[float, float]] = []
+        self.positions: list[tuple[float, int | None]] = []
+        self.limits: list[int] = []
+        self.extra = 0  # rows returned beyond the limit
         self.peeks: list[float] = []
         self.gated = False
         self.gate: anyio.Event | None = None
@@ -50,10 +53,22 @@ class FakeIndex:
     def delete(self, key: int) -> None:
         self.rows = [row for row in self.rows if row[1] != key]
 
-    async def load(self, after: float, until: float) -> Iterable[tuple[float, int, str]]:
+    async def load(
+        self, after: float, after_key: int | None, until: float, limit: int
+    ) -> Iterable[tuple[float, int, str]]:
         self.loads.append((after, until))
-        lo, hi = after - self.slack, until + self.slack
-        snapshot = [row for row in self.rows if lo < row[0] <= hi]
+        self.positions.append((after, after_key))
+        self.limits.append(limit)
+        # A page: the first `limit` rows past the position (more with `extra`, as a loader
+        # that finishes a group of ties would return), and with `slack` also rows just outside
+        # the range, which do not count. A loader reading on from a row has no slack there.
+        lo = after - self.slack if after_key is None else after
+        hi = until + self.slack
+        below = [
+            row for row in self.rows if lo < row[0] <= after and not past(row, after, after_key)
+        ]
+        page = [row for row in self.rows if past(row, after, after_key) and row[0] <= hi]
+        snapshot = below + page[: limit + self.extra]
         await self._maybe_wait()
         return snapshot
 
@@ -75,6 +90,12 @@ class FakeIndex:
         if self.gated:
             self.gate = anyio.Event()
             await self.gate.wait()
+
+
+def past(row: tuple[float, int, str], after: float, after_key: int | None) -> bool:
+    """Whether an index row lies after the position (after, after_key)."""
+    due, key = row[0], row[1]
+    return due > after or (due == after and after_key is not None and key > after_key)
 
 
 class Recorder:
@@ -530,10 +551,12 @@ async def test_failed_scan_propagates_and_a_restart_rescans() -> None:
     index.add(t0 - 1, 1)
     failures = [OSError("disk on fire")]
 
-    async def flaky_load(after: float, until: float) -> Iterable[tuple[float, int, str]]:
+    async def flaky_load(
+        after: float, after_key: int | None, until: float, limit: int
+    ) -> Iterable[tuple[float, int, str]]:
         if failures:
             raise failures.pop()
-        return await index.load(after, until)
+        return await index.load(after, after_key, until, limit)
 
     rec = Recorder(clock, index)
     wheel: TimerWheel[int, str] = TimerWheel(clock, rec, load=flaky_load)
@@ -564,11 +587,22 @@ async def test_rows_just_outside_the_range_are_left_to_the_neighbouring_scan() -
 async def test_loader_returning_rows_out_of_due_order_is_an_error() -> None:
     clock, t0 = new_clock()
 
-    async def unsorted_load(after: float, until: float) -> Iterable[tuple[float, int, str]]:
+    async def unsorted_load(
+        after: float, after_key: int | None, until: float, limit: int
+    ) -> Iterable[tuple[float, int, str]]:
         return [(t0 + 2, 1, ""), (t0 + 1, 2, "")]
 
     wheel: TimerWheel[int, str] = TimerWheel(clock, Recorder(clock), load=unsorted_load)
-    with pytest.raises(ValueError, match="in due order"):
+    with pytest.raises(ValueError, match=r"in \(due, key\) order"):
+        await wheel.run()
+
+    async def unsorted_ties(
+        after: float, after_key: int | None, until: float, limit: int
+    ) -> Iterable[tuple[float, int, str]]:
+        return [(t0 + 1, 2, ""), (t0 + 1, 1, "")]  # a page may end between ties: key order
+
+    wheel = TimerWheel(clock, Recorder(clock), load=unsorted_ties)
+    with pytest.raises(ValueError, match=r"in \(due, key\) order"):
         await wheel.run()
 
 
@@ -745,6 +779,201 @@ async def test_held_timers_are_never_beyond_the_loaded_range() -> None:
             assert wheel.loaded_until <= clock.now() + 10
             assert len(wheel) <= 21  # 10 s of timers, two per second, and the edge
     assert rec.keys() == list(range(2000))
+
+
+# --- max_held: a backlog is loaded a page at a time -------------------------------------------
+
+
+def capped_wheel(
+    clock: ManualClock, index: FakeIndex, max_held: int, *, peek: bool = False
+) -> tuple[TimerWheel[int, str], Recorder, list[int]]:
+    """A wheel fed by ``index`` with a cap; also returns the held count seen at each fire."""
+    rec = Recorder(clock, index)
+    held: list[int] = []
+    wheel: TimerWheel[int, str]
+
+    async def fire(timer: Timer[int, str]) -> None:
+        held.append(len(wheel))
+        await rec(timer)
+
+    wheel = TimerWheel(
+        clock, fire, load=index.load, peek=index.peek if peek else None, max_held=max_held
+    )
+    return wheel, rec, held
+
+
+async def test_a_backlog_of_overdue_stored_timers_is_held_a_page_at_a_time() -> None:
+    clock, t0 = new_clock()
+    index = FakeIndex()
+    # 3,000 overdue timers (ties in groups of 7, keys not in due order) and 1,000 due within
+    # the horizon: without a cap the first scan loads all 4,000.
+    for i in range(3000):
+        index.add(t0 - 600 + (i % 430), i)
+    for i in range(3000, 4000):
+        index.add(t0 + (i - 3000) * 0.05, i)
+    wheel, rec, held = capped_wheel(clock, index, max_held=100)
+    async with driving(wheel):
+        assert len(rec.fired) == 3000 + 1  # every overdue timer, and the one due now
+        clock.advance(60)
+        await settle()
+    assert rec.fired == sorted(rec.fired) and len(set(rec.keys())) == 4000
+    assert max(held) <= 100
+    assert index.rows == []
+    assert max(index.limits) <= 100 and len(index.loads) >= 4000 // 100
+
+
+async def test_a_page_can_end_between_timers_due_at_the_same_time() -> None:
+    clock, t0 = new_clock()
+    index = FakeIndex()
+    for key in (9, 3, 7, 1, 5, 2, 8, 4, 6, 0):
+        index.add(t0 + 10, key)  # ten ties
+    index.add(t0 + 5, 10)
+    wheel, rec, held = capped_wheel(clock, index, max_held=4)
+    async with driving(wheel):
+        assert wheel.loaded_until == t0 + 10 and wheel.loaded_key == 2
+        assert index.positions == [(-math.inf, None)]
+        assert [key in wheel for key in (10, 0, 1, 2, 3)] == [True] * 4 + [False]
+        clock.advance(10)
+        await settle()
+    assert rec.keys() == [10, *range(10)]
+    assert max(held) <= 4
+    # Each later page reads on from the last key loaded at t0 + 10 (the ties fire together,
+    # so the wheel is empty when it loads the next page).
+    assert index.positions[1:] == [(t0 + 10, 2), (t0 + 10, 6)]
+    assert index.limits == [4, 4, 4]
+
+
+async def test_a_loader_returning_more_than_asked_is_cut_at_the_limit() -> None:
+    clock, t0 = new_clock()
+    index = FakeIndex()
+    index.extra = 5
+    for key in range(20):
+        index.add(t0 - 20 + key, key)
+    wheel, rec, held = capped_wheel(clock, index, max_held=4)
+    async with driving(wheel):
+        pass
+    assert rec.keys() == list(range(20))
+    assert max(held) <= 4
+
+
+async def test_a_timer_scheduled_past_where_a_scan_is_cut_is_left_to_the_next_scan() -> None:
+    clock, t0 = new_clock()
+    index = FakeIndex()
+    for key in range(10):
+        index.add(t0 - 10 + key, key)
+    wheel, rec, _ = capped_wheel(clock, index, max_held=4)
+    index.gated = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wheel.run)
+        await settle()  # the first scan has its snapshot (keys 0-3 of the first 4) and waits
+        # Committed now, in the range being scanned: held while the scan is in flight ...
+        assert commit(index, wheel, t0 - 5.5, 100)  # between keys 4 and 5: past the page
+        assert commit(index, wheel, t0 - 9.5, 101)  # between keys 0 and 1: within the page
+        assert 100 in wheel and 101 in wheel
+        index.gated = False
+        index.release()
+        await settle()
+        tg.cancel_scope.cancel()
+    # ... but 100 was let go when the page ended at key 3, and came back in order.
+    assert rec.keys() == [0, 101, 1, 2, 3, 4, 100, 5, 6, 7, 8, 9]
+
+
+async def test_a_timer_scheduled_at_the_cut_due_time_after_its_key_is_left_to_the_scan() -> None:
+    clock, t0 = new_clock()
+    index = FakeIndex()
+    for key in (0, 2, 4, 6, 8, 10):
+        index.add(t0 + 10, key)
+    wheel, rec, _ = capped_wheel(clock, index, max_held=3)
+    async with driving(wheel):
+        assert (wheel.loaded_until, wheel.loaded_key) == (t0 + 10, 4)
+        assert commit(index, wheel, t0 + 10, 3)  # before the cut: held
+        assert not commit(index, wheel, t0 + 10, 5)  # after it: the next page has it
+        assert not commit(index, wheel, math.nextafter(t0 + 10, math.inf), 1)
+        clock.advance(20)  # one jump: everything due at once
+        await settle()
+    assert rec.keys() == [0, 2, 3, 4, 5, 6, 8, 10, 1]
+
+
+async def test_a_timer_scheduled_by_a_callback_past_where_a_scan_is_cut_is_let_go() -> None:
+    clock, t0 = new_clock()
+    index = FakeIndex()
+    for key in range(2000):
+        index.add(t0 + 61 + key / 100, key)
+    fired: list[tuple[float, int]] = []
+    wheel: TimerWheel[int, str]
+    held_after: list[bool] = []
+
+    async def fire(timer: Timer[int, str]) -> None:
+        fired.append((timer.due, timer.key))
+        index.delete(timer.key)
+        if timer.key == 9999:  # fires part-way through applying the scan's 999 rows
+            commit(index, wheel, t0 + 61 + 15.005, 10_000)  # past the cut (at key 998)
+
+    wheel = TimerWheel(clock, fire, load=index.load, max_held=1000)
+    async with driving(wheel):
+        assert commit(index, wheel, t0 + 30, 9999)
+        clock.advance(30)  # scans (t0 + 60, t0 + 90], cut at 999 rows; 9999 fires meanwhile
+        await settle()
+        assert fired == [(t0 + 30, 9999)] and wheel.loaded_key == 998
+        held_after.append(10_000 in wheel)
+        clock.advance(1000)  # one jump: everything due at once
+        await settle()
+    assert held_after == [False]
+    assert fired == sorted(fired) and len(fired) == 2002
+
+
+async def test_cancels_that_leave_room_wake_the_driver_for_the_next_page() -> None:
+    clock, t0 = new_clock()
+    index = FakeIndex()
+    for key in range(8):
+        index.add(t0 + 10 + key, key)
+    wheel, rec, _ = capped_wheel(clock, index, max_held=4)
+    async with driving(wheel):
+        assert len(wheel) == 4 and len(index.loads) == 1
+        for key in range(3):
+            uncommit(index, wheel, key)
+        await settle()
+        # At most 2 held (4 // 2): the next page is loaded now, not when key 3 is due.
+        assert len(index.loads) == 2 and len(wheel) == 4
+        clock.advance(20)
+        await settle()
+    assert rec.keys() == [3, 4, 5, 6, 7]
+
+
+async def test_a_restart_lets_go_of_held_timers_and_pages_from_the_start() -> None:
+    clock, t0 = new_clock()
+    index = FakeIndex()
+    fired: list[int] = []
+    failures = {2}
+
+    async def fire(timer: Timer[int, str]) -> None:
+        if timer.key in failures:
+            failures.discard(timer.key)
+            raise RuntimeError("store write failed")
+        fired.append(timer.key)
+        index.delete(timer.key)
+
+    for key in range(6):
+        index.add(t0 - 10 + key, key)
+    wheel: TimerWheel[int, str] = TimerWheel(clock, fire, load=index.load, max_held=3)
+    with pytest.RaisesGroup(RuntimeError):
+        async with driving(wheel):
+            pass
+    assert fired == [0, 1] and 2 in wheel
+    # Written while the driver was down: before the held timer 2, on another page.
+    index.add(t0 - 20, 100)
+    index.add(t0 - 19, 101)
+    index.add(t0 - 18, 102)
+    async with driving(wheel):
+        pass
+    assert fired == [0, 1, 100, 101, 102, 2, 3, 4, 5]
+
+
+def test_max_held_must_be_a_positive_int() -> None:
+    clock = ManualClock(START)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="max_held"):
+            TimerWheel(clock, Recorder(clock), max_held=bad)  # type: ignore[arg-type]
 
 
 # --- the fire callback -------------------------------------------------------------------------
@@ -933,6 +1162,8 @@ schedule_op = st.tuples(
         st.sampled_from([0.0, 0.5, 1.0, 10.0, 60.0]),  # often exactly at a scan's edge
     ),
 )
+# Due on a grid of whole half-seconds (not relative to the clock): ties with other grid timers.
+grid_op = st.tuples(st.just("grid"), st.integers(-20, 140).map(lambda i: i / 2))
 cancel_op = st.tuples(st.just("cancel"), st.integers(0, 10_000))
 advance_op = st.tuples(
     st.just("advance"),
@@ -948,17 +1179,27 @@ burst_op = st.tuples(
     st.just("burst"),
     st.lists(st.integers(0, 64).map(lambda i: 50 + i / 8), min_size=2, max_size=40),
 )
+# Rows written while the driver is down (an outage), on the half-second grid, overdue or due
+# soon, many tied: the restart pages through them.
+backlog_op = st.tuples(
+    st.just("backlog"),
+    st.lists(st.integers(-60, 40).map(lambda i: i / 2), min_size=1, max_size=60),
+)
 any_op = st.one_of(
     schedule_op,
     schedule_op,
+    grid_op,
     burst_op,
     cancel_op,
     advance_op,
     advance_mid_scan_op,
     step_scan_op,
     restart_op,
+    backlog_op,
 )
 operations = st.lists(any_op, min_size=4, max_size=60)
+# None: the default (50,000, never reached here); tiny caps cut nearly every scan short.
+max_helds = st.sampled_from([None, 1, 2, 3, 4, 5, 8, 20])
 
 
 async def check_against_model(
@@ -967,15 +1208,20 @@ async def check_against_model(
     resolution: float,
     start_offset: float,
     ops: list[tuple[str, Any]],
+    max_held: int | None = None,
+    extra: int = 0,
 ) -> None:
     clock = ManualClock(START)
     clock.set_time(clock.now() + start_offset)
     index = FakeIndex(slack=0.25 if mode == "sloppy" else 0.0)
+    index.extra = extra  # rows beyond the limit, as a loader finishing a group of ties would
     index.gated = mode != "memory"
     rec = Recorder(clock, index if mode != "memory" else None)
     model: dict[int, float] = {}  # live timers: scheduled, not cancelled, not fired
     keys: list[int] = []
+    direct: set[int] = set()  # keys the wheel took from schedule(), not from a scan
     seen = 0
+    cap = 50_000 if max_held is None else max_held
 
     def make() -> TimerWheel[int, str]:
         if mode == "memory":
@@ -987,10 +1233,15 @@ async def check_against_model(
             peek=index.peek if mode in ("peek", "sloppy") else None,
             horizon=horizon,
             resolution=resolution,
+            max_held=cap,
         )
 
     async def settle_fully() -> None:
         while True:
+            # Let a task just started or cancelled run first: wait_all_tasks_blocked sleeps
+            # 0.1 s (real time) whenever a task is runnable.
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
             await anyio.wait_all_tasks_blocked()
             if not index.release():
                 return
@@ -1000,7 +1251,7 @@ async def check_against_model(
         now = clock.now()
         batch, seen = rec.fired[seen:], len(rec.fired)
         assert rec.early == []
-        assert batch == sorted(batch)
+        assert batch == sorted(batch)  # in (due, key) order
         for due, key in batch:
             assert model.pop(key) == due  # live, not fired before, not cancelled
         if complete:
@@ -1009,8 +1260,21 @@ async def check_against_model(
             assert len(wheel) == len(model)
         else:
             for key, due in model.items():
-                if key in wheel:
+                if key in wheel:  # at or before the loaded position
                     assert due <= wheel.loaded_until <= now + horizon
+                    if due == wheel.loaded_until and wheel.loaded_key is not None:
+                        assert key <= wheel.loaded_key
+            # Scans never bring in more than the cap (direct schedules may add to it).
+            assert sum(1 for key in model if key in wheel and key not in direct) <= cap
+            assert len(index.limits) == 0 or max(index.limits) <= cap
+
+    def add(due: float) -> int:
+        key = len(keys)
+        keys.append(key)
+        model[key] = due
+        if mode != "memory":
+            index.add(due, key)
+        return key
 
     wheel = make()
     async with anyio.create_task_group() as tg:
@@ -1020,19 +1284,23 @@ async def check_against_model(
             with s:
                 await w.run()
 
+        async def stop() -> None:
+            nonlocal scope
+            scope.cancel()
+            await settle_fully()
+            scope = anyio.CancelScope()
+
         tg.start_soon(drive, wheel, scope)
         await settle_fully()
         check(True)
         for op, arg in ops:
-            if op in ("schedule", "burst"):
-                for offset in [arg] if op == "schedule" else arg:
-                    key = len(keys)
-                    keys.append(key)
-                    due = clock.now() + offset
-                    model[key] = due
-                    if mode != "memory":
-                        index.add(due, key)
-                    wheel.schedule(due, key, "")
+            if op in ("schedule", "burst", "grid"):
+                for offset in [arg] if op != "burst" else arg:
+                    base = math.floor(clock.now()) if op == "grid" else clock.now()
+                    due = base + offset
+                    key = add(due)
+                    if wheel.schedule(due, key, ""):
+                        direct.add(key)
             elif op == "cancel" and keys:
                 key = keys[int(arg) % len(keys)]
                 index.delete(key)
@@ -1040,12 +1308,14 @@ async def check_against_model(
                 wheel.cancel(key)
             elif op in ("advance", "advance_mid_scan"):
                 clock.advance(arg)
-            elif op == "restart":
-                scope.cancel()
-                await settle_fully()
+            elif op in ("restart", "backlog"):
+                await stop()
                 if mode != "memory":
                     wheel = make()  # a new process: only the index survives
-                scope = anyio.CancelScope()
+                for offset in arg if op == "backlog" else []:
+                    key = add(math.floor(clock.now()) + offset)
+                    if mode == "memory":
+                        wheel.schedule(model[key], key, "")
                 tg.start_soon(drive, wheel, scope)
             elif op == "step_scan":
                 index.release()
@@ -1065,11 +1335,43 @@ async def check_against_model(
     resolution=st.sampled_from([2.0**-10, 2.0**-3, 1.0, 0.3]),
     start_offset=st.one_of(st.just(0.0), st.floats(0, 10_000)),
     ops=operations,
+    max_held=max_helds,
+    extra=st.sampled_from([0, 0, 3]),
 )
 async def test_matches_a_sorted_list_model(
-    mode: str, horizon: float, resolution: float, start_offset: float, ops: list[tuple[str, Any]]
+    mode: str,
+    horizon: float,
+    resolution: float,
+    start_offset: float,
+    ops: list[tuple[str, Any]],
+    max_held: int | None,
+    extra: int,
 ) -> None:
-    await check_against_model(mode, horizon, resolution, start_offset, ops)
+    await check_against_model(mode, horizon, resolution, start_offset, ops, max_held, extra)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    mode=st.sampled_from(["scan", "peek", "sloppy"]),
+    horizon=st.sampled_from([1.0, 10.0, 60.0]),
+    ops=st.lists(
+        st.one_of(backlog_op, grid_op, cancel_op, advance_mid_scan_op, step_scan_op, advance_op),
+        min_size=2,
+        max_size=40,
+    ),
+    max_held=st.integers(1, 5),
+    extra=st.sampled_from([0, 2]),
+)
+async def test_tiny_caps_page_through_tied_backlogs_in_order(
+    mode: str,
+    horizon: float,
+    ops: list[tuple[str, Any]],
+    max_held: int,
+    extra: int,
+) -> None:
+    await check_against_model(
+        mode, horizon, 2.0**-10, 0.0, [("backlog", [0.0]), *ops], max_held, extra
+    )
 
 
 @pytest.mark.slow
@@ -1080,11 +1382,19 @@ async def test_matches_a_sorted_list_model(
     resolution=st.sampled_from([2.0**-10, 2.0**-6, 2.0**-3, 1.0, 0.3, 0.001]),
     start_offset=st.one_of(st.just(0.0), st.floats(0, 1e6)),
     ops=st.lists(any_op, max_size=200),
+    max_held=max_helds,
+    extra=st.sampled_from([0, 0, 3]),
 )
 async def test_matches_a_sorted_list_model_thoroughly(
-    mode: str, horizon: float, resolution: float, start_offset: float, ops: list[tuple[str, Any]]
+    mode: str,
+    horizon: float,
+    resolution: float,
+    start_offset: float,
+    ops: list[tuple[str, Any]],
+    max_held: int | None,
+    extra: int,
 ) -> None:
-    await check_against_model(mode, horizon, resolution, start_offset, ops)
+    await check_against_model(mode, horizon, resolution, start_offset, ops, max_held, extra)
 
 
 # --- the benchmark -------------------------------------------------------------------------------
