@@ -71,6 +71,7 @@ from aion._clock import SystemClock, from_timestamp
 from aion.store import Status
 from benchmarks._child import Mode, child_main, run_child
 from benchmarks._common import median, rss, scratch
+from benchmarks.workflows import _STEP_EVENTS, _STEP_STARTED, parked, signalled
 
 FULL: dict[str, Any] = {
     "sizes": (10_000, 100_000, 1_000_000),
@@ -107,28 +108,7 @@ TIMER_SHIFT_S = 86_400.0  # the timers' due times lie this far ahead while the s
 # --- workflows ---------------------------------------------------------------------------------
 
 
-@aion.workflow(name="bench-scaling-parked")
-async def parked(ctx: aion.Context) -> Any:
-    return await ctx.wait_signal("go")
-
-
-_STEP_STARTED: dict[str, float] = {}
-_STEP_EVENTS: dict[str, anyio.Event] = {}
-
-
-async def mark() -> None:
-    """Records when it starts: the end of the signal-latency measurement."""
-    workflow_id = aion.current_step().workflow_id
-    _STEP_STARTED[workflow_id] = time.perf_counter()
-    event = _STEP_EVENTS.get(workflow_id)
-    if event is not None:
-        event.set()
-
-
-@aion.workflow(name="bench-scaling-signalled")
-async def signalled(ctx: aion.Context) -> None:
-    await ctx.wait_signal("go")
-    await ctx.step(mark)
+# The parked and signalled runs are the workflows benchmark's (its signal latency, the same way).
 
 
 class _Fired:
@@ -713,6 +693,15 @@ def _timers(size: dict[str, Any], scenarios: Sequence[str] = ("burst", "spread")
 Reader = Callable[[dict[str, Any], str], float]
 
 
+def _page(which: str, page: str, q: str) -> Reader:
+    """Reads ``row["list"][which][who][page]["latency_ms"][q]``."""
+
+    def read(row: dict[str, Any], who: str) -> float:
+        return float(row["list"][which][who][page]["latency_ms"][q])
+
+    return read
+
+
 def _lat(*path: str, q: str = "p50") -> Reader:
     """Reads ``row[path...][who]["latency_ms"][q]``."""
 
@@ -738,33 +727,13 @@ _FIGURES: tuple[tuple[str, Reader, bool], ...] = (
         lambda r, w: r["describe"][w]["store_get_workflow"]["latency_ms"]["p50"],
         False,
     ),
-    (
-        "list_first_p50_ms",
-        lambda r, w: r["list"]["all"][w]["first_page"]["latency_ms"]["p50"],
-        False,
-    ),
-    (
-        "list_first_p99_ms",
-        lambda r, w: r["list"]["all"][w]["first_page"]["latency_ms"]["p99"],
-        False,
-    ),
-    ("list_deep_p50_ms", lambda r, w: r["list"]["all"][w]["deep_page"]["latency_ms"]["p50"], False),
-    ("list_deep_p99_ms", lambda r, w: r["list"]["all"][w]["deep_page"]["latency_ms"]["p99"], False),
-    (
-        "list_running_first_p50_ms",
-        lambda r, w: r["list"]["running"][w]["first_page"]["latency_ms"]["p50"],
-        False,
-    ),
-    (
-        "list_running_deep_p50_ms",
-        lambda r, w: r["list"]["running"][w]["deep_page"]["latency_ms"]["p50"],
-        False,
-    ),
-    (
-        "list_running_deep_p99_ms",
-        lambda r, w: r["list"]["running"][w]["deep_page"]["latency_ms"]["p99"],
-        False,
-    ),
+    ("list_first_p50_ms", _page("all", "first_page", q="p50"), False),
+    ("list_first_p99_ms", _page("all", "first_page", q="p99"), False),
+    ("list_deep_p50_ms", _page("all", "deep_page", q="p50"), False),
+    ("list_deep_p99_ms", _page("all", "deep_page", q="p99"), False),
+    ("list_running_first_p50_ms", _page("running", "first_page", q="p50"), False),
+    ("list_running_deep_p50_ms", _page("running", "deep_page", q="p50"), False),
+    ("list_running_deep_p99_ms", _page("running", "deep_page", q="p99"), False),
     ("signal_p50_ms", _lat("signal"), False),
     ("signal_p99_ms", _lat("signal", q="p99"), False),
     ("signal_cpu_us", lambda r, w: r["signal"][w]["cpu_us"], False),

@@ -422,7 +422,6 @@ class Driver(Operations):
         """
         if self.outcome is not None and not self._tasks:
             return  # the run ended: _finish took its cycles apart already
-        self._ready.clear()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             _close(task.coro)
@@ -430,7 +429,7 @@ class Driver(Operations):
                 task.waiting_on.waiters.clear()
                 task.waiting_on = None
         self._main = self._stepping = None
-        self._ready.clear()  # what the cleanup code woke
+        self._ready.clear()  # what was ready, and what the cleanup code woke
         # Futures keep closures over the driver (timeouts, gather) and the tasks waiting.
         futures: list[DurableFuture | None] = [s.future for s in self._steps.values()]
         futures += self._timers.values()
