@@ -33,7 +33,7 @@ from aion._engine import (
     WorkflowHandle,
 )
 from aion._engine._datadir import data_dir, read_payload_limit
-from aion._ids import new_id
+from aion._ids import new_workflow_id
 from aion._replay import WorkflowDefinition, definition_of
 from aion._tokens import KEY_FILE_NAME, TokenClaims, load_or_create, peek_claims
 from aion.errors import (
@@ -180,7 +180,9 @@ class Client:
         self, workflow: Any, args: tuple[Any, ...], workflow_id: str | None, tenant: str | None
     ) -> tuple[Queued | None, WorkflowHandle]:
         tenant = self._tenant(tenant)
-        workflow_id = new_id() if workflow_id is None else _validate.identifier(workflow_id)
+        workflow_id = (
+            new_workflow_id() if workflow_id is None else _validate.identifier(workflow_id)
+        )
         limit = self._payload_limit()
         if isinstance(workflow, str):
             name = _validate.identifier(workflow, "workflow type")

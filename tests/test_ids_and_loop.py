@@ -5,20 +5,57 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import uuid
+from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from aion._ids import new_id
+import aion._ids
+from aion._ids import new_id, new_workflow_id
 from aion._loop import WorkQueue, running_loop
 
 
-def test_ids_are_32_hex_digits_and_unique() -> None:
-    ids = [new_id() for _ in range(20_000)]
+@pytest.mark.parametrize("make", [new_id, new_workflow_id])
+def test_ids_are_32_hex_digits_and_unique(make: Any) -> None:
+    ids = [make() for _ in range(20_000)]
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_run_ids_start_with_random_digits() -> None:
+    # Approval and waitpoint ids are named after a run id's first eight digits; a new run of
+    # the same workflow (continue-as-new) must not repeat them.
+    assert len({new_id()[:8] for _ in range(1_000)}) > 990
+
+
+def test_workflow_ids_are_uuid7_carrying_the_time_they_were_made() -> None:
+    import time
+
+    before = time.time_ns() // 1_000_000
+    made = new_workflow_id()
+    after = time.time_ns() // 1_000_000
+    value = uuid.UUID(hex=made)
+    assert value.version == 7
+    assert value.variant == uuid.RFC_4122
+    assert before <= value.int >> 80 <= after
+
+
+@given(st.integers(0, 2**48 - 2), st.integers(1, 10**9))
+def test_a_workflow_id_made_a_millisecond_later_sorts_after(millis: int, gap: int) -> None:
+    # Sorted like their creation times, the ids of a batch of starts share the store's pages.
+    clock = SimpleNamespace(time_ns=lambda: millis * 1_000_000)
+    with mock.patch.object(aion._ids, "time", clock):
+        first = new_workflow_id()
+        clock.time_ns = lambda: min(millis + gap, 2**48 - 1) * 1_000_000
+        second = new_workflow_id()
+    assert first < second
+    assert uuid.UUID(hex=first).version == uuid.UUID(hex=second).version == 7
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

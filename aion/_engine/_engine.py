@@ -33,7 +33,7 @@ from aion._codec import (
     encode_payload,
 )
 from aion._doorbell import Doorbell
-from aion._ids import new_id
+from aion._ids import new_id, new_workflow_id
 from aion._loop import Flag, wait_all_tasks_blocked
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
@@ -593,7 +593,9 @@ class Engine:
                 another workflow type.
         """
         tenant = _validate.identifier(tenant, "tenant")
-        workflow_id = new_id() if workflow_id is None else _validate.identifier(workflow_id)
+        workflow_id = (
+            new_workflow_id() if workflow_id is None else _validate.identifier(workflow_id)
+        )
         definition = self._resolve(workflow)
         encoded = definition.encode_input(args, limit=self.max_payload_bytes)
         resident = self._runtime.actors.get((tenant, workflow_id))
