@@ -35,9 +35,10 @@ from aion._engine import (
 from aion._engine._datadir import data_dir, read_payload_limit
 from aion._ids import new_workflow_id
 from aion._replay import WorkflowDefinition, definition_of
-from aion._tokens import KEY_FILE_NAME, TokenClaims, load_or_create, peek_claims
+from aion._tokens import KEY_FILE_NAME, KeyRing, TokenClaims, load_or_create, peek_claims
 from aion.errors import (
     AionError,
+    DataDirectoryError,
     InvalidToken,
     WorkflowNotFound,
 )
@@ -51,6 +52,7 @@ from aion.store import (
     WorkflowRecord,
     collect_pages,
 )
+from aion.store._postgres_import import is_postgres_url, postgres_store
 
 __all__ = ["Client"]
 
@@ -86,7 +88,9 @@ class Client:
     an engine runs in another process, from any number of processes). LMDB allows one handle
     per directory and process: open one client per process and share it among tasks. Given a
     store object instead of a path (``engine.store`` in the engine's own process, a
-    ``MemoryStore``), the client uses it and leaves it open.
+    ``MemoryStore``), the client uses it and leaves it open. Given a PostgreSQL URL
+    (``"postgresql://user@host/db"``), it opens a ``PostgresStore(url, role="client")``; the
+    engine takes the inbox at its next poll (``inbox_interval``).
 
     Methods mirror the :class:`aion.Engine` methods of the same name, with the same checks, the
     same errors and messages, raised before anything is queued wherever the store can tell.
@@ -114,6 +118,8 @@ class Client:
         directory = data_dir(target)
         self._directory = None if directory is None else Path(directory)
         self._definitions: dict[str, WorkflowDefinition] = {}
+        #: (payload limit, key ring) of a store that keeps them (PostgreSQL), read on open.
+        self._kept: tuple[int | None, KeyRing | None] | None = None
         self._reader = Reader(lambda: self.store, self._definitions.get)
 
     def __repr__(self) -> str:
@@ -130,7 +136,14 @@ class Client:
 
     async def __aenter__(self) -> Client:
         target = self._target
-        if isinstance(target, str | os.PathLike):
+        if is_postgres_url(target):
+            store_class = postgres_store()
+            store = self._store = await anyio.to_thread.run_sync(
+                lambda: store_class(target, role="client")
+            )
+            self._owns_store = True
+            self._kept = await anyio.to_thread.run_sync(_kept_by, store)
+        elif isinstance(target, str | os.PathLike):
             self._store = await anyio.to_thread.run_sync(lambda: LmdbStore(target, role="client"))
             self._owns_store = True
         else:
@@ -500,6 +513,8 @@ class Client:
     def _claims(self, token: object) -> TokenClaims:
         if not isinstance(token, str):
             raise InvalidToken(f"a waitpoint token is text, not {type(token).__name__}")
+        if self._kept is not None and self._kept[1] is not None:  # the store's ring
+            return self._kept[1].verify(token, now=_now())
         directory = self._directory
         if directory is not None and (directory / KEY_FILE_NAME).exists():
             now = _now()
@@ -614,7 +629,10 @@ class Client:
     def _payload_limit(self) -> int:
         """The ``max_payload_bytes`` of the engine that last started on the data directory (it
         records it there), else the default."""
-        limit = None if self._directory is None else read_payload_limit(self._directory)
+        if self._kept is not None:  # read from the store when the client opened
+            limit = self._kept[0]
+        else:
+            limit = None if self._directory is None else read_payload_limit(self._directory)
         if limit is None or not 1 <= limit <= _MAX_LIMIT:
             return DEFAULT_MAX_PAYLOAD_BYTES  # no engine has run here yet, or unreadable
         return limit
@@ -625,3 +643,14 @@ class Client:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _kept_by(store: Any) -> tuple[int | None, KeyRing | None]:
+    """The payload limit and waitpoint key ring a store keeps (None where no engine has
+    recorded one yet: then the engine checks)."""
+    try:
+        ring: KeyRing | None = store.load_or_create_key_ring(now=_now(), require_existing=True)
+    except DataDirectoryError:
+        ring = None
+    limit: int | None = store.payload_limit()
+    return limit, ring

@@ -32,7 +32,8 @@ from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
 from aion._tokens import rotate_file
 from aion.errors import AionError, InvalidArgument, NondeterminismError, PayloadError
-from aion.store import LmdbStore, Status, collect_pages
+from aion.store import EventStore, LmdbStore, Status, collect_pages
+from aion.store._postgres_import import is_postgres_url, postgres_store
 from aion.testing import replay
 
 __all__ = ["main"]
@@ -65,7 +66,11 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str, run: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--data", default=DEFAULT_DATA, help=f"data directory ({DEFAULT_DATA})")
+        p.add_argument(
+            "--data",
+            default=DEFAULT_DATA,
+            help=f"data directory or postgresql:// URL ({DEFAULT_DATA})",
+        )
         p.set_defaults(run=run)
         return p
 
@@ -205,8 +210,17 @@ def _common(p: argparse.ArgumentParser) -> None:
 # --- reading --------------------------------------------------------------------------------------
 
 
-def _open(args: argparse.Namespace) -> LmdbStore:
-    return LmdbStore(Path(args.data), role="client")
+def _open(args: argparse.Namespace, role: Literal["engine", "client"] = "client") -> EventStore:
+    """The store ``--data`` names: a data directory, or a PostgreSQL URL."""
+    if is_postgres_url(args.data):
+        store: EventStore = postgres_store()(args.data, role=role)
+        return store
+    return LmdbStore(Path(args.data), role=role)
+
+
+def _target(args: argparse.Namespace) -> str | Path:
+    """What a Client opens for ``--data``: the URL as it is, or the directory."""
+    return args.data if is_postgres_url(args.data) else Path(args.data)
 
 
 def _read(args: argparse.Namespace, fn: Any) -> Any:
@@ -300,7 +314,7 @@ def _send(args: argparse.Namespace, fn: Any, tenant: str = "default") -> Any:
     """Run ``fn(client)`` with a :class:`Client` on the data directory."""
 
     async def go() -> Any:
-        async with Client(Path(args.data), tenant=tenant) as client:
+        async with Client(_target(args), tenant=tenant) as client:
             return await fn(client)
 
     return anyio.run(go)
@@ -532,7 +546,7 @@ def _rotate_keys(args: argparse.Namespace) -> int:
 def _recover(args: argparse.Namespace) -> int:
     async def go() -> RecoveryReport:
         role: Literal["engine", "client"] = "engine" if args.apply else "client"
-        store = LmdbStore(Path(args.data), role=role)
+        store = _open(args, role)
         try:
             return await sweep(store, now=datetime.now(UTC), apply=args.apply, full=True)
         finally:
@@ -626,6 +640,8 @@ async def _replay_one(
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if is_postgres_url(args.data):
+        raise InvalidArgument("the demo runs on a data directory: pass --data DIR, not a URL")
     return run_demo(Path(args.data), fresh=args.fresh)
 
 

@@ -10,6 +10,7 @@ The hierarchy (a standard base in parentheses; a test checks this drawing agains
     AionError(Exception)
         PayloadError(ValueError)
         InvalidArgument(ValueError)
+        DependencyMissing(ImportError)
         StoreError(OSError)
             SequenceConflict
             StoreLocked
@@ -48,6 +49,7 @@ __all__ = [
     "Cancelled",
     "CorruptRecord",
     "DataDirectoryError",
+    "DependencyMissing",
     "EngineStopped",
     "InvalidArgument",
     "InvalidToken",
@@ -97,6 +99,11 @@ class InvalidArgument(AionError, ValueError):
     for this query (pass ``next_cursor`` exactly as returned), a non-contiguous event sequence.
     The message says which and why; nothing was written.
     """
+
+
+class DependencyMissing(AionError, ImportError):
+    """A feature needs an optional dependency that is not installed (the PostgreSQL backend
+    needs ``pip install "aion[postgres]"``). The message names the extra to install."""
 
 
 # --- store ------------------------------------------------------------------------------

@@ -108,3 +108,20 @@ def test_docs_name_only_what_exists() -> None:
     layers = (ROOT / "docs" / "design.md").read_text().split("## Layers", 1)[1].split("```")[1]
     for line in layers.strip().splitlines():  # the layers that exist, not the ones planned
         assert "http" not in line.split("  ")[0], line
+
+
+def test_scale_out_example_runs(tmp_path: Path) -> None:
+    from tests import _postgres
+
+    with _postgres.fresh_schema() as schema:
+        (code,) = python_blocks(ROOT / "docs" / "scale-out.md")
+        shown = "postgresql://postgres@127.0.0.1:5432/test?schema=shop"
+        assert shown in code
+        script = tmp_path / "shop.py"
+        script.write_text(code.replace(shown, f"{_postgres.URL}?schema={schema}"))
+        out = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "hello ada\n"

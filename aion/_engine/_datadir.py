@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from aion._tokens import KeyRing, load_or_create
-from aion.errors import DataDirectoryError
+from aion.errors import AionError, DataDirectoryError
+from aion.store._postgres_import import is_postgres_url
 
 __all__ = [
     "PAYLOAD_LIMIT_FILE",
@@ -32,9 +33,10 @@ _EPHEMERAL_KEYS: weakref.WeakKeyDictionary[Any, KeyRing] = weakref.WeakKeyDictio
 
 
 def data_dir(target: object) -> str | os.PathLike[str] | None:
-    """The data directory of an engine's target (a path, or a store with a ``path``)."""
+    """The data directory of an engine's target (a path, or a store with a ``path``); None for
+    a store without one (memory, PostgreSQL)."""
     if isinstance(target, str | os.PathLike):
-        return target
+        return None if is_postgres_url(target) else target
     path = getattr(target, "path", None)
     return path if isinstance(path, str | os.PathLike) else None
 
@@ -44,6 +46,10 @@ def load_keys(target: object, *, given: KeyRing | None, require: bool, now: date
     (created on first use), else one kept with the in-memory store for as long as it lives."""
     if given is not None:
         return given
+    kept = getattr(target, "load_or_create_key_ring", None)
+    if kept is not None:  # a store that keeps the ring itself (PostgreSQL: shared by engines)
+        kept_ring: KeyRing = kept(now=now, require_existing=require)
+        return kept_ring
     directory = data_dir(target)
     if directory is None:
         if require:
@@ -61,6 +67,13 @@ def load_keys(target: object, *, given: KeyRing | None, require: bool, now: date
 def record_payload_limit(target: object, limit: int) -> None:
     """Other processes (the CLI, a Client) check what they queue against this engine's
     limit. Never worth failing a start: a failure is logged."""
+    recorder = getattr(target, "record_payload_limit", None)
+    if recorder is not None:  # a store that keeps it itself
+        try:
+            recorder(limit)
+        except AionError as exc:
+            log.warning("could not record the payload limit in %r: %s", target, exc)
+        return
     directory = data_dir(target)
     if directory is None:
         return

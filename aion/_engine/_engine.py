@@ -66,6 +66,7 @@ from aion.store import (
     WorkflowRecord,
     Write,
 )
+from aion.store._postgres_import import is_postgres_url, postgres_store
 
 from ._actor import Runtime
 from ._config import RuntimeConfig
@@ -97,8 +98,10 @@ class Engine:
     """An embedded durable-workflow engine on one data directory.
 
     Args:
-        path: the data directory (created if missing), or an :class:`~aion.store.EventStore`
-            instance to run on (e.g. ``MemoryStore()`` in tests).
+        path: the data directory (created if missing), a PostgreSQL URL
+            (``"postgresql://user@host/db"``: a :class:`~aion.store.PostgresStore` in schema
+            ``aion``, needs ``pip install "aion[postgres]"``), or an
+            :class:`~aion.store.EventStore` instance to run on (e.g. ``MemoryStore()`` in tests).
         workflows: the workflow functions (decorated with ``@aion.workflow``) this engine runs.
         clock: the source of time (``aion.testing.ManualClock`` in tests).
         durable: fsync every commit (default). See docs/operations.md.
@@ -183,6 +186,9 @@ class Engine:
             activation_limit=activation_limit,
         )
         self._path = path
+        #: What keeps the key ring and the payload limit: the data directory (or store object)
+        #: given, or the PostgreSQL store opened for a URL.
+        self._home: object = path
         self._tune_gc = tune_gc
         self._gc_held = False
         self._durable = durable
@@ -284,23 +290,31 @@ class Engine:
         return self
 
     async def _start_up(self) -> None:
-        if isinstance(self._path, str | os.PathLike):
+        path = self._path
+        if is_postgres_url(path):
+            store_class = postgres_store()
             self._store = await anyio.to_thread.run_sync(
-                lambda: LmdbStore(self._path, durable=self._durable)  # type: ignore[arg-type]
+                lambda: store_class(path, durable=self._durable)
+            )
+            self._owns_store = True
+            self._home = self._store  # the store keeps the key ring and the payload limit
+        elif isinstance(path, str | os.PathLike):
+            self._store = await anyio.to_thread.run_sync(
+                lambda: LmdbStore(path, durable=self._durable)
             )
             self._owns_store = True
         else:
-            self._store = self._path
+            self._store = path
         self._keys = await anyio.to_thread.run_sync(
             lambda: load_keys(
-                self._path, given=self._given_keys, require=self._require_key, now=self.now()
+                self._home, given=self._given_keys, require=self._require_key, now=self.now()
             )
         )
         # Before any new work: repair what a crash left half done.
         self.recovery = await sweep(
             self.store, now=self.now(), apply=True, code_version=self.code_version
         )
-        await anyio.to_thread.run_sync(record_payload_limit, self._path, self.max_payload_bytes)
+        await anyio.to_thread.run_sync(record_payload_limit, self._home, self.max_payload_bytes)
         self._failure = None
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -492,9 +506,16 @@ class Engine:
 
     async def _run_inbox(self, ctx: ChildContext) -> None:
         # Other processes ring the doorbell once a command is queued: it is taken at once.
-        async with Doorbell(data_dir(self._path), self.store) as bell:
-            ctx.started()
-            await self._inbox.run(self._inbox_interval, bell.wait)
+        async with Doorbell(data_dir(self._home), self.store) as bell:
+            listen = getattr(self.store, "listen_inbox", None)  # a shared store's doorbell
+            if listen is not None:
+                listen(bell.ring)
+            try:
+                ctx.started()
+                await self._inbox.run(self._inbox_interval, bell.wait)
+            finally:
+                if listen is not None:
+                    listen(None)
 
     def _release_waiters(self, failure: AionError | None = None) -> None:
         """Nobody waits forever on a stopped engine: results and replies fail with a reason."""
@@ -565,7 +586,12 @@ class Engine:
             await anyio.sleep(0.001)  # work on threads (steps, store commits) is under way
 
     def _idle(self) -> bool:
-        return self._runtime.idle() and self._executor.idle and not self._side_tasks
+        return (
+            self._runtime.idle()
+            and self._executor.idle
+            and not self._side_tasks
+            and not getattr(self._store, "reads_in_flight", 0)  # reads on threads (PostgreSQL)
+        )
 
     def _timer_due(self) -> bool:
         next_deadline = getattr(self.clock, "next_deadline", None)

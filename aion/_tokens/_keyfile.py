@@ -25,7 +25,14 @@ from aion.errors import DataDirectoryError, InvalidArgument
 from ._format import utc
 from ._ring import KeyRing, SigningKey
 
-__all__ = ["KEY_FILE_NAME", "load_or_create", "rotate_file", "save"]
+__all__ = [
+    "KEY_FILE_NAME",
+    "encode_ring",
+    "load_or_create",
+    "parse_ring",
+    "rotate_file",
+    "save",
+]
 
 #: Name of the key ring file inside the data directory.
 KEY_FILE_NAME = "waitpoint-keys.json"
@@ -66,7 +73,7 @@ def load_or_create(
         )
     _make_directory(directory)
     ring = KeyRing.generate(now)
-    if write_private(path, _encode(ring), what=_WHAT, replace=False):
+    if write_private(path, encode_ring(ring), what=_WHAT, replace=False):
         return ring
     existing = _read(path)  # another process created it first: use theirs
     if existing is None:
@@ -85,7 +92,7 @@ def save(ring: KeyRing, data_dir: str | os.PathLike[str]) -> None:
     directory = Path(data_dir)
     if not directory.is_dir():
         raise DataDirectoryError(f"{directory} is not a directory; cannot save the key ring there")
-    write_private(directory / KEY_FILE_NAME, _encode(ring), what=_WHAT, replace=True)
+    write_private(directory / KEY_FILE_NAME, encode_ring(ring), what=_WHAT, replace=True)
 
 
 def rotate_file(
@@ -142,10 +149,12 @@ def _read(path: Path) -> KeyRing | None:
             f"the waitpoint key file {path} is over {_MAX_KEY_FILE_BYTES} bytes, so it is not a "
             "key file aion wrote; restore it from a backup"
         )
-    return _parse(data, path)
+    return parse_ring(data, path)
 
 
-def _parse(data: bytes, path: Path) -> KeyRing:
+def parse_ring(data: bytes, path: Path | str) -> KeyRing:
+    """The ring stored as ``data`` (``path``: where it was read, for messages)."""
+
     def corrupt(reason: str) -> DataDirectoryError:
         return DataDirectoryError(
             f"the waitpoint key file {path} is corrupt ({reason}); nothing was changed. Restore "
@@ -181,7 +190,9 @@ def _parse(data: bytes, path: Path) -> KeyRing:
         raise corrupt(str(exc)) from None
 
 
-def _encode(ring: KeyRing) -> bytes:
+def encode_ring(ring: KeyRing) -> bytes:
+    """``ring`` as the bytes of a key file."""
+
     seconds = ring.grace.total_seconds()
     stored = _KeyFile(
         version=_FILE_FORMAT_VERSION,

@@ -45,6 +45,7 @@ __all__ = [
     "InboxCommand",
     "IndexRow",
     "LmdbStore",
+    "PostgresStore",
     "MemoryStore",
     "Page",
     "collect_pages",
@@ -61,3 +62,12 @@ __all__ = [
     "WriteProbe",
     "begin_run",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # PostgresStore needs the optional driver (pip install "aion[postgres]"): imported on use.
+    if name == "PostgresStore":
+        from ._postgres_import import postgres_store  # noqa: PLC0415
+
+        return postgres_store()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -189,11 +189,17 @@ class EventStore(Protocol):
 class KVStore:
     """Implements every read of :class:`EventStore` over ``_read`` and writes over ``_commit``.
 
-    Subclasses supply a read transaction (``_read``) and an atomic commit of prepared writes.
+    Subclasses supply a read transaction (``_read``, or ``_aread`` for reads that wait) and an
+    atomic commit of prepared writes.
     """
 
     def _read(self, fn: Callable[[KV], R]) -> R:
         raise NotImplementedError
+
+    async def _aread(self, fn: Callable[[KV], R]) -> R:
+        """``fn`` over a read transaction. Inline by default (LMDB and memory reads do not
+        wait on anything); a backend whose reads wait on a server runs them elsewhere."""
+        return self._read(fn)
 
     async def _commit(self, prepared: Prepared) -> CommitResult:
         raise NotImplementedError
@@ -230,26 +236,26 @@ class KVStore:
         from_seq: int = 1,
         to_seq: int | None = None,
     ) -> list[AnyEvent]:
-        return self._read(
+        return await self._aread(
             lambda kv: _queries.read_history(kv, tenant, workflow_id, from_seq, to_seq)
         )
 
     async def read_current_run(
         self, workflow_id: str, *, tenant: str = "default"
     ) -> list[AnyEvent]:
-        return self._read(lambda kv: _queries.read_current_run(kv, tenant, workflow_id))
+        return await self._aread(lambda kv: _queries.read_current_run(kv, tenant, workflow_id))
 
     async def head(self, workflow_id: str, *, tenant: str = "default") -> int:
         key = _keys.workflow_key(tenant, workflow_id)
-        return self._read(lambda kv: head_of(kv, key))
+        return await self._aread(lambda kv: head_of(kv, key))
 
     async def run_chain(self, workflow_id: str, *, tenant: str = "default") -> list[RunInfo]:
-        return self._read(lambda kv: _queries.run_chain(kv, tenant, workflow_id))
+        return await self._aread(lambda kv: _queries.run_chain(kv, tenant, workflow_id))
 
     async def get_workflow(
         self, workflow_id: str, *, tenant: str = "default"
     ) -> WorkflowRecord | None:
-        return self._read(lambda kv: _queries.get_workflow(kv, tenant, workflow_id))
+        return await self._aread(lambda kv: _queries.get_workflow(kv, tenant, workflow_id))
 
     async def list_workflows(
         self,
@@ -262,7 +268,7 @@ class KVStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowRecord]:
-        return self._read(
+        return await self._aread(
             lambda kv: _queries.list_workflows(
                 kv,
                 tenant,
@@ -279,24 +285,24 @@ class KVStore:
     async def scan_active(
         self, *, after: tuple[str, str] | None = None, limit: int = 1000
     ) -> list[WorkflowRecord]:
-        return self._read(lambda kv: _queries.scan_active(kv, after, limit))
+        return await self._aread(lambda kv: _queries.scan_active(kv, after, limit))
 
     async def due_timers(
         self, until: datetime, *, limit: int = 1000, after: TimerRow | None = None
     ) -> list[TimerRow]:
-        return self._read(lambda kv: _queries.due_timers(kv, until, limit, after))
+        return await self._aread(lambda kv: _queries.due_timers(kv, until, limit, after))
 
     async def tenants(self) -> list[str]:
-        return self._read(_queries.tenants)
+        return await self._aread(_queries.tenants)
 
     async def next_timer_due(self, after: datetime) -> datetime | None:
-        return self._read(lambda kv: _queries.next_timer_due(kv, after))
+        return await self._aread(lambda kv: _queries.next_timer_due(kv, after))
 
     async def get_waitpoint(
         self, workflow_id: str, waitpoint_id: str, *, tenant: str = "default"
     ) -> WaitpointRow | None:
         key = waitpoint_key(tenant, workflow_id, waitpoint_id)
-        return self._read(lambda kv: get_row(kv, "waitpoints", key, WaitpointRow))
+        return await self._aread(lambda kv: get_row(kv, "waitpoints", key, WaitpointRow))
 
     async def list_waitpoints(
         self,
@@ -307,7 +313,7 @@ class KVStore:
         cursor: str | None = None,
     ) -> Page[WaitpointRow]:
         cursors = self._cursor_key()
-        return self._read(
+        return await self._aread(
             lambda kv: _queries.list_children(
                 kv, "waitpoints", WaitpointRow, tenant, workflow_id, limit, cursor, cursors
             )
@@ -322,7 +328,7 @@ class KVStore:
         cursor: str | None = None,
     ) -> Page[WaitpointRow]:
         cursors = self._cursor_key()
-        return self._read(
+        return await self._aread(
             lambda kv: _queries.pending_waitpoints(kv, tenant, workflow_id, limit, cursor, cursors)
         )
 
@@ -330,7 +336,7 @@ class KVStore:
         self, workflow_id: str, approval_id: str, *, tenant: str = "default"
     ) -> ApprovalRow | None:
         key = approval_key(tenant, workflow_id, approval_id)
-        return self._read(lambda kv: get_row(kv, "approvals", key, ApprovalRow))
+        return await self._aread(lambda kv: get_row(kv, "approvals", key, ApprovalRow))
 
     async def list_approvals(
         self,
@@ -341,7 +347,7 @@ class KVStore:
         cursor: str | None = None,
     ) -> Page[ApprovalRow]:
         cursors = self._cursor_key()
-        return self._read(
+        return await self._aread(
             lambda kv: _queries.list_children(
                 kv, "approvals", ApprovalRow, tenant, workflow_id, limit, cursor, cursors
             )
@@ -351,7 +357,9 @@ class KVStore:
         self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
     ) -> Page[ApprovalRow]:
         cursors = self._cursor_key()
-        return self._read(lambda kv: _queries.pending_approvals(kv, tenant, limit, cursor, cursors))
+        return await self._aread(
+            lambda kv: _queries.pending_approvals(kv, tenant, limit, cursor, cursors)
+        )
 
     async def scan_index(
         self,
@@ -363,7 +371,7 @@ class KVStore:
         cursor: str | None = None,
     ) -> Page[IndexRow]:
         cursors = self._cursor_key()
-        return self._read(
+        return await self._aread(
             lambda kv: _queries.scan_index(kv, index, tenant, prefix, limit, cursor, cursors)
         )
 
@@ -372,11 +380,11 @@ class KVStore:
         return result.inbox_ids[0]
 
     async def read_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxCommand]:
-        return self._read(lambda kv: _queries.read_inbox(kv, limit, after))
+        return await self._aread(lambda kv: _queries.read_inbox(kv, limit, after))
 
     async def inbox_pending(self, command_ids: Iterable[str]) -> set[str]:
         ids = list(command_ids)
-        return self._read(lambda kv: _queries.inbox_pending(kv, ids))
+        return await self._aread(lambda kv: _queries.inbox_pending(kv, ids))
 
     async def damaged_rows(self, *, full: bool = False, limit: int = 10_000) -> list[DamagedRow]:
-        return self._read(lambda kv: _queries.damaged_rows(kv, full=full, limit=limit))
+        return await self._aread(lambda kv: _queries.damaged_rows(kv, full=full, limit=limit))

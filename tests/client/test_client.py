@@ -25,6 +25,7 @@ import aion
 from aion._client import Client
 from aion.cli import main
 from aion.store import InboxCommand
+from tests import _postgres
 from tests.client import _engine_worker as w
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,15 +37,28 @@ LIMIT = 4096
 
 @dataclass
 class Worker:
-    data: Path
+    data: Path | str  # a data directory, or a PostgreSQL URL naming a schema
     workdir: Path
     proc: subprocess.Popen[str]
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+@pytest.fixture(scope="module", params=["lmdb", "postgres"])
+def worker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    if request.param == "postgres":
+        with _postgres.fresh_schema() as schema:
+            yield from _worker(tmp_path_factory, f"{_postgres.URL}?schema={schema}")
+    else:
+        yield from _worker(tmp_path_factory, None)
+
+
+def _worker(tmp_path_factory: pytest.TempPathFactory, url: str | None) -> Iterator[Worker]:
+    """The engine process: on a data directory, or (``url``) on PostgreSQL, where commands
+    reach it through LISTEN/NOTIFY instead of the doorbell socket."""
     base = tmp_path_factory.mktemp("client")
-    data, workdir = base / "data", base / "work"
+    workdir = base / "work"
+    data: Path | str = base / "data" if url is None else url
     workdir.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.client._engine_worker", str(data), str(workdir), str(LIMIT)],

@@ -3,7 +3,7 @@ the engine's approval policy, through the public names only (shared/design/API.m
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import aion
 import aion.errors
 from aion.store import MemoryStore, collect_pages
 from aion.testing import ManualClock
+from tests import _postgres
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -222,9 +223,13 @@ def clock() -> ManualClock:
     return ManualClock(T0, auto_advance=True)
 
 
-@pytest.fixture(params=["lmdb", "memory"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    return tmp_path / "data" if request.param == "lmdb" else MemoryStore()
+@pytest.fixture(params=["lmdb", "memory", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "postgres":
+        with _postgres.store() as store:
+            yield store
+        return
+    yield tmp_path / "data" if request.param == "lmdb" else MemoryStore()
 
 
 @pytest.fixture

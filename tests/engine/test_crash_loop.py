@@ -40,7 +40,8 @@ from aion import events as ev
 from aion._codec import decode_payload
 from aion._replay import Driver, definition_of
 from aion._replay import _commands as c
-from aion.store import LmdbStore, Status
+from aion.store import EventStore, LmdbStore, Status
+from tests import _postgres
 
 from . import _crash_worker as w
 
@@ -61,7 +62,7 @@ class LoopStats:
     delays: list[float] = field(default_factory=list)
 
 
-def _spawn(data: Path, log: Path, count: int, stderr: Any) -> subprocess.Popen[str]:
+def _spawn(data: Path | str, log: Path, count: int, stderr: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(data), str(log), str(count)],
         stdout=subprocess.PIPE,
@@ -71,12 +72,20 @@ def _spawn(data: Path, log: Path, count: int, stderr: Any) -> subprocess.Popen[s
 
 
 def run_crash_loop(
-    tmp_path: Path, *, count: int, kills: int, max_delay: float, first_wave: int
+    tmp_path: Path,
+    *,
+    count: int,
+    kills: int,
+    max_delay: float,
+    first_wave: int,
+    data: Path | str | None = None,
 ) -> LoopStats:
+    """``data``: the data directory (default ``tmp_path / "data"``) or a PostgreSQL URL."""
     seed = int(os.environ.get("AION_CRASH_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
     stats = LoopStats(seed)
-    data, log = tmp_path / "data", tmp_path / "effects.log"
+    data = tmp_path / "data" if data is None else data
+    log = tmp_path / "effects.log"
     started_at = time.monotonic()
     with open(tmp_path / "worker.stderr", "a") as stderr:
         # Each boot starts a few more workflows than the last (all earlier ones again,
@@ -122,8 +131,18 @@ def run_crash_loop(
     return stats
 
 
-async def _unfinished(data: Path) -> list[tuple[str, str, str]]:
-    store = LmdbStore(data)
+def _open(data: Path | str) -> EventStore:
+    """The store of ``data`` (the workers are dead: this takes the engine lock)."""
+    if isinstance(data, str):
+        from aion.store import PostgresStore
+
+        store: EventStore = PostgresStore(data)
+        return store
+    return LmdbStore(data)
+
+
+async def _unfinished(data: Path | str) -> list[tuple[str, str, str]]:
+    store = _open(data)
     try:
         return [
             (r.workflow_id, r.status.value, r.reason or ",".join(r.waiting_on))
@@ -196,8 +215,9 @@ def _check_history(
     return segments
 
 
-async def verify(tmp_path: Path, count: int) -> int:
-    """Check the data directory and the side-effect log; returns the number of step re-runs."""
+async def verify(tmp_path: Path, count: int, data: Path | str | None = None) -> int:
+    """Check the store (``data``, as in :func:`run_crash_loop`) and the side-effect log;
+    returns the number of step re-runs."""
     effects: Counter[tuple[str, str, int]] = Counter()
     per_process: Counter[tuple[str, str, int, str]] = Counter()
     for line in (tmp_path / "effects.log").read_text().splitlines():
@@ -208,7 +228,7 @@ async def verify(tmp_path: Path, count: int) -> int:
     # More than once only across a crash: one process never runs a step twice.
     twice = [key for key, n in per_process.items() if n > 1]
     assert not twice, f"steps run twice by one process: {twice[:5]}"
-    store = LmdbStore(tmp_path / "data")  # the workers are dead: this takes the lock
+    store = _open(tmp_path / "data" if data is None else data)
     try:
         records = {}
         cursor = None
@@ -296,3 +316,26 @@ def test_crash_loop_twenty_thousand_runs(tmp_path: Path) -> None:
     stats = run_crash_loop(tmp_path, count=20_000, kills=10, max_delay=4.0, first_wave=8_000)
     stats.reruns = anyio.run(verify, tmp_path, 20_000)
     print(f"crash loop (20,000 runs): {stats}")
+
+
+def test_crash_loop_quick_on_postgres(tmp_path: Path) -> None:
+    """The same on PostgreSQL: the killed engine's connections die with it, and with them its
+    engine lock, which the next worker takes."""
+    with _postgres.fresh_schema() as schema:
+        url = f"{_postgres.URL}?schema={schema}"
+        stats = run_crash_loop(tmp_path, count=30, kills=3, max_delay=0.35, first_wave=12, data=url)
+        stats.reruns = anyio.run(verify, tmp_path, 30, url)
+    print(f"crash loop on PostgreSQL (quick): {stats}")
+
+
+@pytest.mark.slow
+def test_crash_loop_many_kills_on_postgres(tmp_path: Path) -> None:
+    """Two hundred workflows on PostgreSQL, forty kills at random moments."""
+    with _postgres.fresh_schema() as schema:
+        url = f"{_postgres.URL}?schema={schema}"
+        stats = run_crash_loop(
+            tmp_path, count=200, kills=40, max_delay=0.35, first_wave=60, data=url
+        )
+        stats.reruns = anyio.run(verify, tmp_path, 200, url)
+    print(f"crash loop on PostgreSQL (slow): {stats}")
+    assert stats.reruns > 0, "no kill landed between a side effect and its record"

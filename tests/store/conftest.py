@@ -6,12 +6,22 @@ from pathlib import Path
 import pytest
 
 from aion.store import EventStore, ForwardingStore, LmdbStore, MemoryStore
+from tests import _postgres
 
 
-@pytest.fixture(params=["memory", "lmdb", "forwarding"])
+@pytest.fixture(params=["memory", "lmdb", "forwarding", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
     """Every backend, for the conformance suite (and the base of store wrappers)."""
-    s: EventStore
+    if request.param == "postgres":
+        with _postgres.fresh_schema() as schema:
+            from aion.store import PostgresStore
+
+            s: EventStore = PostgresStore(_postgres.URL, schema=schema)
+            try:
+                yield s
+            finally:
+                await s.aclose()
+        return
     if request.param == "memory":
         s = MemoryStore()
     elif request.param == "lmdb":

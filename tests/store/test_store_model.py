@@ -47,6 +47,7 @@ from aion.store import (
     WorkflowRecord,
     Write,
 )
+from tests import _postgres
 
 R = TypeVar("R")
 
@@ -659,9 +660,34 @@ class LmdbMachine(StoreMachine):
             shutil.rmtree(self.path, ignore_errors=True)
 
 
+class PostgresMachine(StoreMachine):
+    """PostgresStore in a fresh schema per example; reopening closes and opens it again."""
+
+    def open_store(self) -> EventStore:
+        from aion.store import PostgresStore
+
+        self.schema = _postgres.new_schema_name()
+        store: EventStore = PostgresStore(_postgres.URL, schema=self.schema)
+        return store
+
+    def reopen_store(self) -> EventStore:
+        from aion.store import PostgresStore
+
+        self.run(self.store.aclose)
+        store: EventStore = PostgresStore(_postgres.URL, schema=self.schema)
+        return store
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            _postgres.drop_schema(self.schema)
+
+
 MACHINES = [
     pytest.param(MemoryMachine, id="memory"),
     pytest.param(LmdbMachine, id="lmdb"),
+    pytest.param(PostgresMachine, id="postgres"),
 ]
 
 QUICK = settings(
@@ -679,6 +705,8 @@ THOROUGH = settings(
 
 
 def _in(machine: type[StoreMachine], tmp_path: Path) -> type[StoreMachine]:
+    if issubclass(machine, PostgresMachine):
+        _postgres.require()
     if issubclass(machine, LmdbMachine):
         return type(machine.__name__, (machine,), {"BASE": tmp_path})
     return machine
