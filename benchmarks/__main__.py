@@ -10,7 +10,16 @@ import platform
 import sys
 from typing import Any
 
-NAMES = ("client", "instructions", "recovery", "scaling", "store", "timers", "workflows")
+NAMES = (
+    "client",
+    "instructions",
+    "recovery",
+    "scaling",
+    "scaleout",
+    "store",
+    "timers",
+    "workflows",
+)
 
 
 def machine() -> dict[str, Any]:

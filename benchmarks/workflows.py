@@ -314,13 +314,9 @@ def _dbos_baseline(args: dict[str, Any]) -> dict[str, Any]:
         return await d_astep(x)  # type: ignore[no-any-return]
 
     data = tempfile.mkdtemp(prefix="dbos-bench-")
-    DBOS(
-        config={
-            "name": "aion-bench",
-            "system_database_url": f"sqlite:///{data}/dbos.sqlite",
-            "log_level": "ERROR",
-        }
-    )
+    # ``system_database_url``: DBOS on that database (PostgreSQL) instead of SQLite.
+    database = args.get("system_database_url") or f"sqlite:///{data}/dbos.sqlite"
+    DBOS(config={"name": "aion-bench", "system_database_url": database, "log_level": "ERROR"})
     DBOS.launch()
     duration, warmup = args["duration"], args["warmup"]
 
@@ -382,7 +378,9 @@ def _dbos_baseline(args: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "version": importlib.metadata.version("dbos"),
-        "database": "SQLite (DBOS default pragmas: rollback journal, synchronous=FULL)",
+        "database": "PostgreSQL (DBOS's system database)"
+        if database.startswith("postgres")
+        else "SQLite (DBOS default pragmas: rollback journal, synchronous=FULL)",
         "modes": modes,
         "best_mode": best,
         "workflows_per_s": modes[best]["workflows_per_s"],

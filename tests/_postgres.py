@@ -14,6 +14,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,3 +81,19 @@ def store(**options: object) -> Iterator[Any]:
             yield s
         finally:
             s.close()
+
+
+@contextmanager
+def target(kind: str, tmp_path: Path) -> Iterator[Any]:
+    """What a test parametrized over backends hands ``aion.Engine``: a data directory
+    (``"lmdb"``), a ``MemoryStore`` (``"memory"``) or a PostgresStore in a fresh schema
+    (``"postgres"``, closed and dropped afterwards)."""
+    if kind == "postgres":
+        with store() as s:
+            yield s
+    elif kind == "lmdb":
+        yield tmp_path / "data"
+    else:
+        from aion.store import MemoryStore
+
+        yield MemoryStore()

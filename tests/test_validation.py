@@ -46,6 +46,7 @@ from aion.errors import StoreError, StoreFull
 from aion.store import Append, InboxCommand, LmdbStore, MemoryStore, Status, Write
 from aion.store import _lmdb as lmdb_store
 from aion.testing import ManualClock
+from tests import _postgres
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -121,13 +122,13 @@ async def refusals(ctx: aion.Context) -> list[str]:
 ALL = [waiter, quick, expense, refusals]
 
 
-@pytest.fixture(params=["lmdb", "memory"])
+@pytest.fixture(params=["lmdb", "memory", "postgres"])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[aion.Engine]:
-    target: Any = tmp_path / "data" if request.param == "lmdb" else MemoryStore()
-    async with aion.Engine(
-        target, workflows=ALL, clock=ManualClock(T0, auto_advance=True), inbox_interval=0.01
-    ) as e:
-        yield e
+    with _postgres.target(request.param, tmp_path) as target:
+        async with aion.Engine(
+            target, workflows=ALL, clock=ManualClock(T0, auto_advance=True), inbox_interval=0.01
+        ) as e:
+            yield e
 
 
 async def history_types(engine: aion.Engine, workflow_id: str, **kw: Any) -> list[str]:

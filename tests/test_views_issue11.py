@@ -17,6 +17,7 @@ from aion._codec import ENCODER
 from aion.cli import main as cli
 from aion.store import EventStore, LmdbStore, MemoryStore, WaitpointRow, WaitpointStatus, Write
 from aion.testing import ManualClock
+from tests import _postgres
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -54,11 +55,11 @@ def _clear_outbox() -> None:
     outbox.clear()
 
 
-@pytest.fixture(params=["lmdb", "memory"])
+@pytest.fixture(params=["lmdb", "memory", "postgres"])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[aion.Engine]:
-    target: Any = tmp_path / "data" if request.param == "lmdb" else MemoryStore()
-    async with aion.Engine(target, workflows=ALL, clock=ManualClock(T0)) as e:
-        yield e
+    with _postgres.target(request.param, tmp_path) as target:
+        async with aion.Engine(target, workflows=ALL, clock=ManualClock(T0)) as e:
+            yield e
 
 
 async def started(engine: aion.Engine, n: int, workflow_id: str = "m") -> aion.WorkflowHandle:

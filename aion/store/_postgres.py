@@ -88,6 +88,8 @@ log = logging.getLogger("aion.store")
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 CURSOR_KEY = b"cursor_key"
+#: Rows per table the writer remembers (see ``PostgresStore._remember``).
+MAX_REMEMBERED = 8192
 WAITPOINT_KEYS = b"waitpoint_keys"
 PAYLOAD_LIMIT = b"payload_limit"
 
@@ -173,6 +175,10 @@ class PostgresStore(KVStore):
         self._listener: threading.Thread | None = None
         self._on_inbox: Callable[[], None] | None = None
         self._closed = False
+        #: Heads and workflow rows as of the last commit (engine role; see ``_remember``).
+        self._remembered: dict[str, dict[bytes, bytes | None]] | None = (
+            {"heads": {}, "workflows": {}} if role == "engine" else None
+        )
         #: Reads waiting on the database now (``Engine.wait_idle`` waits for them).
         self.reads_in_flight = 0
         self._failure: BaseException | None = None
@@ -420,6 +426,7 @@ class PostgresStore(KVStore):
             conn = self._wconn
             if conn is None or conn.closed or conn.broken:
                 self._close_writer_connection()
+                self._forget()  # another engine may have written while the lock was free
                 try:
                     conn = self._wconn = self._writer_connection()
                 except AionError as exc:
@@ -490,33 +497,62 @@ class PostgresStore(KVStore):
         errors: list[tuple[int, BaseException]] = []
         try:
             with conn.cursor() as cur:
-                kv = _PgWriterKV(cur, self._sql)
-                kv.read_ahead("heads", (a.wf_key for r in pending for a in r.prepared.appends))
+                kv = _PgWriterKV(cur, self._sql, self._remembered)
                 kv.read_ahead(
-                    "workflows",
-                    (_workflow_key(w) for r in pending for w in r.prepared.workflows),
+                    {
+                        "heads": (a.wf_key for r in pending for a in r.prepared.appends),
+                        "workflows": (
+                            _workflow_key(w) for r in pending for w in r.prepared.workflows
+                        ),
+                    }
                 )
                 _fill(kv, pending, results, errors, probes)
-                kv.flush()
-                if any(r.prepared.inbox_put for r in pending):
-                    # Delivered with the commit: the engine takes the command at once.
-                    cur.execute("SELECT pg_notify(%s, '')", (self._channel,))
-            if hook is not None:
-                hook.before_commit(len(pending))
+                if hook is not None:
+                    hook.before_commit(len(pending))
+                try:
+                    # Every table's rows and the commit (one WAL flush for the whole batch)
+                    # in one round trip.
+                    with conn.pipeline():
+                        kv.flush()
+                        if any(r.prepared.inbox_put for r in pending):
+                            # Delivered with the commit: the engine takes it at once.
+                            cur.execute("SELECT pg_notify(%s, '')", (self._channel,))
+                        conn.commit()
+                except psycopg.OperationalError as exc:
+                    self._forget()
+                    raise _CommitUnknown(exc) from exc
+        except _CommitUnknown:
+            raise
         except BaseException:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             raise
-        try:
-            conn.commit()  # one WAL flush for the whole batch
-        except psycopg.OperationalError as exc:
-            raise _CommitUnknown(exc) from exc
+        self._remember(kv.known())
         for request, result in zip(pending, results, strict=True):
             request.result = result
         for index, error in errors:
             pending[index].error = error
         if probes is not None:
             _after_commit(pending, probes)
+
+    def _remember(self, known: dict[str, dict[bytes, bytes | None]]) -> None:
+        """Keep the heads and workflow rows a committed batch read or wrote: only this
+        writer changes them while it holds the engine lock, so the next batches need not read
+        them back (bounded: beyond ``MAX_REMEMBERED`` rows a table starts afresh)."""
+        if self._remembered is None:
+            return
+        for table, rows in self._remembered.items():
+            new = known.get(table)
+            if new:
+                if len(rows) + len(new) > MAX_REMEMBERED:
+                    rows.clear()
+                rows.update(new)
+
+    def _forget(self) -> None:
+        """Forget every remembered row (the lock was, or may have been, lost)."""
+        if self._remembered is not None:
+            for rows in self._remembered.values():
+                rows.clear()
 
     def _new_inbox_id(self) -> str:
         # Ordered by time across processes; unique by process and counter (pids repeat across
@@ -654,6 +690,7 @@ class PostgresStore(KVStore):
         """Write raw bytes into a table, bypassing every check (tests of corrupt records)."""
         with self._connect() as conn, conn.cursor() as cur:
             _PgKV(cur, self._sql).put(table, key, value)
+        self._forget()
 
 
 class _Lost(Exception):

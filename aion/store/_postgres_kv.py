@@ -118,34 +118,61 @@ class _PgWriterKV(_PgKV):
     scans it, and all of them before the commit.
     """
 
-    __slots__ = ("_known", "_pending")
+    __slots__ = ("_known", "_pending", "_remembered")
 
-    def __init__(self, cur: psycopg.Cursor[Any], statements: Statements) -> None:
+    def __init__(
+        self,
+        cur: psycopg.Cursor[Any],
+        statements: Statements,
+        remembered: dict[str, dict[bytes, bytes | None]] | None = None,
+    ) -> None:
         super().__init__(cur, statements)
         self._pending: dict[str, dict[bytes, bytes | None]] = {}
+        #: Rows this transaction read or wrote: what :meth:`known` hands on after the commit.
         self._known: dict[str, dict[bytes, bytes | None]] = {}
+        #: Rows as of the last commit, that only this writer changes (read, never written here).
+        self._remembered = remembered or {}
 
-    def read_ahead(self, table: str, keys: Iterable[bytes]) -> None:
-        """Fetch the rows of ``keys`` in one statement; later gets of them need no round trip."""
-        wanted = set(keys)
-        known = self._known.setdefault(table, {})
-        wanted.difference_update(known)
-        found = self.prefetch(table, wanted)
-        for key in wanted:
-            known[key] = found.get(key)
+    def known(self) -> dict[str, dict[bytes, bytes | None]]:
+        """What this transaction read and wrote, by table (valid once it committed)."""
+        return self._known
+
+    def read_ahead(self, keys: dict[str, Iterable[bytes]]) -> None:
+        """Fetch the rows of ``keys`` (by table) that are not known yet, all in one round trip;
+        later gets of them need none."""
+        todo: list[tuple[str, set[bytes]]] = []
+        for table, table_keys in keys.items():
+            wanted = set(table_keys)
+            wanted.difference_update(self._known.get(table, ()))
+            wanted.difference_update(self._remembered.get(table, ()))
+            if wanted:
+                todo.append((table, wanted))
+        if not todo:
+            return
+        conn = self._cur.connection
+        sent: list[tuple[str, set[bytes], psycopg.Cursor[Any]]] = []
+        with conn.pipeline():
+            for table, wanted in todo:
+                cur = conn.cursor()
+                cur.execute(self._sql.many[table], (list(wanted),))
+                sent.append((table, wanted, cur))
+        for table, wanted, cur in sent:
+            found = {bytes(key): bytes(value) for key, value in cur.fetchall()}
+            cur.close()
+            known = self._known.setdefault(table, {})
+            for key in wanted:
+                known[key] = found.get(key)
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        pending = self._pending.get(table)
-        if pending is not None:
-            value = pending.get(key, _MISSING)
-            if value is not _MISSING:
-                return value  # type: ignore[return-value]
-        known = self._known.get(table)
-        if known is not None:
-            value = known.get(key, _MISSING)
-            if value is not _MISSING:
-                return value  # type: ignore[return-value]
-        return super().get(table, key)
+        for layer in (self._pending, self._known, self._remembered):
+            rows = layer.get(table)
+            if rows is not None:
+                value = rows.get(key, _MISSING)
+                if value is not _MISSING:
+                    return value  # type: ignore[return-value]
+        value = super().get(table, key)
+        self._known.setdefault(table, {})[key] = value
+        return value
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         pending = self._pending.get(table)

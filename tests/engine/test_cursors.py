@@ -19,8 +19,9 @@ import pytest
 
 import aion
 from aion.errors import InvalidArgument
-from aion.store import MemoryStore, Page, Status
+from aion.store import Page, Status
 from aion.testing import ManualClock
+from tests import _postgres
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TENANTS = ("A", "B")
@@ -54,20 +55,20 @@ QUERIES: dict[str, Fetch] = {
 }
 
 
-@pytest.fixture(params=["lmdb", "memory"])
+@pytest.fixture(params=["lmdb", "memory", "postgres"])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[aion.Engine]:
-    target: Any = tmp_path / "data" if request.param == "lmdb" else MemoryStore()
-    clock = ManualClock(T0, auto_advance=True)
-    async with aion.Engine(target, workflows=[expense, hooks], clock=clock) as e:
-        for tenant in TENANTS:
-            for i in range(5):
-                amount = 100 * (TENANTS.index(tenant) + 1) + i
-                await e.start(expense, amount, workflow_id=f"e{i}", tenant=tenant)
+    with _postgres.target(request.param, tmp_path) as target:
+        clock = ManualClock(T0, auto_advance=True)
+        async with aion.Engine(target, workflows=[expense, hooks], clock=clock) as e:
+            for tenant in TENANTS:
+                for i in range(5):
+                    amount = 100 * (TENANTS.index(tenant) + 1) + i
+                    await e.start(expense, amount, workflow_id=f"e{i}", tenant=tenant)
+                    await e.wait_idle()
+                    clock.advance(1)
+                await e.start(hooks, tenant, workflow_id="h", tenant=tenant)
                 await e.wait_idle()
-                clock.advance(1)
-            await e.start(hooks, tenant, workflow_id="h", tenant=tenant)
-            await e.wait_idle()
-        yield e
+            yield e
 
 
 async def pages(engine: aion.Engine, fetch: Fetch, tenant: str) -> list[Page[Any]]:

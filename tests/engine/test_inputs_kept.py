@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ import pytest
 
 import aion
 import aion.errors
-from aion.store import InboxCommand, LmdbStore, MemoryStore
+from aion.store import InboxCommand, LmdbStore
 from aion.testing import ManualClock
+from tests import _postgres
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BLOCK = {"on": False}
@@ -150,9 +151,10 @@ def _reset() -> Any:
     BLOCK["on"] = False
 
 
-@pytest.fixture(params=["lmdb", "memory"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    return tmp_path / "data" if request.param == "lmdb" else MemoryStore()
+@pytest.fixture(params=["lmdb", "memory", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    with _postgres.target(request.param, tmp_path) as made:
+        yield made
 
 
 @pytest.fixture

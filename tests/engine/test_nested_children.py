@@ -4,6 +4,7 @@ grandchild whose id is taken is refused to its own parent, not started."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import aion
 from aion.store import LmdbStore, MemoryStore
 from aion.testing import ManualClock
+from tests import _postgres
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -33,9 +35,13 @@ async def taken_below(ctx: aion.Context) -> str:
         return f"refused: {exc}"
 
 
-@pytest.fixture(params=["memory", "lmdb"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> object:
-    return MemoryStore() if request.param == "memory" else LmdbStore(tmp_path / "d")
+@pytest.fixture(params=["memory", "lmdb", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
+    if request.param == "postgres":
+        with _postgres.store() as store:
+            yield store
+        return
+    yield MemoryStore() if request.param == "memory" else LmdbStore(tmp_path / "d")
 
 
 async def test_a_chain_of_first_round_children_is_recorded_and_runs(target: object) -> None:

@@ -17,8 +17,8 @@ import pytest
 
 import aion
 from aion._engine._steps import format_failure
-from aion.store import MemoryStore
 from aion.testing import ManualClock
+from tests import _postgres
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -84,13 +84,13 @@ def clock() -> ManualClock:
     return ManualClock(T0, auto_advance=True)
 
 
-@pytest.fixture(params=["lmdb", "memory"])
+@pytest.fixture(params=["lmdb", "memory", "postgres"])
 async def engine(
     request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
 ) -> AsyncIterator[aion.Engine]:
-    target: Any = tmp_path / "data" if request.param == "lmdb" else MemoryStore()
-    async with aion.Engine(target, workflows=ALL, clock=clock) as e:
-        yield e
+    with _postgres.target(request.param, tmp_path) as target:
+        async with aion.Engine(target, workflows=ALL, clock=clock) as e:
+            yield e
 
 
 async def failures(engine: aion.Engine, workflow_id: str) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ import aion.errors
 from aion.cli import main as cli
 from aion.store import MemoryStore, collect_pages
 from aion.testing import ManualClock
+from tests import _postgres
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 KEY_FILE = "waitpoint-keys.json"
@@ -134,13 +135,13 @@ def clock() -> ManualClock:
     return ManualClock(T0)
 
 
-@pytest.fixture(params=["lmdb", "memory"])
+@pytest.fixture(params=["lmdb", "memory", "postgres"])
 async def engine(
     request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
 ) -> AsyncIterator[aion.Engine]:
-    target: Any = tmp_path / "data" if request.param == "lmdb" else MemoryStore()
-    async with aion.Engine(target, workflows=ALL, clock=clock) as e:
-        yield e
+    with _postgres.target(request.param, tmp_path) as target:
+        async with aion.Engine(target, workflows=ALL, clock=clock) as e:
+            yield e
 
 
 @pytest.fixture

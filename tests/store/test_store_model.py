@@ -717,11 +717,16 @@ def test_store_matches_model(machine: type[StoreMachine], tmp_path: Path) -> Non
     run_state_machine_as_test(_in(machine, tmp_path), settings=QUICK)
 
 
+#: PostgreSQL pays a schema and three connections per example: fewer examples, as many steps.
+POSTGRES_THOROUGH = settings(THOROUGH, max_examples=80)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("machine", MACHINES)
 def test_store_matches_model_thoroughly(machine: type[StoreMachine], tmp_path: Path) -> None:
-    run_state_machine_as_test(_in(machine, tmp_path), settings=THOROUGH)
+    chosen = POSTGRES_THOROUGH if machine is PostgresMachine else THOROUGH
+    run_state_machine_as_test(_in(machine, tmp_path), settings=chosen)
 
 
 # --- cancellation ----------------------------------------------------------------------------

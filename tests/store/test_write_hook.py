@@ -34,12 +34,17 @@ from aion.store import (
     WriteProbe,
 )
 from aion.store._forwarding import _forwarder, protocol_methods
+from tests import _postgres
 
 from ._util import at, record, signal, started
 
 
-@pytest.fixture(params=["memory", "lmdb"])
+@pytest.fixture(params=["memory", "lmdb", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "postgres":
+        with _postgres.store() as pg:
+            yield pg
+        return
     s: MemoryStore | LmdbStore = (
         MemoryStore() if request.param == "memory" else LmdbStore(tmp_path / "data")
     )
