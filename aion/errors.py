@@ -17,6 +17,7 @@ The hierarchy (a standard base in parentheses; a test checks this drawing agains
             StoreFormatError
             StoreFull
             StoreClosed
+            PartitionLost
             CorruptRecord
             DataDirectoryError
         WorkflowNotFound(LookupError)
@@ -55,6 +56,7 @@ __all__ = [
     "InvalidToken",
     "NoPendingApproval",
     "NondeterminismError",
+    "PartitionLost",
     "PayloadError",
     "SequenceConflict",
     "StepError",
@@ -160,6 +162,12 @@ class StoreFull(StoreError):
 
 class StoreClosed(StoreError):
     """The store was used after it was closed."""
+
+
+class PartitionLost(StoreError):
+    """This engine no longer owns the partition of the workflow it wrote to: another engine
+    took it over (its lease had run out) and holds a newer fencing number. Nothing of the write
+    was recorded; the workflow is driven by the new owner now."""
 
 
 class CorruptRecord(StoreError):

@@ -116,6 +116,7 @@ ERRORS_ALL = [
     "InvalidToken",
     "NoPendingApproval",
     "NondeterminismError",
+    "PartitionLost",
     "PayloadError",
     "SequenceConflict",
     "StepError",

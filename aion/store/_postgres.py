@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -50,6 +50,7 @@ from aion.errors import (
     AionError,
     DataDirectoryError,
     InvalidArgument,
+    PartitionLost,
     StoreClosed,
     StoreError,
     StoreLocked,
@@ -73,7 +74,8 @@ from ._lmdb_writer import (
 )
 from ._postgres_import import is_postgres_url
 from ._postgres_kv import Statements, _PgKV, _PgWriterKV
-from ._postgres_schema import check_or_migrate, read_meta, write_meta_once
+from ._postgres_owner import Ownership, partition_of_key
+from ._postgres_schema import DEFAULT_PARTITIONS, check_or_migrate, read_meta, write_meta_once
 from ._prepare import Prepared
 from ._protocol import KVStore
 from ._records import CommitResult, WorkflowRecord
@@ -83,6 +85,7 @@ __all__ = ["PostgresStore", "is_postgres_url"]
 
 R = TypeVar("R")
 Role = Literal["engine", "client"]
+Ownership_ = Literal["lock", "partitions"]
 
 log = logging.getLogger("aion.store")
 
@@ -135,6 +138,10 @@ class PostgresStore(KVStore):
         read_connections: int = 4,
         connect_timeout: float = 10.0,
         lock_wait: float = 2.0,
+        ownership: Ownership_ = "lock",
+        partitions: int | None = None,
+        lease_ttl: float = 10.0,
+        engine_id: str | None = None,
     ) -> None:
         if not is_postgres_url(url):
             raise InvalidArgument(
@@ -159,6 +166,23 @@ class PostgresStore(KVStore):
                 f"lock_wait must be more than 0 and at most 3600 seconds, not {lock_wait!r}"
             )
         self._lock_wait_ms = max(1, round(lock_wait * 1000))
+        if ownership not in ("lock", "partitions"):
+            raise InvalidArgument(f"ownership must be 'lock' or 'partitions', not {ownership!r}")
+        if partitions is not None and (
+            not isinstance(partitions, int)
+            or isinstance(partitions, bool)
+            or not 1 <= partitions <= 4096
+        ):
+            raise InvalidArgument(f"partitions must be an int from 1 to 4096, not {partitions!r}")
+        if not isinstance(lease_ttl, int | float) or not 0 < lease_ttl <= 3600:
+            raise InvalidArgument(
+                f"lease_ttl must be more than 0 and at most 3600 seconds, not {lease_ttl!r}"
+            )
+        if engine_id is not None and (
+            not isinstance(engine_id, str) or not 1 <= len(engine_id.encode()) <= 200
+        ):
+            raise InvalidArgument(f"engine_id must be 1 to 200 bytes of text, not {engine_id!r}")
+        self.ownership: Ownership_ = ownership
         if not isinstance(read_connections, int) or not 1 <= read_connections <= 100:
             raise InvalidArgument(f"read_connections must be 1 to 100, not {read_connections!r}")
         self.url = url
@@ -189,10 +213,24 @@ class PostgresStore(KVStore):
         self._client_write_lock = threading.Lock()
         self._wconn: psycopg.Connection[Any] | None = None
         with self._connect() as conn:
-            check_or_migrate(conn, schema, create=role == "engine", where=self._where())
+            check_or_migrate(
+                conn,
+                schema,
+                create=role == "engine",
+                where=self._where(),
+                partitions=partitions or DEFAULT_PARTITIONS,
+            )
             self._cursors = CursorKey(
                 write_meta_once(conn, self._sql, CURSOR_KEY, secrets.token_bytes(KEY_BYTES))
             )
+        #: Leases and partitions (``ownership="partitions"``, engine role), else None.
+        self._owner: Ownership | None = None
+        if role == "engine" and ownership == "partitions":
+            self._owner = Ownership(
+                self._connect, schema, engine_id or secrets.token_hex(8), float(lease_ttl)
+            )
+            self._owner.on_change = self._ownership_changed
+            self._owner.open(partitions)
         if role == "engine":
             self._wconn = self._writer_connection()
         self._pool = psycopg_pool.ConnectionPool(
@@ -233,7 +271,32 @@ class PostgresStore(KVStore):
             raise StoreError(f"cannot connect to {_redact(self.url)}: {exc}") from exc
 
     def _writer_connection(self) -> psycopg.Connection[Any]:
-        """A connection that holds the engine lock of the schema (a session advisory lock)."""
+        """A connection that holds the engine lock of the schema (a session advisory lock), or
+        with partitions, one registered as this engine's writer."""
+        if self._owner is not None:
+            # Engines sharing partitions hold the engine lock shared: none runs beside an
+            # engine that took the schema alone (ownership="lock"), which holds it exclusive.
+            conn = self._connect()
+            try:
+                conn.execute(
+                    sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{self._lock_wait_ms}ms"))
+                )
+                conn.execute("SELECT pg_advisory_lock_shared(%s)", (self._lock_id,))
+                conn.execute("RESET lock_timeout")
+                if not self.durable:
+                    conn.execute("SET synchronous_commit TO off")
+                conn.commit()
+                self._owner.register_writer(conn)
+            except psycopg.errors.LockNotAvailable:
+                conn.close()
+                raise StoreLocked(
+                    f"an engine with ownership='lock' holds {self._where()} alone; stop it "
+                    "before engines share the schema's partitions"
+                ) from None
+            except psycopg.Error as exc:
+                conn.close()
+                raise StoreError(f"cannot open the writer of {self._where()}: {exc}") from exc
+            return conn
         conn = self._connect()
         try:
             # A killed engine's lock goes when the server notices its connection is gone (a
@@ -495,8 +558,11 @@ class PostgresStore(KVStore):
             probes = _probes_of(pending)
         results: list[CommitResult | None] = []
         errors: list[tuple[int, BaseException]] = []
+        fenced: dict[int, BaseException] = {}
         try:
             with conn.cursor() as cur:
+                if self._owner is not None and self._fencing:
+                    fenced = self._fence(cur, pending)
                 kv = _PgWriterKV(cur, self._sql, self._remembered)
                 kv.read_ahead(
                     {
@@ -506,7 +572,7 @@ class PostgresStore(KVStore):
                         ),
                     }
                 )
-                _fill(kv, pending, results, errors, probes)
+                _fill(kv, pending, results, errors, probes, fenced)
                 if hook is not None:
                     hook.before_commit(len(pending))
                 try:
@@ -534,6 +600,86 @@ class PostgresStore(KVStore):
             pending[index].error = error
         if probes is not None:
             _after_commit(pending, probes)
+
+    # --- partitions ---------------------------------------------------------------------------
+
+    def _fence(self, cur: psycopg.Cursor[Any], pending: list[_Request]) -> dict[int, BaseException]:
+        """Check, under the partitions' row locks, that this engine still owns the partitions
+        of ``pending``'s writes at its fences; the requests that touch a lost one, by index,
+        with their error (they are left out of the batch whole)."""
+        assert self._owner is not None
+        touched = [self._partitions_of(r.prepared) for r in pending]
+        lost = self._owner.fence_check(cur, set().union(*touched))
+        if not lost:
+            return {}
+        return {
+            i: PartitionLost(
+                f"this engine ({self._owner.engine_id}) no longer owns partition "
+                f"{min(parts & lost)} of {self._where()}: another engine took it over. Nothing "
+                "of this write was recorded; the new owner drives those runs."
+            )
+            for i, parts in enumerate(touched)
+            if parts & lost
+        }
+
+    def _partitions_of(self, prepared: Prepared) -> set[int]:
+        assert self._owner is not None
+        keys = [a.wf_key for a in prepared.appends]
+        keys += [_workflow_key(w) for w in prepared.workflows]
+        keys += [_owner_key(key, 8) for key, _ in prepared.timers_add]
+        keys += [_owner_key(key, 8) for key in prepared.timers_delete]
+        keys += [_owner_key(key, 0) for key, _ in prepared.waitpoints]
+        keys += [k.workflow_key(a.tenant, a.workflow_id) for a in prepared.approvals]
+        count = self._owner.count
+        return {partition_of_key(key, count) for key in keys}
+
+    def _ownership_changed(self, gained: set[int], lost: set[int]) -> None:
+        if lost:
+            self._forget()  # rows of a lost partition may change under another owner
+        callback = self.on_partitions
+        if callback is not None:
+            callback(gained, lost)
+
+    #: Test-only switch: False skips the fence check (the negative control of the fencing
+    #: tests shows that a stale owner's write then lands after a takeover).
+    _fencing = True
+
+    #: Called with (gained, lost) partitions whenever this engine's ownership changes.
+    on_partitions: Callable[[set[int], set[int]], None] | None = None
+
+    @property
+    def engine_id(self) -> str | None:
+        """This engine's id in the ``engines`` table (``ownership="partitions"``), else None."""
+        return None if self._owner is None else self._owner.engine_id
+
+    def partition_of(self, workflow_id: str, *, tenant: str = "default") -> int:
+        """The partition of a workflow (``ownership="partitions"``)."""
+        return partition_of_key(k.workflow_key(tenant, workflow_id), self._need_owner().count)
+
+    def owned_partitions(self) -> dict[int, int]:
+        """The partitions this engine owns and their fencing numbers."""
+        return self._need_owner().owned()
+
+    def balance(self) -> tuple[set[int], set[int]]:
+        """Renew this engine's lease and claim or release partitions toward a fair share;
+        returns (gained, lost). Call it more often than ``lease_ttl``."""
+        return self._need_owner().balance()
+
+    def claim(self, partitions: Iterable[int]) -> tuple[set[int], set[int]]:
+        """Claim these partitions if they are free or their owner's lease ran out."""
+        return self._need_owner().claim(partitions)
+
+    def renew_lease(self) -> None:
+        """Extend this engine's lease to ``lease_ttl`` from now (the database's clock)."""
+        self._need_owner().renew()
+
+    def _need_owner(self) -> Ownership:
+        if self._owner is None:
+            raise InvalidArgument(
+                "this store was opened with ownership='lock' (one engine per schema): "
+                "partitions need PostgresStore(..., ownership='partitions')"
+            )
+        return self._owner
 
     def _remember(self, known: dict[str, dict[bytes, bytes | None]]) -> None:
         """Keep the heads and workflow rows a committed batch read or wrote: only this
@@ -662,6 +808,10 @@ class PostgresStore(KVStore):
             self._queue.put(_STOP)
             self._writer.join()
         self._close_writer_connection()
+        if self._owner is not None:
+            with contextlib.suppress(psycopg.Error, AionError):
+                self._owner.release_all()  # the others take the partitions over at once
+            self._owner.close()
         self._on_inbox = None
         if self._listener is not None:
             self._listener.join()
@@ -722,12 +872,17 @@ def _fill(
     results: list[CommitResult | None],
     errors: list[tuple[int, BaseException]],
     probes: list[WriteProbe | None] | None,
+    fenced: dict[int, BaseException] | None = None,
 ) -> None:
-    """Apply every request's rows: a stale head or a corrupt row fails its request alone
-    (nothing of it written); anything else it raises poisons it (the batch is replayed
-    without it)."""
+    """Apply every request's rows: a stale head, a corrupt row or a lost partition
+    (``fenced``) fails its request alone (nothing of it written); anything else it raises
+    poisons it (the batch is replayed without it)."""
     for index, request in enumerate(pending):
         prepared = request.prepared
+        if fenced and index in fenced:
+            errors.append((len(results), fenced[index]))
+            results.append(None)
+            continue
         try:
             _apply.check(kv, prepared)
         except AionError as exc:  # SequenceConflict, CorruptRecord: nothing written
@@ -757,6 +912,14 @@ def _make_request(
     if probe is None:
         return _Request(prepared, notify, event)
     return _ProbedRequest(prepared, notify, event, probe)
+
+
+def _owner_key(key: bytes, start: int) -> bytes:
+    """``tenant NUL workflow id`` of a row key that has it at ``start`` (timer keys after their
+    due time, waitpoint keys at 0), followed by NUL and more."""
+    first = key.index(b"\x00", start)
+    second = key.find(b"\x00", first + 1)
+    return key[start : second if second >= 0 else len(key)]
 
 
 def _workflow_key(record: WorkflowRecord) -> bytes:

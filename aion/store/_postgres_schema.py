@@ -20,10 +20,21 @@ from aion.errors import StoreError, StoreFormatError
 from . import _rows
 from ._postgres_kv import Statements
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_or_migrate", "read_meta", "write_meta_once"]
+__all__ = [
+    "DEFAULT_PARTITIONS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "check_or_migrate",
+    "read_meta",
+    "write_meta_once",
+]
 
 
-def _v1(schema: str) -> list[sql.Composed]:
+#: Partitions a schema is made with unless ``PostgresStore(partitions=...)`` says otherwise.
+DEFAULT_PARTITIONS = 64
+
+
+def _v1(schema: str, partitions: int) -> list[sql.Composed]:
     """The tables of the KV: one per store table, key and value as bytea."""
     return [
         sql.SQL("CREATE TABLE {} (k bytea PRIMARY KEY, v bytea NOT NULL)").format(
@@ -33,13 +44,35 @@ def _v1(schema: str) -> list[sql.Composed]:
     ]
 
 
+def _v2(schema: str, partitions: int) -> list[sql.Composed]:
+    """Ownership: the partitions runs hash to, each with its owner and fencing number, and the
+    engines with their leases (docs/scale-out.md)."""
+    return [
+        sql.SQL(
+            "CREATE TABLE {} (id integer PRIMARY KEY, owner text, fence bigint NOT NULL DEFAULT 0)"
+        ).format(sql.Identifier(schema, "partitions")),
+        sql.SQL("INSERT INTO {} (id) SELECT generate_series(0, {})").format(
+            sql.Identifier(schema, "partitions"), sql.Literal(partitions - 1)
+        ),
+        sql.SQL(
+            "CREATE TABLE {} (id text PRIMARY KEY, lease_until timestamptz NOT NULL, "
+            "writer_pid integer, started_at timestamptz NOT NULL DEFAULT now())"
+        ).format(sql.Identifier(schema, "engines")),
+    ]
+
+
 #: Migration n (1-based) is ``MIGRATIONS[n - 1]``; append, never edit one that has shipped.
-MIGRATIONS = (_v1,)
+MIGRATIONS = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def check_or_migrate(
-    conn: psycopg.Connection[Any], schema: str, *, create: bool, where: str
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    create: bool,
+    where: str,
+    partitions: int = DEFAULT_PARTITIONS,
 ) -> int:
     """Bring ``schema`` to :data:`SCHEMA_VERSION` (``create``) or check that it is there.
 
@@ -85,7 +118,7 @@ def check_or_migrate(
                 ).format(versions)
             )
             for version in range(found + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version - 1](schema):
+                for statement in MIGRATIONS[version - 1](schema, partitions):
                     conn.execute(statement)
                 conn.execute(
                     sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(versions), (version,)

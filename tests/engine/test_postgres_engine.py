@@ -157,6 +157,22 @@ async def test_a_schema_of_a_newer_aion_is_refused(url: str) -> None:
             pass
 
 
+async def test_a_schema_of_an_older_aion_is_migrated(url: str) -> None:
+    async with aion.Engine(url, workflows=WORKFLOWS) as engine:
+        await (await engine.start(echo, 7, workflow_id="old")).result(timeout=10)
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(_postgres.URL, autocommit=True) as conn:  # back to version 1
+        conn.execute(f'DROP TABLE "{schema}".partitions, "{schema}".engines')
+        conn.execute(f'DELETE FROM "{schema}".schema_version WHERE version > 1')
+    async with aion.Engine(url, workflows=WORKFLOWS) as engine:
+        assert (await engine.describe("old")).result == 7
+    with psycopg.connect(_postgres.URL, autocommit=True) as conn:
+        versions = conn.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
+        partitions = conn.execute(f'SELECT count(*) FROM "{schema}".partitions').fetchone()
+    assert sorted(v for (v,) in versions) == [1, 2]
+    assert partitions == (64,)
+
+
 async def test_a_client_before_any_engine_is_told_to_start_one(url: str) -> None:
     with pytest.raises(StoreFormatError, match="start an engine"):
         async with aion.Client(url):

@@ -1,0 +1,296 @@
+"""Ownership of partitions on a shared PostgreSQL store: leases, claims and fencing numbers.
+
+Every workflow belongs to one of the schema's partitions (a hash of its tenant and id; the
+count is fixed when the schema is made). An engine holds a lease — a row in ``engines`` whose
+``lease_until`` it renews by the database's clock — and owns the partitions whose ``owner`` it
+is. Claiming a partition increments its ``fence``: the fencing number of that ownership.
+
+- **Claims** take free partitions and those of engines whose lease ran out, up to a fair share
+  (the partitions divided by the live engines); an engine above its share releases the
+  excess. A claim waits at most ``CLAIM_LOCK_WAIT`` for a stale owner's batch in flight (it
+  holds the partition's row); an owner that stays in its transaction that long (paused,
+  SIGSTOPped) has its writer's server process terminated, so its batch rolls back whole.
+- **Fencing**: each write batch of an owner reads its partitions' rows ``FOR SHARE`` in its
+  transaction (see ``PostgresStore``): a write to a partition whose owner or fence is no
+  longer this engine's fails whole with :class:`~aion.errors.PartitionLost` and writes
+  nothing, and a takeover waits for a batch that checked before it. So writes of every
+  partition carry non-decreasing fences in commit order.
+- **Renewal** touches only the engine's own ``engines`` row, which no batch locks: it never
+  waits behind writes.
+
+The operations run on a connection of their own, one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from aion.errors import InvalidArgument
+
+__all__ = ["CLAIM_LOCK_WAIT", "Ownership", "partition_of_key"]
+
+log = logging.getLogger("aion.store")
+
+#: How long a claim waits for a stale owner's batch before terminating that owner's writer.
+CLAIM_LOCK_WAIT = 0.5
+
+
+def partition_of_key(wf_key: bytes, partitions: int) -> int:
+    """The partition of the workflow whose key (``tenant NUL workflow id``) is ``wf_key``."""
+    return zlib.crc32(wf_key) % partitions
+
+
+class Ownership:
+    """One engine's leases and partitions on one schema (see the module docstring)."""
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        schema: str,
+        engine_id: str,
+        lease_ttl: float,
+    ) -> None:
+        self._connect = connect
+        self.engine_id = engine_id
+        self.lease_ttl = lease_ttl
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._partitions = sql.Identifier(schema, "partitions")
+        self._engines = sql.Identifier(schema, "engines")
+        #: Partition -> fence, as this engine last claimed or saw them.
+        self._owned: dict[int, int] = {}
+        self.count = 0
+        self.on_change: Callable[[set[int], set[int]], None] | None = None
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def owned(self) -> dict[int, int]:
+        """The partitions this engine owns (as it knows them) and their fences."""
+        with self._lock:
+            return dict(self._owned)
+
+    def partition_of(self, wf_key: bytes) -> int:
+        return partition_of_key(wf_key, self.count)
+
+    # --- the connection ---------------------------------------------------------------------
+
+    def _db(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            conn = self._conn = self._connect()
+            conn.autocommit = True
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    def open(self, partitions: int | None) -> None:
+        """Read the schema's partition count (checking ``partitions`` against it) and take a
+        lease."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(sql.SQL("SELECT count(*) FROM {}").format(self._partitions))
+                .fetchone()
+            )
+            self.count = int(row[0]) if row else 0
+            if partitions is not None and partitions != self.count:
+                raise InvalidArgument(
+                    f"this schema was made with {self.count} partitions, not {partitions}; "
+                    "the count is fixed when the schema is made"
+                )
+            self._renew()
+
+    # --- leases -----------------------------------------------------------------------------
+
+    def renew(self) -> None:
+        """Extend this engine's lease to ``lease_ttl`` seconds from now (database clock)."""
+        with self._lock:
+            self._renew()
+
+    def _renew(self) -> None:
+        self._db().execute(
+            sql.SQL(
+                "INSERT INTO {} (id, lease_until) VALUES (%s, now() + make_interval(secs => %s)) "
+                "ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until"
+            ).format(self._engines),
+            (self.engine_id, self.lease_ttl),
+        )
+
+    def register_writer(self, conn: psycopg.Connection[Any]) -> None:
+        """Record the server process of this engine's writer connection (``conn``): a claim
+        terminates it if this engine's lease runs out while it holds a partition's row."""
+        conn.execute(
+            sql.SQL("UPDATE {} SET writer_pid = pg_backend_pid() WHERE id = %s").format(
+                self._engines
+            ),
+            (self.engine_id,),
+        )
+        conn.commit()
+
+    # --- claims -----------------------------------------------------------------------------
+
+    def balance(self) -> tuple[set[int], set[int]]:
+        """Renew the lease, then claim or release partitions toward a fair share. Returns the
+        partitions gained and those lost (taken over by others, or released)."""
+        with self._lock:
+            self._renew()
+            db = self._db()
+            row = db.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE lease_until > now()").format(self._engines)
+            ).fetchone()
+            live = max(1, int(row[0]) if row else 1)
+            share = math.ceil(self.count / live)
+            mine = self._mine(db)
+            if len(mine) > share:
+                extra = sorted(mine)[share:]
+                db.execute(
+                    sql.SQL("UPDATE {} SET owner = NULL WHERE id = ANY(%s) AND owner = %s").format(
+                        self._partitions
+                    ),
+                    (extra, self.engine_id),
+                )
+                for partition in extra:
+                    del mine[partition]
+            elif len(mine) < share:
+                mine.update(self._claim(db, share - len(mine)))
+            return self._adopt(mine)
+
+    def claim(self, partitions: Iterable[int]) -> tuple[set[int], set[int]]:
+        """Claim the given partitions if they are free or their owner's lease ran out (tests,
+        and draining a stopping engine's partitions). Returns (gained, lost)."""
+        with self._lock:
+            self._renew()
+            db = self._db()
+            mine = self._mine(db)
+            mine.update(self._claim(db, None, list(partitions)))
+            return self._adopt(mine)
+
+    def release_all(self) -> None:
+        """Give up every partition and the lease (a clean stop: others take over at once)."""
+        with self._lock:
+            db = self._db()
+            db.execute(
+                sql.SQL("UPDATE {} SET owner = NULL WHERE owner = %s").format(self._partitions),
+                (self.engine_id,),
+            )
+            db.execute(
+                sql.SQL("DELETE FROM {} WHERE id = %s").format(self._engines), (self.engine_id,)
+            )
+            self._adopt({})
+
+    def _mine(self, db: psycopg.Connection[Any]) -> dict[int, int]:
+        rows = db.execute(
+            sql.SQL("SELECT id, fence FROM {} WHERE owner = %s").format(self._partitions),
+            (self.engine_id,),
+        ).fetchall()
+        return {int(i): int(f) for i, f in rows}
+
+    def _claim(
+        self, db: psycopg.Connection[Any], limit: int | None, only: list[int] | None = None
+    ) -> dict[int, int]:
+        free = sql.SQL(
+            "(p.owner IS NULL OR NOT EXISTS "
+            "(SELECT 1 FROM {} e WHERE e.id = p.owner AND e.lease_until > now()))"
+        ).format(self._engines)
+        candidates = [
+            int(r[0])
+            for r in db.execute(
+                sql.SQL(
+                    "SELECT p.id FROM {} p "
+                    "WHERE {} AND p.owner IS DISTINCT FROM %s {} ORDER BY p.id"
+                ).format(
+                    self._partitions,
+                    free,
+                    sql.SQL("AND p.id = ANY(%s)") if only is not None else sql.SQL(""),
+                ),
+                (self.engine_id, only) if only is not None else (self.engine_id,),
+            ).fetchall()
+        ]
+        if limit is not None:
+            candidates = candidates[:limit]
+        if not candidates:
+            return {}
+        # The condition again in the UPDATE: re-checked on the row as it is once a concurrent
+        # claim committed, so two engines never both take a partition.
+        update = sql.SQL(
+            "UPDATE {} p SET owner = %s, fence = p.fence + 1 WHERE p.id = ANY(%s) AND {} "
+            "RETURNING p.id, p.fence"
+        ).format(self._partitions, free)
+        for attempt in (1, 2):
+            try:
+                with db.transaction():
+                    db.execute(
+                        sql.SQL("SET LOCAL lock_timeout = {}").format(
+                            sql.Literal(f"{round(CLAIM_LOCK_WAIT * 1000)}ms")
+                        )
+                    )
+                    rows = db.execute(update, (self.engine_id, candidates)).fetchall()
+                return {int(i): int(f) for i, f in rows}
+            except psycopg.errors.LockNotAvailable:
+                if attempt == 2:
+                    return {}
+                self._terminate_stale_writers(db)
+        return {}
+
+    def _terminate_stale_writers(self, db: psycopg.Connection[Any]) -> None:
+        """End the writer sessions of engines whose lease ran out: a batch of theirs that
+        holds a partition's row (a paused process) rolls back and writes nothing."""
+        rows = db.execute(
+            sql.SQL(
+                "SELECT id, pg_terminate_backend(writer_pid) FROM {} "
+                "WHERE lease_until < now() AND writer_pid IS NOT NULL AND id <> %s"
+            ).format(self._engines),
+            (self.engine_id,),
+        ).fetchall()
+        for engine, done in rows:
+            log.warning(
+                "terminated the writer of engine %s, whose lease ran out (%s)", engine, done
+            )
+
+    def _adopt(self, mine: dict[int, int]) -> tuple[set[int], set[int]]:
+        before = self._owned
+        gained = {p for p, f in mine.items() if before.get(p) != f}
+        lost = {p for p, f in before.items() if mine.get(p) != f}
+        self._owned = dict(mine)
+        if (gained or lost) and self.on_change is not None:
+            self.on_change(gained, lost)
+        return gained, lost
+
+    # --- fencing ----------------------------------------------------------------------------
+
+    def fence_check(self, cur: psycopg.Cursor[Any], partitions: set[int]) -> set[int]:
+        """In a write transaction: lock ``partitions``' rows (``FOR SHARE``: a takeover waits
+        for this transaction) and return those this engine no longer owns at its fence."""
+        if not partitions:
+            return set()
+        rows = cur.execute(
+            sql.SQL("SELECT id, owner, fence FROM {} WHERE id = ANY(%s) FOR SHARE").format(
+                self._partitions
+            ),
+            (sorted(partitions),),
+        ).fetchall()
+        with self._lock:
+            owned = dict(self._owned)
+        valid = {
+            int(i) for i, owner, fence in rows if owner == self.engine_id and owned.get(i) == fence
+        }
+        lost = partitions - valid
+        if lost:
+            with self._lock:
+                for partition in lost:
+                    self._owned.pop(partition, None)
+            if self.on_change is not None:
+                self.on_change(set(), lost)
+        return lost
