@@ -144,19 +144,32 @@ class Reader:
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
         """
-        record = await self.record(workflow_id, tenant)
-        return await self.describe_record(record, with_outcome=True)
+        # One read (one snapshot) for the row and the current run (continue-as-new bounds it):
+        # the head, the outcome, the last failed step and a BLOCKED run's detail are in it.
+        record, events = await self.store.read_workflow(workflow_id, tenant=tenant)
+        if record is None:
+            raise WorkflowNotFound(workflow_id, tenant)
+        head = events[-1].seq if events else 0
+        return await self.describe_record(record, with_outcome=True, head=head, events=events)
 
     async def describe_record(
-        self, record: WorkflowRecord, *, with_outcome: bool
+        self,
+        record: WorkflowRecord,
+        *,
+        with_outcome: bool,
+        head: int | None = None,
+        events: list[ev.AnyEvent] | None = None,
     ) -> WorkflowDescription:
-        head = await self.store.head(record.workflow_id, tenant=record.tenant)
+        """The description of ``record``; ``head`` and the current run's ``events`` when the
+        caller read them already (else they are read here)."""
+        if head is None:
+            head = await self.store.head(record.workflow_id, tenant=record.tenant)
         result: Any = None
         error: str | None = None
         failure: StepFailure | None = None
         if with_outcome:
-            # One read of the current run (continue-as-new bounds it) serves both.
-            events = await self.store.read_current_run(record.workflow_id, tenant=record.tenant)
+            if events is None:
+                events = await self.store.read_current_run(record.workflow_id, tenant=record.tenant)
             failure = last_step_failure(events)
             if record.status.is_terminal:
                 try:
@@ -165,11 +178,12 @@ class Reader:
                     error = str(exc)
         detail = ""
         if record.status is Status.BLOCKED:
-            last = await self.store.read_history(
-                record.workflow_id, tenant=record.tenant, from_seq=max(head, 1)
-            )
-            if last and isinstance(last[-1], ev.WorkflowBlocked):
-                detail = last[-1].detail or ""
+            if events is None:  # the last event of the history is the current run's last
+                events = await self.store.read_history(
+                    record.workflow_id, tenant=record.tenant, from_seq=max(head, 1)
+                )
+            if events and isinstance(events[-1], ev.WorkflowBlocked):
+                detail = events[-1].detail or ""
         pending: dict[str, list[str]] = {}
         for item in record.waiting_on:
             kind, _, name = item.partition(":")
@@ -219,7 +233,12 @@ class Reader:
         page = await self.store.list_workflows(
             tenant=tenant, status=status, workflow_type=workflow_type, limit=limit, cursor=cursor
         )
-        items = [await self.describe_record(r, with_outcome=False) for r in page.items]
+        # Every item's history length in one read (a round trip each would add up).
+        heads = await self.store.heads([(r.tenant, r.workflow_id) for r in page.items])
+        items = [
+            await self.describe_record(r, with_outcome=False, head=head)
+            for r, head in zip(page.items, heads, strict=True)
+        ]
         return Page(items, page.next_cursor)
 
 

@@ -103,6 +103,14 @@ class ForwardingStore:
     async def run_chain(self, workflow_id: str, *, tenant: str = "default") -> list[RunInfo]:
         return await self.forward("run_chain").run_chain(workflow_id, tenant=tenant)
 
+    async def read_workflow(
+        self, workflow_id: str, *, tenant: str = "default"
+    ) -> tuple[WorkflowRecord | None, list[AnyEvent]]:
+        return await self.forward("read_workflow").read_workflow(workflow_id, tenant=tenant)
+
+    async def heads(self, workflows: Sequence[tuple[str, str]]) -> list[int]:
+        return await self.forward("heads").heads(workflows)
+
     async def get_workflow(
         self, workflow_id: str, *, tenant: str = "default"
     ) -> WorkflowRecord | None:

@@ -25,7 +25,7 @@ failures, tears and crashes on these calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -150,6 +150,9 @@ class ProbedKV:
 
     def get(self, table: str, key: bytes) -> bytes | None:
         return self._kv.get(table, key)
+
+    def get_many(self, table: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        return self._kv.get_many(table, keys)
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         self._probe.before_kv_write("put", table, key)

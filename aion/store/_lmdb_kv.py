@@ -7,7 +7,7 @@ back, and collects a batch's event rows and heads for one ``putmulti`` per table
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lmdb
@@ -26,6 +26,9 @@ class _LmdbKV:
 
     def get(self, table: str, key: bytes) -> bytes | None:
         return self._txn.get(key, db=self._dbs[table])
+
+    def get_many(self, table: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        return [self.get(table, key) for key in keys]
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         self._txn.put(key, value, db=self._dbs[table])

@@ -6,7 +6,7 @@ import bisect
 import copy
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Self, TypeVar
 
 import anyio
@@ -69,6 +69,10 @@ class _MemoryKV:
 
     def get(self, table: str, key: bytes) -> bytes | None:
         return self._tables[table].rows.get(key)
+
+    def get_many(self, table: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        rows = self._tables[table].rows
+        return [rows.get(key) for key in keys]
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         old = self._tables[table].put(key, value)

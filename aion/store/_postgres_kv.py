@@ -12,7 +12,7 @@ scan of a table it sends that table's rows, so the scan sees them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -74,6 +74,10 @@ class _PgKV:
     def get(self, table: str, key: bytes) -> bytes | None:
         row = self._cur.execute(self._sql.get[table], (key,)).fetchone()
         return None if row is None else bytes(row[0])
+
+    def get_many(self, table: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        found = self.prefetch(table, keys)
+        return [found.get(key) for key in keys]
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         self._cur.execute(self._sql.put[table], (key, value))
@@ -173,6 +177,10 @@ class _PgWriterKV(_PgKV):
         value = super().get(table, key)
         self._known.setdefault(table, {})[key] = value
         return value
+
+    def get_many(self, table: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        self.read_ahead({table: keys})
+        return [self.get(table, key) for key in keys]
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         pending = self._pending.get(table)

@@ -80,6 +80,19 @@ class EventStore(Protocol):
         """Every run of the workflow id, oldest first (continue-as-new adds one)."""
         ...
 
+    async def read_workflow(
+        self, workflow_id: str, *, tenant: str = ...
+    ) -> tuple[WorkflowRecord | None, list[AnyEvent]]:
+        """The projection row and the current run's events, read from one snapshot (one
+        read where a backend's reads cost a round trip): ``(None, [])`` if the workflow does
+        not exist in ``tenant``."""
+        ...
+
+    async def heads(self, workflows: Sequence[tuple[str, str]]) -> list[int]:
+        """The history heads of ``(tenant, workflow id)`` pairs, in order, from one snapshot
+        (0 for a workflow that does not exist)."""
+        ...
+
     async def get_workflow(self, workflow_id: str, *, tenant: str = ...) -> WorkflowRecord | None:
         """The projection row, or ``None`` if the workflow does not exist in ``tenant``."""
         ...
@@ -256,6 +269,15 @@ class KVStore:
         self, workflow_id: str, *, tenant: str = "default"
     ) -> WorkflowRecord | None:
         return await self._aread(lambda kv: _queries.get_workflow(kv, tenant, workflow_id))
+
+    async def read_workflow(
+        self, workflow_id: str, *, tenant: str = "default"
+    ) -> tuple[WorkflowRecord | None, list[AnyEvent]]:
+        return await self._aread(lambda kv: _queries.workflow_and_run(kv, tenant, workflow_id))
+
+    async def heads(self, workflows: Sequence[tuple[str, str]]) -> list[int]:
+        pairs = list(workflows)
+        return await self._aread(lambda kv: _queries.heads(kv, pairs))
 
     async def list_workflows(
         self,

@@ -6,6 +6,7 @@ range (``_cursors``); scans skip (and report) rows they cannot decode instead of
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from ._rows import (
     STATUS_CODE,
     check_limit,
     decode_event_rows,
+    decode_head,
     decode_or_skip,
     decode_row,
     get_row,
@@ -49,6 +51,7 @@ __all__ = [
     "due_timers",
     "encode_cursor",
     "get_workflow",
+    "heads",
     "inbox_pending",
     "list_children",
     "list_workflows",
@@ -56,6 +59,7 @@ __all__ = [
     "pending_approvals",
     "pending_waitpoints",
     "read_current_run",
+    "workflow_and_run",
     "read_history",
     "read_inbox",
     "run_chain",
@@ -119,6 +123,24 @@ def read_current_run(kv: KV, tenant: str, workflow_id: str) -> list[AnyEvent]:
     if first == 0:
         return []
     return read_history(kv, tenant, workflow_id, first)
+
+
+def workflow_and_run(
+    kv: KV, tenant: str, workflow_id: str
+) -> tuple[WorkflowRecord | None, list[AnyEvent]]:
+    """The projection row and the current run's events, from one snapshot."""
+    record = get_workflow(kv, tenant, workflow_id)
+    if record is None:
+        return None, []
+    return record, read_current_run(kv, tenant, workflow_id)
+
+
+def heads(kv: KV, workflows: Sequence[tuple[str, str]]) -> list[int]:
+    """The history heads of ``(tenant, workflow id)`` pairs (0 for an unknown one)."""
+    keys = [k.workflow_key(tenant, workflow_id) for tenant, workflow_id in workflows]
+    return [
+        decode_head(key, data) for key, data in zip(keys, kv.get_many("heads", keys), strict=True)
+    ]
 
 
 def get_workflow(kv: KV, tenant: str, workflow_id: str) -> WorkflowRecord | None:
@@ -195,20 +217,34 @@ def list_workflows(
         hi = decode_cursor(cursors, cursor, query, lo, hi)
     items: list[WorkflowRecord] = []
     last_key = b""
-    for key, _ in kv.scan(table, lo, hi, reverse=True):
-        workflow_id = key[len(prefix) + 8 :].decode()
-        wf_key = k.workflow_key(tenant, workflow_id)
-        data = kv.get("workflows", wf_key)
-        record = None if data is None else decode_or_skip("workflows", wf_key, data, WorkflowRecord)
-        if record is None:
-            continue  # damaged (reported by `aion recover`) or quarantined
-        if workflow_type is not None and record.workflow_type != workflow_type:
-            continue
-        if len(items) == limit:
-            return Page(items, encode_cursor(cursors, query, last_key))
-        items.append(record)
-        last_key = key
+    # The rows of a chunk of index keys in one read (a round trip each would add up).
+    for chunk in _chunks(kv.scan(table, lo, hi, reverse=True), min(limit + 1, _CHUNK)):
+        wf_keys = [k.workflow_key(tenant, key[len(prefix) + 8 :].decode()) for key, _ in chunk]
+        for (key, _), wf_key, data in zip(
+            chunk, wf_keys, kv.get_many("workflows", wf_keys), strict=True
+        ):
+            record = (
+                None if data is None else decode_or_skip("workflows", wf_key, data, WorkflowRecord)
+            )
+            if record is None:
+                continue  # damaged (reported by `aion recover`) or quarantined
+            if workflow_type is not None and record.workflow_type != workflow_type:
+                continue
+            if len(items) == limit:
+                return Page(items, encode_cursor(cursors, query, last_key))
+            items.append(record)
+            last_key = key
     return Page(items, None)
+
+
+#: Most index keys whose rows one ``get_many`` reads.
+_CHUNK = 256
+
+
+def _chunks(rows: Iterator[tuple[bytes, bytes]], size: int) -> Iterator[list[tuple[bytes, bytes]]]:
+    """``rows`` in lists of up to ``size``, taken from the iterator only as they are needed."""
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
 
 
 def scan_active(kv: KV, after: tuple[str, str] | None, limit: int) -> list[WorkflowRecord]:
@@ -216,15 +252,16 @@ def scan_active(kv: KV, after: tuple[str, str] | None, limit: int) -> list[Workf
     check_limit(limit)
     lo = b"" if after is None else k.workflow_key(*after) + b"\x00"
     rows: list[WorkflowRecord] = []
-    for key, _ in kv.scan("active", lo, b"\xff"):
-        data = kv.get("workflows", key)
-        if data is None:
-            raise CorruptRecord("active", key, "index row has no workflow record")
-        record = decode_or_skip("workflows", key, data, WorkflowRecord)
-        if record is not None:
-            rows.append(record)
-        if len(rows) == limit:
-            break
+    for chunk in _chunks(kv.scan("active", lo, b"\xff"), min(limit, _CHUNK)):
+        keys = [key for key, _ in chunk]
+        for key, data in zip(keys, kv.get_many("workflows", keys), strict=True):
+            if data is None:
+                raise CorruptRecord("active", key, "index row has no workflow record")
+            record = decode_or_skip("workflows", key, data, WorkflowRecord)
+            if record is not None:
+                rows.append(record)
+            if len(rows) == limit:
+                return rows
     return rows
 
 

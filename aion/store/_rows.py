@@ -28,6 +28,7 @@ __all__ = [
     "approval_key",
     "check_limit",
     "decode_event_rows",
+    "decode_head",
     "decode_or_skip",
     "decode_row",
     "get_row",
@@ -72,6 +73,11 @@ class KV(Protocol):
     """An ordered key-value transaction over the named tables in :data:`TABLES`."""
 
     def get(self, table: str, key: bytes) -> bytes | None: ...
+
+    def get_many(self, table: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The rows of ``keys``, in order (None where there is none): one round trip where a
+        backend's reads cost one."""
+        ...
 
     def put(self, table: str, key: bytes, value: bytes) -> None: ...
 
@@ -149,7 +155,11 @@ def decode_event_rows_one(key: bytes, blob: bytes) -> list[AnyEvent]:
 
 
 def head_of(kv: KV, wf_key: bytes) -> int:
-    data = kv.get("heads", wf_key)
+    return decode_head(wf_key, kv.get("heads", wf_key))
+
+
+def decode_head(wf_key: bytes, data: bytes | None) -> int:
+    """The head stored as ``data`` (0: none)."""
     if data is None:
         return 0
     if len(data) != 8:

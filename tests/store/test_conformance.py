@@ -174,6 +174,37 @@ async def test_run_chain_and_current_run_segment(store: EventStore) -> None:
     assert len(await store.read_history("wf")) == 5
 
 
+async def test_read_workflow_and_heads_read_one_snapshot(store: EventStore) -> None:
+    assert await store.read_workflow("wf") == (None, [])
+    assert await store.heads([]) == []
+    await store.commit(
+        Write(
+            appends=[Append("wf", [started(1, run_id="r1"), signal(2)], 0)],
+            workflows=[record("wf", run_id="r1")],
+        )
+    )
+    closing = ev.WorkflowContinuedAsNew(
+        seq=3, at=at(3), new_run_id="r2", workflow_type="order", input=b"\x91\x01"
+    )
+    second_start = msgspec.structs.replace(
+        started(4, run_id="r2"), continued_from_run_id="r1", input=b"\x91\x01"
+    )
+    await store.commit(
+        Write(
+            appends=[Append("wf", [closing, second_start], 2)],
+            workflows=[record("wf", run_id="r2")],
+        )
+    )
+    row, events = await store.read_workflow("wf")
+    assert row is not None and row.run_id == "r2"
+    assert events == await store.read_current_run("wf") and [e.seq for e in events] == [4]
+    assert await store.read_workflow("wf", tenant="other") == (None, [])
+    await store.append("w2", [started(1, "w2", tenant="acme")], 0, tenant="acme")
+    assert await store.heads([("default", "wf"), ("acme", "w2"), ("default", "w2")]) == [4, 1, 0]
+    with pytest.raises(InvalidArgument):
+        await store.heads([("default", "")])
+
+
 # --- atomic writes -------------------------------------------------------------------------------
 
 
