@@ -200,8 +200,10 @@ class PostgresStore(KVStore):
         self._on_inbox: Callable[[], None] | None = None
         self._closed = False
         #: Heads and workflow rows as of the last commit (engine role; see ``_remember``).
+        # Not with partitions: there rows change owner, and a partition lost and regained may
+        # have been written meanwhile (the batch reads its rows each time).
         self._remembered: dict[str, dict[bytes, bytes | None]] | None = (
-            {"heads": {}, "workflows": {}} if role == "engine" else None
+            {"heads": {}, "workflows": {}} if role == "engine" and ownership == "lock" else None
         )
         #: Reads waiting on the database now (``Engine.wait_idle`` waits for them).
         self.reads_in_flight = 0
@@ -213,40 +215,54 @@ class PostgresStore(KVStore):
         self._client_write_lock = threading.Lock()
         self._wconn: psycopg.Connection[Any] | None = None
         with self._connect() as conn:
-            check_or_migrate(
-                conn,
-                schema,
-                create=role == "engine",
-                where=self._where(),
-                partitions=partitions or DEFAULT_PARTITIONS,
-            )
-            self._cursors = CursorKey(
-                write_meta_once(conn, self._sql, CURSOR_KEY, secrets.token_bytes(KEY_BYTES))
-            )
+            try:
+                check_or_migrate(
+                    conn,
+                    schema,
+                    create=role == "engine",
+                    where=self._where(),
+                    partitions=partitions or DEFAULT_PARTITIONS,
+                )
+                self._cursors = CursorKey(
+                    write_meta_once(conn, self._sql, CURSOR_KEY, secrets.token_bytes(KEY_BYTES))
+                )
+            except psycopg.Error as exc:
+                raise StoreError(f"cannot open {self._where()}: {exc}") from exc
         #: Leases and partitions (``ownership="partitions"``, engine role), else None.
         self._owner: Ownership | None = None
-        if role == "engine" and ownership == "partitions":
-            self._owner = Ownership(
-                self._connect, schema, engine_id or secrets.token_hex(8), float(lease_ttl)
-            )
-            self._owner.on_change = self._ownership_changed
-            self._owner.open(partitions)
-        if role == "engine":
-            self._wconn = self._writer_connection()
-        self._pool = psycopg_pool.ConnectionPool(
-            url,
-            min_size=1,
-            max_size=read_connections,
-            kwargs={"autocommit": False, "connect_timeout": max(1, int(connect_timeout))},
-            configure=_configure_reader,
-            open=False,
-            name=f"aion-read:{schema}",
-        )
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-        except psycopg_pool.PoolTimeout as exc:
+            if role == "engine" and ownership == "partitions":
+                self._owner = Ownership(
+                    self._connect, schema, engine_id or secrets.token_hex(8), float(lease_ttl)
+                )
+                self._owner.on_change = self._ownership_changed
+                self._owner.open(partitions)
+            if role == "engine":
+                self._wconn = self._writer_connection()
+            self._pool = psycopg_pool.ConnectionPool(
+                url,
+                min_size=1,
+                max_size=read_connections,
+                kwargs={"autocommit": False, "connect_timeout": max(1, int(connect_timeout))},
+                configure=_configure_reader,
+                open=False,
+                name=f"aion-read:{schema}",
+            )
+            try:
+                self._pool.open(wait=True, timeout=connect_timeout)
+            except psycopg_pool.PoolTimeout as exc:
+                raise StoreError(f"cannot open read connections to {self._where()}: {exc}") from exc
+        except BaseException:
+            # Nothing half open is left behind: no connection, no lease of a phantom engine.
             self._close_writer_connection()
-            raise StoreError(f"cannot open read connections to {self._where()}: {exc}") from exc
+            if self._owner is not None:
+                with contextlib.suppress(AionError):
+                    self._owner.release_all()
+                self._owner.close()
+            if self._pool is not None:
+                self._pool.close()
+            raise
         self._writer: threading.Thread | None = None
         if role == "engine":
             self._writer = threading.Thread(
@@ -331,18 +347,23 @@ class PostgresStore(KVStore):
 
     # --- reads ------------------------------------------------------------------------------
 
+    def _readers(self) -> psycopg_pool.ConnectionPool[Any]:
+        pool = self._pool
+        assert pool is not None  # set up by __init__
+        return pool
+
     def _read(self, fn: Callable[[KV], R]) -> R:
         self._check_open()
         try:
             with (
-                self._pool.connection(timeout=self._connect_timeout) as conn,
+                self._readers().connection(timeout=self._connect_timeout) as conn,
                 conn.transaction(),
                 conn.cursor() as cur,
             ):
                 return fn(_PgKV(cur, self._sql))
         except psycopg_pool.PoolTimeout as exc:
             raise StoreError(f"no read connection to {self._where()}: {exc}") from exc
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             raise StoreError(f"reading {self._where()} failed: {exc}; retry") from exc
 
     async def _aread(self, fn: Callable[[KV], R]) -> R:
@@ -369,7 +390,7 @@ class PostgresStore(KVStore):
         hook = self._hook
         probe = None if hook is None else hook.begin_write(write_info(prepared))
         if self.role == "client":
-            if prepared.appends or prepared.workflows or prepared.timers_add:
+            if prepared.appends or prepared.workflows or prepared.timers_add or prepared.quarantine:
                 raise InvalidArgument(
                     "a client-role store may only leave inbox commands; open the store as the "
                     "engine to write histories"
@@ -432,6 +453,9 @@ class PostgresStore(KVStore):
         if self._failure is not None:
             raise StoreError(f"the store writer for {self._where()} has failed") from self._failure
         self._queue.put(request)
+        failure = self.writer_failure()
+        if failure is not None:  # the writer died while we queued: do not wait forever
+            self._fail_queued(failure)
 
     def _writer_loop(self) -> None:
         batch: list[_Request] = []
@@ -505,6 +529,11 @@ class PostgresStore(KVStore):
                 return
             except _Lost:
                 log.warning("lost the connection to %s; writing the batch again", self._where())
+                # Only what has no outcome yet: a request committed alone before the loss (or
+                # refused) keeps what it was told.
+                batch = [r for r in batch if r.result is None and r.error is None]
+                if not batch:
+                    return
 
     def _run_batch(
         self, conn: psycopg.Connection[Any], batch: list[_Request], *, retry: bool = False
@@ -585,6 +614,10 @@ class PostgresStore(KVStore):
                             cur.execute("SELECT pg_notify(%s, '')", (self._channel,))
                         conn.commit()
                 except psycopg.OperationalError as exc:
+                    if not conn.broken:
+                        # The server refused a statement or the commit (a timeout, a full
+                        # disk ...) and said so: nothing was committed; rolled back below.
+                        raise
                     self._forget()
                     raise _CommitUnknown(exc) from exc
         except _CommitUnknown:
@@ -630,6 +663,11 @@ class PostgresStore(KVStore):
         keys += [_owner_key(key, 8) for key in prepared.timers_delete]
         keys += [_owner_key(key, 0) for key, _ in prepared.waitpoints]
         keys += [k.workflow_key(a.tenant, a.workflow_id) for a in prepared.approvals]
+        for row in prepared.quarantine:
+            if row.table in _PER_WORKFLOW:
+                keys.append(_owner_key(row.key, 0))
+            elif row.table == "timers":
+                keys.append(_owner_key(row.key, 8))
         count = self._owner.count
         return {partition_of_key(key, count) for key in keys}
 
@@ -638,7 +676,10 @@ class PostgresStore(KVStore):
             self._forget()  # rows of a lost partition may change under another owner
         callback = self.on_partitions
         if callback is not None:
-            callback(gained, lost)
+            try:
+                callback(gained, lost)
+            except Exception:  # called on the writer's thread: never worth the writer
+                log.exception("the on_partitions callback failed")
 
     #: Test-only switch: False skips the fence check (the negative control of the fencing
     #: tests shows that a stale owner's write then lands after a takeover).
@@ -710,14 +751,20 @@ class PostgresStore(KVStore):
 
     def read_meta(self, key: bytes) -> bytes | None:
         """A row of the store's ``meta`` table (synchronously)."""
-        with self._pool.connection(timeout=self._connect_timeout) as conn:
-            return read_meta(conn, self._sql, key)
+        try:
+            with self._readers().connection(timeout=self._connect_timeout) as conn:
+                return read_meta(conn, self._sql, key)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StoreError(f"reading the meta rows of {self._where()} failed: {exc}") from exc
 
     def write_meta_once(self, key: bytes, value: bytes) -> bytes:
         """Store ``value`` under ``key`` unless a value is there; returns the one stored.
         (On a connection of its own: the read connections are read-only.)"""
-        with self._connect() as conn:
-            return write_meta_once(conn, self._sql, key, value)
+        try:
+            with self._connect() as conn:
+                return write_meta_once(conn, self._sql, key, value)
+        except psycopg.Error as exc:
+            raise StoreError(f"writing the meta rows of {self._where()} failed: {exc}") from exc
 
     def load_or_create_key_ring(self, *, now: datetime, require_existing: bool) -> KeyRing:
         """The waitpoint key ring kept in the store (every engine and client on the database
@@ -740,8 +787,13 @@ class PostgresStore(KVStore):
 
     def record_payload_limit(self, limit: int) -> None:
         """Record the engine's ``max_payload_bytes`` for clients to check against."""
-        with self._connect() as conn, conn.transaction():
-            conn.execute(self._sql.put["meta"], (PAYLOAD_LIMIT, b"%d" % limit))
+        try:
+            with self._connect() as conn, conn.transaction():
+                conn.execute(self._sql.put["meta"], (PAYLOAD_LIMIT, b"%d" % limit))
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"recording the payload limit in {self._where()} failed: {exc}"
+            ) from exc
 
     def payload_limit(self) -> int | None:
         """The limit the last engine recorded, or None."""
@@ -815,7 +867,7 @@ class PostgresStore(KVStore):
         self._on_inbox = None
         if self._listener is not None:
             self._listener.join()
-        self._pool.close()
+        self._readers().close()
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self.close)
@@ -914,10 +966,18 @@ def _make_request(
     return _ProbedRequest(prepared, notify, event, probe)
 
 
+#: Tables whose keys start with ``tenant NUL workflow id`` (fenced by that workflow's partition).
+_PER_WORKFLOW = frozenset(
+    {"events", "heads", "runs", "workflows", "active", "waitpoints", "approvals"}
+)
+
+
 def _owner_key(key: bytes, start: int) -> bytes:
     """``tenant NUL workflow id`` of a row key that has it at ``start`` (timer keys after their
     due time, waitpoint keys at 0), followed by NUL and more."""
-    first = key.index(b"\x00", start)
+    first = key.find(b"\x00", start)
+    if first < 0:  # no workflow id in it (a damaged key): the bytes as they are
+        return key[start:]
     second = key.find(b"\x00", first + 1)
     return key[start : second if second >= 0 else len(key)]
 

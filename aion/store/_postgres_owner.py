@@ -23,17 +23,18 @@ The operations run on a connection of their own, one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from aion.errors import InvalidArgument
+from aion.errors import InvalidArgument, StoreError
 
 __all__ = ["CLAIM_LOCK_WAIT", "Ownership", "partition_of_key"]
 
@@ -61,7 +62,11 @@ class Ownership:
         self._connect = connect
         self.engine_id = engine_id
         self.lease_ttl = lease_ttl
-        self._lock = threading.Lock()
+        #: One database operation at a time (held across its round trips).
+        self._op = threading.Lock()
+        #: Guards ``_owned`` only, never across I/O: the writer checks fences under it while
+        #: its transaction holds partitions' rows, which an operation may be waiting for.
+        self._state = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._partitions = sql.Identifier(schema, "partitions")
         self._engines = sql.Identifier(schema, "engines")
@@ -74,7 +79,7 @@ class Ownership:
 
     def owned(self) -> dict[int, int]:
         """The partitions this engine owns (as it knows them) and their fences."""
-        with self._lock:
+        with self._state:
             return dict(self._owned)
 
     def partition_of(self, wf_key: bytes) -> int:
@@ -90,7 +95,7 @@ class Ownership:
         return conn
 
     def close(self) -> None:
-        with self._lock:
+        with self._op:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
@@ -98,7 +103,7 @@ class Ownership:
     def open(self, partitions: int | None) -> None:
         """Read the schema's partition count (checking ``partitions`` against it) and take a
         lease."""
-        with self._lock:
+        with self._op, _errors("open the partitions of"):
             row = (
                 self._db()
                 .execute(sql.SQL("SELECT count(*) FROM {}").format(self._partitions))
@@ -116,7 +121,7 @@ class Ownership:
 
     def renew(self) -> None:
         """Extend this engine's lease to ``lease_ttl`` seconds from now (database clock)."""
-        with self._lock:
+        with self._op, _errors("renew the lease on"):
             self._renew()
 
     def _renew(self) -> None:
@@ -129,12 +134,15 @@ class Ownership:
         )
 
     def register_writer(self, conn: psycopg.Connection[Any]) -> None:
-        """Record the server process of this engine's writer connection (``conn``): a claim
-        terminates it if this engine's lease runs out while it holds a partition's row."""
+        """Record the server process of this engine's writer connection (``conn``), with its
+        start time: a claim terminates exactly that session if this engine's lease runs out
+        while it holds a partition's row (never a later process that reused the pid)."""
         conn.execute(
-            sql.SQL("UPDATE {} SET writer_pid = pg_backend_pid() WHERE id = %s").format(
-                self._engines
-            ),
+            sql.SQL(
+                "UPDATE {} SET writer_pid = pg_backend_pid(), writer_started = "
+                "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) "
+                "WHERE id = %s"
+            ).format(self._engines),
             (self.engine_id,),
         )
         conn.commit()
@@ -144,9 +152,15 @@ class Ownership:
     def balance(self) -> tuple[set[int], set[int]]:
         """Renew the lease, then claim or release partitions toward a fair share. Returns the
         partitions gained and those lost (taken over by others, or released)."""
-        with self._lock:
+        with self._op, _errors("balance the partitions of"):
             self._renew()
             db = self._db()
+            db.execute(  # engines long gone that own nothing: forgotten
+                sql.SQL(
+                    "DELETE FROM {} e WHERE e.lease_until < now() - interval '1 hour' "
+                    "AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.owner = e.id)"
+                ).format(self._engines, self._partitions)
+            )
             row = db.execute(
                 sql.SQL("SELECT count(*) FROM {} WHERE lease_until > now()").format(self._engines)
             ).fetchone()
@@ -155,14 +169,19 @@ class Ownership:
             mine = self._mine(db)
             if len(mine) > share:
                 extra = sorted(mine)[share:]
-                db.execute(
-                    sql.SQL("UPDATE {} SET owner = NULL WHERE id = ANY(%s) AND owner = %s").format(
-                        self._partitions
-                    ),
-                    (extra, self.engine_id),
-                )
-                for partition in extra:
-                    del mine[partition]
+                try:
+                    with db.transaction():
+                        self._lock_wait(db)
+                        db.execute(
+                            sql.SQL(
+                                "UPDATE {} SET owner = NULL WHERE id = ANY(%s) AND owner = %s"
+                            ).format(self._partitions),
+                            (extra, self.engine_id),
+                        )
+                    for partition in extra:
+                        del mine[partition]
+                except psycopg.errors.LockNotAvailable:
+                    pass  # a batch of ours holds them: released at the next round
             elif len(mine) < share:
                 mine.update(self._claim(db, share - len(mine)))
             return self._adopt(mine)
@@ -170,7 +189,7 @@ class Ownership:
     def claim(self, partitions: Iterable[int]) -> tuple[set[int], set[int]]:
         """Claim the given partitions if they are free or their owner's lease ran out (tests,
         and draining a stopping engine's partitions). Returns (gained, lost)."""
-        with self._lock:
+        with self._op, _errors("claim partitions of"):
             self._renew()
             db = self._db()
             mine = self._mine(db)
@@ -179,7 +198,7 @@ class Ownership:
 
     def release_all(self) -> None:
         """Give up every partition and the lease (a clean stop: others take over at once)."""
-        with self._lock:
+        with self._op, _errors("release the partitions of"):
             db = self._db()
             db.execute(
                 sql.SQL("UPDATE {} SET owner = NULL WHERE owner = %s").format(self._partitions),
@@ -204,66 +223,71 @@ class Ownership:
             "(p.owner IS NULL OR NOT EXISTS "
             "(SELECT 1 FROM {} e WHERE e.id = p.owner AND e.lease_until > now()))"
         ).format(self._engines)
-        candidates = [
-            int(r[0])
-            for r in db.execute(
-                sql.SQL(
-                    "SELECT p.id FROM {} p "
-                    "WHERE {} AND p.owner IS DISTINCT FROM %s {} ORDER BY p.id"
-                ).format(
-                    self._partitions,
-                    free,
-                    sql.SQL("AND p.id = ANY(%s)") if only is not None else sql.SQL(""),
-                ),
-                (self.engine_id, only) if only is not None else (self.engine_id,),
-            ).fetchall()
-        ]
+        rows = db.execute(
+            sql.SQL(
+                "SELECT p.id, p.fence FROM {} p "
+                "WHERE {} AND p.owner IS DISTINCT FROM %s {} ORDER BY p.id"
+            ).format(
+                self._partitions,
+                free,
+                sql.SQL("AND p.id = ANY(%s)") if only is not None else sql.SQL(""),
+            ),
+            (self.engine_id, only) if only is not None else (self.engine_id,),
+        ).fetchall()
         if limit is not None:
-            candidates = candidates[:limit]
-        if not candidates:
+            rows = rows[:limit]
+        if not rows:
             return {}
-        # The condition again in the UPDATE: re-checked on the row as it is once a concurrent
-        # claim committed, so two engines never both take a partition.
+        # Compare and swap on the fence read: a concurrent claim (which adds one to it) makes
+        # the row no longer match, so two engines never both take a partition.
         update = sql.SQL(
-            "UPDATE {} p SET owner = %s, fence = p.fence + 1 WHERE p.id = ANY(%s) AND {} "
-            "RETURNING p.id, p.fence"
-        ).format(self._partitions, free)
+            "UPDATE {} p SET owner = %s, fence = p.fence + 1 "
+            "FROM unnest(%s::integer[], %s::bigint[]) AS c(id, fence) "
+            "WHERE p.id = c.id AND p.fence = c.fence RETURNING p.id, p.fence"
+        ).format(self._partitions)
+        params = (self.engine_id, [int(r[0]) for r in rows], [int(r[1]) for r in rows])
         for attempt in (1, 2):
             try:
                 with db.transaction():
-                    db.execute(
-                        sql.SQL("SET LOCAL lock_timeout = {}").format(
-                            sql.Literal(f"{round(CLAIM_LOCK_WAIT * 1000)}ms")
-                        )
-                    )
-                    rows = db.execute(update, (self.engine_id, candidates)).fetchall()
-                return {int(i): int(f) for i, f in rows}
+                    self._lock_wait(db)
+                    claimed = db.execute(update, params).fetchall()
+                return {int(i): int(f) for i, f in claimed}
             except psycopg.errors.LockNotAvailable:
                 if attempt == 2:
                     return {}
                 self._terminate_stale_writers(db)
         return {}
 
+    @staticmethod
+    def _lock_wait(db: psycopg.Connection[Any]) -> None:
+        db.execute(
+            sql.SQL("SET LOCAL lock_timeout = {}").format(
+                sql.Literal(f"{round(CLAIM_LOCK_WAIT * 1000)}ms")
+            )
+        )
+
     def _terminate_stale_writers(self, db: psycopg.Connection[Any]) -> None:
         """End the writer sessions of engines whose lease ran out: a batch of theirs that
-        holds a partition's row (a paused process) rolls back and writes nothing."""
+        holds a partition's row (a paused process) rolls back and writes nothing. Only the
+        exact session registered (pid and start time), never a process that reused the pid."""
         rows = db.execute(
             sql.SQL(
-                "SELECT id, pg_terminate_backend(writer_pid) FROM {} "
-                "WHERE lease_until < now() AND writer_pid IS NOT NULL AND id <> %s"
+                "SELECT e.id, pg_terminate_backend(a.pid) FROM {} e "
+                "JOIN pg_stat_activity a ON a.pid = e.writer_pid "
+                "AND a.backend_start = e.writer_started "
+                "WHERE e.lease_until < now() AND e.id <> %s"
             ).format(self._engines),
             (self.engine_id,),
         ).fetchall()
         for engine, done in rows:
-            log.warning(
-                "terminated the writer of engine %s, whose lease ran out (%s)", engine, done
-            )
+            log.warning("ended the writer of engine %s, whose lease ran out (%s)", engine, done)
 
     def _adopt(self, mine: dict[int, int]) -> tuple[set[int], set[int]]:
-        before = self._owned
-        gained = {p for p, f in mine.items() if before.get(p) != f}
-        lost = {p for p, f in before.items() if mine.get(p) != f}
-        self._owned = dict(mine)
+        with self._state:
+            before = self._owned
+            gained = {p for p, f in mine.items() if before.get(p) != f}
+            lost = {p for p, f in before.items() if mine.get(p) != f}
+            self._owned = dict(mine)
         if (gained or lost) and self.on_change is not None:
             self.on_change(gained, lost)
         return gained, lost
@@ -272,7 +296,7 @@ class Ownership:
 
     def fence_check(self, cur: psycopg.Cursor[Any], partitions: set[int]) -> set[int]:
         """In a write transaction: lock ``partitions``' rows (``FOR SHARE``: a takeover waits
-        for this transaction) and return those this engine no longer owns at its fence."""
+        for this transaction) and return those this engine does not own at its fence."""
         if not partitions:
             return set()
         rows = cur.execute(
@@ -281,16 +305,25 @@ class Ownership:
             ),
             (sorted(partitions),),
         ).fetchall()
-        with self._lock:
-            owned = dict(self._owned)
-        valid = {
-            int(i) for i, owner, fence in rows if owner == self.engine_id and owned.get(i) == fence
-        }
-        lost = partitions - valid
-        if lost:
-            with self._lock:
-                for partition in lost:
-                    self._owned.pop(partition, None)
-            if self.on_change is not None:
-                self.on_change(set(), lost)
-        return lost
+        with self._state:
+            owned = self._owned
+            valid = {
+                int(i)
+                for i, owner, fence in rows
+                if owner == self.engine_id and owned.get(int(i)) == fence
+            }
+            lost = {p for p in partitions - valid if p in owned}
+            for partition in lost:
+                del owned[partition]
+        if lost and self.on_change is not None:
+            self.on_change(set(), lost)
+        return partitions - valid
+
+
+@contextlib.contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """Database errors of an ownership operation as :class:`~aion.errors.StoreError`."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise StoreError(f"could not {what} the store: {exc}") from exc

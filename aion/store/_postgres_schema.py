@@ -56,7 +56,8 @@ def _v2(schema: str, partitions: int) -> list[sql.Composed]:
         ),
         sql.SQL(
             "CREATE TABLE {} (id text PRIMARY KEY, lease_until timestamptz NOT NULL, "
-            "writer_pid integer, started_at timestamptz NOT NULL DEFAULT now())"
+            "writer_pid integer, writer_started timestamptz, "
+            "started_at timestamptz NOT NULL DEFAULT now())"
         ).format(sql.Identifier(schema, "engines")),
     ]
 

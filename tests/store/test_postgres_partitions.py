@@ -16,7 +16,13 @@ from typing import Any
 import anyio
 import pytest
 
-from aion.errors import InvalidArgument, PartitionLost, StoreError
+from aion.errors import (
+    InvalidArgument,
+    PartitionLost,
+    SequenceConflict,
+    StoreError,
+    StoreLocked,
+)
 from aion.store import Append, Write, WriteHook
 from tests import _postgres
 
@@ -262,3 +268,116 @@ def test_ownership_arguments_are_checked(url: str) -> None:
         engine(url, "B", partitions=16)
     with PostgresStore(url) as locked, pytest.raises(InvalidArgument, match="ownership="):
         locked.balance()
+
+
+async def test_a_partition_lost_and_regained_trusts_no_head_it_knew(url: str) -> None:
+    # Review finding: heads remembered before the loss would let a stale append in after the
+    # partition came back. With partitions nothing is remembered across batches.
+    a, b = engine(url, "A"), engine(url, "B")
+    try:
+        a.claim(range(8))
+        p = a.partition_of("w")
+        await a.commit(Write(appends=[Append("w", [started(1, "w")], 0)]))
+        expire(url, "A")
+        assert b.claim([p])[0] == {p}
+        with pytest.raises(PartitionLost):
+            await a.commit(Write(appends=[Append("w", [signal(2, "a")], 1)]))
+        await b.commit(Write(appends=[Append("w", [signal(2, "b")], 1)]))
+        await b.commit(Write(appends=[Append("w", [signal(3, "b")], 2)]))
+        expire(url, "B")
+        assert a.claim([p])[0] == {p}
+        with pytest.raises(SequenceConflict):  # A's idea of the head (1) is stale
+            await a.commit(Write(appends=[Append("w", [signal(2, "stale")], 1)]))
+        assert [getattr(e, "name", None) for e in await a.read_history("w")] == [None, "b", "b"]
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_releasing_partitions_does_not_deadlock_with_a_batch_holding_them(
+    url: str,
+) -> None:
+    # Review finding: balance() held the ownership lock while its release waited for a
+    # batch's row lock, and the batch waited for that lock to check its fences.
+    a = engine(url, "A")
+    pause = Pause()
+    try:
+        a.claim(range(8))
+        b = engine(url, "B")  # a second live engine: A's fair share drops to 4
+        try:
+            wf = next(f"w{i}" for i in range(100) if a.partition_of(f"w{i}") >= 4)
+            a.set_write_hook(pause)
+            async with anyio.create_task_group() as tg:
+
+                async def a_writes() -> None:
+                    await a.commit(Write(appends=[Append(wf, [started(1, wf)], 0)]))
+
+                tg.start_soon(a_writes)
+                await anyio.to_thread.run_sync(pause.paused.wait)  # the batch holds its row
+                with anyio.fail_after(20):
+                    _, lost = await anyio.to_thread.run_sync(a.balance)
+                    # The partition held by the batch stays A's for now; the others go.
+                    assert a.partition_of(wf) not in lost
+                    pause.go.set()
+            assert await a.head(wf) == 1
+            with anyio.fail_after(20):
+                await anyio.to_thread.run_sync(a.balance)
+            assert len(a.owned_partitions()) == 4
+        finally:
+            b.close()
+    finally:
+        pause.go.set()
+        a.close()
+
+
+async def test_a_refused_commit_on_a_live_connection_records_nothing_and_the_next_goes_in(
+    url: str,
+) -> None:
+    # Review finding: an error the server reports in the commit's round trip (here: a lock
+    # timeout on a row another transaction holds) was taken for a lost connection, "outcome
+    # unknown", and left the transaction open, failing the next write too.
+    from aion.store import PostgresStore
+    from aion.store import _keys as k
+
+    store = PostgresStore(url)
+    schema = url.rsplit("schema=", 1)[1]
+
+    class ShortLockWait(WriteHook):
+        def before_commit(self, writes: int) -> None:
+            conn = store._wconn
+            assert conn is not None
+            conn.execute("SET LOCAL lock_timeout = '50ms'")
+
+    try:
+        with psycopg.connect(_postgres.URL) as other:  # holds the row the batch will write
+            other.execute(
+                f'INSERT INTO "{schema}".events (k, v) VALUES (%s, %s)',
+                (k.seq_key(k.workflow_key("default", "u"), 1), b"x"),
+            )
+            store.set_write_hook(ShortLockWait())
+            with pytest.raises(StoreError, match="Nothing of this write was recorded"):
+                await store.commit(Write(appends=[Append("u", [started(1, "u")], 0)]))
+            store.set_write_hook(None)
+            other.rollback()
+        assert await store.head("u") == 0
+        result = await store.commit(Write(appends=[Append("u", [started(1, "u")], 0)]))
+        assert result.heads == (1,)
+    finally:
+        store.close()
+
+
+def test_a_store_that_fails_to_open_leaves_no_lease_or_connection(url: str) -> None:
+    # Review finding: a failed open after the lease was taken left a live phantom engine.
+    from aion.store import PostgresStore
+
+    engine(url, "A").close()
+    schema = url.rsplit("schema=", 1)[1]
+    with pytest.raises(InvalidArgument, match="made with 8 partitions"):
+        engine(url, "B", partitions=16)
+    # An engine alone on the schema: B cannot join, and leaves nothing behind.
+    with PostgresStore(url, lock_wait=0.05), pytest.raises(StoreLocked):
+        PostgresStore(url, ownership="partitions", engine_id="B", lock_wait=0.05)
+    with PostgresStore(url, ownership="partitions", engine_id="C", lease_ttl=30):
+        with psycopg.connect(_postgres.URL, autocommit=True) as conn:
+            rows = conn.execute(f'SELECT id FROM "{schema}".engines ORDER BY id').fetchall()
+        assert rows == [("C",)]  # no phantom lease of B
