@@ -59,6 +59,23 @@ def drop_schema(name: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
+def truncate(schema: str, tables: list[str]) -> None:
+    """Empty ``tables`` of ``schema`` (nothing to do before the schema exists)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(URL, autocommit=True) as conn:
+        made = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s", (schema,)
+        ).fetchone()
+        if made and made[0]:
+            conn.execute(
+                sql.SQL("TRUNCATE {}").format(
+                    sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)
+                )
+            )
+
+
 @contextmanager
 def fresh_schema() -> Iterator[str]:
     """A schema name nobody uses, dropped afterwards (with what the test made in it)."""
