@@ -609,8 +609,10 @@ class PostgresStore(KVStore):
                     # in one round trip.
                     with conn.pipeline():
                         kv.flush()
-                        if any(r.prepared.inbox_put for r in pending):
-                            # Delivered with the commit: the engine takes it at once.
+                        if self.role == "client" and any(r.prepared.inbox_put for r in pending):
+                            # Delivered with the commit: the engine takes it at once. (What
+                            # an engine keeps in the inbox for itself rings no bell, as on
+                            # LMDB: it looks there at its own pace.)
                             cur.execute("SELECT pg_notify(%s, '')", (self._channel,))
                         conn.commit()
                 except psycopg.OperationalError as exc:
