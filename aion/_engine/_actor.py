@@ -292,6 +292,16 @@ class Runtime:
         interrupted steps again and asks its children again. Nothing is appended to the
         history: a webhook retried every second during an outage does not grow it.
         """
+        while True:
+            await self._keep_held(actor, record)
+            # Mail that came while the kept commands were being written is held the same way:
+            # only a ``Wake`` retries the run.
+            if actor.mailbox and not isinstance(actor.mailbox[0], Wake):
+                continue
+            return actor.mailbox.popleft() if actor.mailbox else None
+
+    async def _keep_held(self, actor: Actor, record: WorkflowRecord) -> None:
+        """Keep (or refuse) the mail before the first ``Wake``; see :meth:`_hold`."""
         tenant, workflow_id = actor.key
         keep: list[InboxCommand] = []
         kept: list[Reply] = []
@@ -330,7 +340,6 @@ class Runtime:
             reply.set(error)
         for reply in kept:
             reply.set()
-        return actor.mailbox.popleft() if actor.mailbox else None
 
     async def _take_held(self, actor: Actor) -> None:
         """The run runs again: what was kept for it while BLOCKED comes first, in arrival

@@ -21,7 +21,7 @@ import pytest
 
 import aion
 import aion.errors
-from aion.store import InboxCommand, LmdbStore
+from aion.store import InboxCommand, LmdbStore, MemoryStore, WriteHook, WriteInfo
 from aion.testing import ManualClock
 from tests import _postgres
 
@@ -197,6 +197,37 @@ async def test_signals_to_a_blocked_run_are_kept_and_applied_in_order(
     assert await engine.handle("g").result(timeout=5) == [1, 2]
     received = [h.data for h in await engine.history("g") if h.type == "signal.received"]
     assert [(d["name"], d["payload"]) for d in received] == [("go", None), ("more", 1), ("more", 2)]
+
+
+async def test_a_signal_arriving_while_another_is_kept_does_not_retry_the_run() -> None:
+    # Found by a CI run on PostgreSQL: a signal that reached a BLOCKED run while the run was
+    # writing an earlier one to the inbox was taken for a retry (only a Wake is one), and the
+    # run replayed without an unblock. Here the second signal is sent from inside that write.
+    store = MemoryStore()
+    later: list[asyncio.Task[None]] = []
+
+    class SecondSignalDuringTheKeep(WriteHook):
+        armed = False
+
+        def begin_write(self, info: WriteInfo) -> None:
+            if self.armed and not info.appends:  # the write that keeps "more 1"
+                self.armed = False
+                later.append(asyncio.get_running_loop().create_task(e.signal("g", "more", 2)))
+
+    hook = SecondSignalDuringTheKeep()
+    store.set_write_hook(hook)
+    async with aion.Engine(store, workflows=ALL, clock=ManualClock(T0)) as e:
+        await e.start(gate, workflow_id="g")
+        await block(e, "g")
+        hook.armed = True
+        await e.signal("g", "more", 1)
+        [second] = later
+        await second  # kept too
+        await e.wait_idle()
+        assert (await e.describe("g")).status is aion.Status.BLOCKED  # not retried by mail
+        BLOCK["on"] = False
+        await e.unblock("g")
+        assert await e.handle("g").result(timeout=5) == [1, 2]
 
 
 async def test_kept_signals_survive_a_restart(tmp_path: Path) -> None:
