@@ -25,10 +25,9 @@ from typing import Any
 
 import anyio
 
-import aion
 from benchmarks._child import child_main, run_child
 from benchmarks._common import median
-from benchmarks.workflows import _dbos_baseline, _pct, trivial
+from benchmarks.workflows import _aion_throughput_once, _dbos_baseline
 
 URL = os.environ.get("AION_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 DBOS_DATABASE = "aion_bench_dbos"
@@ -58,38 +57,6 @@ def _admin(statement: str) -> None:
         conn.execute(statement)
 
 
-async def _aion_once(url: str, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
-    async with aion.Engine(url, workflows=[trivial]) as engine:
-        begin = time.perf_counter() + warmup
-        end = begin + duration
-        done = 0
-        latencies: list[float] = []
-
-        async def requester() -> None:
-            nonlocal done
-            x = 0
-            while (started := time.perf_counter()) < end:
-                result = await (await engine.start(trivial, x)).result()
-                finished = time.perf_counter()
-                if result != x + 1:
-                    raise AssertionError(f"wrong result {result!r} for {x}")
-                if begin <= finished < end:
-                    done += 1
-                    latencies.append(finished - started)
-                x += 1
-
-        cpu = time.process_time()
-        async with anyio.create_task_group() as tg:
-            for _ in range(concurrency):
-                tg.start_soon(requester)
-        cpu = time.process_time() - cpu
-    return {
-        "workflows_per_s": done / duration,
-        "latency_p50_ms": _pct(latencies, 0.5) * 1000,
-        "cpu_ms_per_workflow_whole_run": cpu * 1000 / max(done, 1),
-    }
-
-
 def _aion_mode(args: dict[str, Any]) -> dict[str, Any]:
     runs = []
     for _ in range(args["repeats"]):
@@ -97,11 +64,12 @@ def _aion_mode(args: dict[str, Any]) -> dict[str, Any]:
         try:
             runs.append(
                 anyio.run(
-                    _aion_once,
-                    f"{URL}?schema={schema}",
+                    _aion_throughput_once,
                     args["concurrency"],
                     args["duration"],
                     args["warmup"],
+                    False,
+                    f"{URL}?schema={schema}",
                 )
             )
         finally:
@@ -112,7 +80,7 @@ def _aion_mode(args: dict[str, Any]) -> dict[str, Any]:
         "workflows_per_s": median(rates),
         "runs": [round(r, 1) for r in rates],
         "latency_p50_ms": median([r["latency_p50_ms"] for r in runs]),
-        "cpu_ms_per_workflow_whole_run": median([r["cpu_ms_per_workflow_whole_run"] for r in runs]),
+        "cpu_ms_per_workflow": median([r["cpu_ms_per_workflow"] for r in runs]),
     }
 
 

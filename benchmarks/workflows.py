@@ -175,12 +175,13 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 
 async def _aion_throughput_once(
-    concurrency: int, duration: float, warmup: float, sync_step: bool
+    concurrency: int, duration: float, warmup: float, sync_step: bool, target: str | None = None
 ) -> dict[str, Any]:
+    """One window on a fresh data directory, or on ``target`` (a store URL) when given."""
     workflow = trivial_sync if sync_step else trivial
     data = tempfile.mkdtemp(prefix="aion-bench-")
     try:
-        async with aion.Engine(data, workflows=[trivial, trivial_sync]) as engine:
+        async with aion.Engine(target or data, workflows=[trivial, trivial_sync]) as engine:
             begin = time.perf_counter() + warmup
             end = begin + duration
             done = 0

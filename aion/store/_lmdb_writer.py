@@ -38,7 +38,14 @@ from ._lmdb_kv import _FlushFailed, _LmdbKV, _WriterKV
 from ._prepare import Prepared
 from ._records import CommitResult
 
-__all__ = ["MAX_BATCH", "PAUSE_MAX_SECONDS", "PAUSE_MIN_BATCH", "_GroupCommit", "_Request"]
+__all__ = [
+    "MAX_BATCH",
+    "PAUSE_MAX_SECONDS",
+    "PAUSE_MIN_BATCH",
+    "_GroupCommit",
+    "_QueueWriter",
+    "_Request",
+]
 
 log = logging.getLogger("aion.store")
 
@@ -171,28 +178,27 @@ class _Poisoned(Exception):
 _STOP = object()
 
 
-class _GroupCommit:
-    """The writer half of :class:`~aion.store.LmdbStore`: its thread, batches and retries.
+class _QueueWriter:
+    """The writer thread of a store: takes every waiting request, writes them as one batch
+    (``_write_batch``, the backend's), wakes their requesters; a writer that dies fails what
+    is queued instead of leaving it waiting. Shared by LmdbStore and PostgresStore."""
 
-    A mixin: LmdbStore opens the environment and sets the attributes below; the requests it
-    submits are applied here.
-    """
-
-    path: Path
-    _env: lmdb.Environment
-    _dbs: dict[str, Any]
-    _gate: _Gate
-    _max_map_size: int
     _queue: queue.SimpleQueue[Any]
     _failure: BaseException | None
-    #: Heads as of the last commit (engine role), or None (client role: read them back).
-    _heads: dict[bytes, bytes] | None
-    _bulk_writes: bool
-    _hook: WriteHook | None
+
+    def _writer_of(self) -> str:
+        """What the writer writes to, for messages."""
+        raise NotImplementedError
+
+    def _write_batch(self, batch: list[_Request]) -> None:
+        """Write ``batch``; set each request's result or error."""
+        raise NotImplementedError
 
     def _submit(self, request: _Request) -> None:
         if self._failure is not None:
-            raise StoreError(f"the store writer for {self.path} has failed") from self._failure
+            raise StoreError(
+                f"the store writer for {self._writer_of()} has failed"
+            ) from self._failure
         self._queue.put(request)
         failure = self.writer_failure()
         if failure is not None:  # the writer died while we queued: do not wait forever
@@ -220,19 +226,19 @@ class _GroupCommit:
                         stop = True
                         break
                     batch.append(item)
-                self._run_batch(batch)
+                self._write_batch(batch)
                 _wake(batch)
                 batch = []
                 if stop:
                     return
         except BaseException as exc:  # the writer must never die silently
-            log.critical("store writer for %s failed", self.path, exc_info=True)
+            log.critical("store writer for %s failed", self._writer_of(), exc_info=True)
             self._failure = exc
             for request in batch:
                 if request.result is None and request.error is None:
                     request.error = StoreError(
-                        f"the store writer for {self.path} failed: {exc!r}; this write may not "
-                        "have been recorded. Reopen the store."
+                        f"the store writer for {self._writer_of()} failed: {exc!r}; this write "
+                        "may not have been recorded. Reopen the store."
                     )
             _wake(batch)
             self._fail_queued(exc)
@@ -247,8 +253,36 @@ class _GroupCommit:
             if item is not _STOP:
                 pending.append(item)
         for request in pending:
-            request.error = StoreError(f"the store writer for {self.path} has failed: {exc}")
+            request.error = StoreError(
+                f"the store writer for {self._writer_of()} has failed: {exc}"
+            )
         _wake(pending)
+
+
+class _GroupCommit(_QueueWriter):
+    """The writer half of :class:`~aion.store.LmdbStore`: its thread, batches and retries.
+
+    A mixin: LmdbStore opens the environment and sets the attributes below; the requests it
+    submits are applied here.
+    """
+
+    path: Path
+    _env: lmdb.Environment
+    _dbs: dict[str, Any]
+    _gate: _Gate
+    _max_map_size: int
+    _queue: queue.SimpleQueue[Any]
+    _failure: BaseException | None
+    #: Heads as of the last commit (engine role), or None (client role: read them back).
+    _heads: dict[bytes, bytes] | None
+    _bulk_writes: bool
+    _hook: WriteHook | None
+
+    def _writer_of(self) -> str:
+        return str(self.path)
+
+    def _write_batch(self, batch: list[_Request]) -> None:
+        self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Request]) -> None:
         """Apply ``batch`` in one transaction; set each request's result or error."""

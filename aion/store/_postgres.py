@@ -62,15 +62,14 @@ from ._cursors import KEY_BYTES, CursorKey
 from ._hooks import ProbedKV, WriteHook, WriteProbe, write_info
 from ._lmdb_writer import (
     _STOP,
-    MAX_BATCH,
     _after_commit,
     _no_loop,
     _outcome,
     _Poisoned,
     _ProbedRequest,
     _probes_of,
+    _QueueWriter,
     _Request,
-    _wake,
 )
 from ._postgres_import import is_postgres_url
 from ._postgres_kv import Statements, _PgKV, _PgWriterKV
@@ -97,7 +96,7 @@ WAITPOINT_KEYS = b"waitpoint_keys"
 PAYLOAD_LIMIT = b"payload_limit"
 
 
-class PostgresStore(KVStore):
+class PostgresStore(_QueueWriter, KVStore):
     """The shared :class:`~aion.store.EventStore`: PostgreSQL, group commit, one engine per
     schema (several processes may read and leave inbox commands).
 
@@ -381,10 +380,6 @@ class PostgresStore(KVStore):
         previous, self._hook = self._hook, hook
         return previous
 
-    def writer_failure(self) -> BaseException | None:
-        """Why the writer thread died, or None while it works (the engine watches this)."""
-        return self._failure
-
     async def _commit(self, prepared: Prepared) -> CommitResult:
         self._check_open()
         hook = self._hook
@@ -449,61 +444,8 @@ class PostgresStore(KVStore):
                     continue
         return _outcome(request)
 
-    def _submit(self, request: _Request) -> None:
-        if self._failure is not None:
-            raise StoreError(f"the store writer for {self._where()} has failed") from self._failure
-        self._queue.put(request)
-        failure = self.writer_failure()
-        if failure is not None:  # the writer died while we queued: do not wait forever
-            self._fail_queued(failure)
-
-    def _writer_loop(self) -> None:
-        batch: list[_Request] = []
-        try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                batch = [item]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)
-                self._write_batch(batch)
-                _wake(batch)
-                batch = []
-                if stop:
-                    return
-        except BaseException as exc:  # the writer must never die silently
-            log.critical("store writer for %s failed", self._where(), exc_info=True)
-            self._failure = exc
-            for request in batch:
-                if request.result is None and request.error is None:
-                    request.error = StoreError(
-                        f"the store writer for {self._where()} failed: {exc!r}; this write may "
-                        "not have been recorded. Reopen the store."
-                    )
-            _wake(batch)
-            self._fail_queued(exc)
-
-    def _fail_queued(self, exc: BaseException) -> None:
-        pending: list[_Request] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                pending.append(item)
-        for request in pending:
-            request.error = StoreError(f"the store writer for {self._where()} has failed: {exc}")
-        _wake(pending)
+    def _writer_of(self) -> str:
+        return self._where()
 
     def _write_batch(self, batch: list[_Request]) -> None:
         """One batch on the writer's connection, reconnecting (and taking the engine lock
