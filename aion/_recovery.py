@@ -128,11 +128,18 @@ async def sweep(
     code_version: str | None = None,
     on_repair: Callable[[Repair], None] | None = None,
     full: bool = False,
+    owns: Callable[[str, str], bool] | None = None,
+    check_rows: bool = True,
 ) -> RecoveryReport:
     """Walk the store, repair half-done shapes (unless ``apply`` is false), and report.
 
     Rows that cannot be decoded are quarantined first (``full``: looked for in every row, as
     ``aion recover`` does; otherwise in what an engine reads when it starts).
+
+    ``owns(tenant, workflow_id)``: only the runs it is true of are looked at (an engine that
+    shares a store drives some of its partitions; see ``aion._engine._partitions``).
+    ``check_rows=False`` skips the search for undecodable rows (a takeover: the engine's
+    start searched them).
 
     Raises:
         RecoveryError: a repair failed and a re-read shows it is still needed.
@@ -153,8 +160,9 @@ async def sweep(
         if on_repair is not None:
             on_repair(repair)
 
-    for damaged in await store.damaged_rows(full=full):
-        await _quarantine(store, damaged, apply, found)
+    for damaged in await store.damaged_rows(full=full) if check_rows else ():
+        if owns is None or _owned_row(damaged, owns):
+            await _quarantine(store, damaged, apply, found)
     scanned = blocked = 0
     reactivate: list[tuple[str, str]] = []
     pending_timers: set[str] = set()
@@ -162,8 +170,10 @@ async def sweep(
     while True:
         rows = await store.scan_active(after=after, limit=_PAGE)
         for record in rows:
-            scanned += 1
             key = (record.tenant, record.workflow_id)
+            if owns is not None and not owns(*key):
+                continue
+            scanned += 1
             if record.status is Status.BLOCKED:
                 blocked += 1
             wake = await _check_run(store, record, apply, code_version, found)
@@ -175,8 +185,10 @@ async def sweep(
         if len(rows) < _PAGE:
             break
         after = (rows[-1].tenant, rows[-1].workflow_id)
-    overdue = await _check_timers(store, now, apply, found, pending_timers)
-    inbox = len(await store.read_inbox(limit=100_000))
+    overdue = await _check_timers(store, now, apply, found, pending_timers, owns)
+    inbox = sum(
+        owns is None or owns(c.tenant, c.workflow_id) for c in await store.read_inbox(limit=100_000)
+    )
     report = RecoveryReport(
         runs_scanned=scanned,
         runs_reactivated=len(reactivate),
@@ -231,6 +243,22 @@ async def _quarantine(
         await store.commit(
             Write(quarantine=[msgspec.structs.replace(damaged, replacement=replacement)])
         )
+
+
+def _owned_row(damaged: DamagedRow, owns: Callable[[str, str], bool]) -> bool:
+    """Whether a damaged row belongs to a run ``owns`` is true of (a row of no run: yes)."""
+    try:
+        if damaged.table == "timers":
+            tenant, workflow_id = _split(damaged.key[8:], parts=3)[:2]
+        elif damaged.table == "workflows":
+            tenant, workflow_id = _split(damaged.key)
+        elif damaged.table in ("approvals", "waitpoints"):
+            tenant, workflow_id = _split(damaged.key, parts=3)[:2]
+        else:
+            return True
+    except (ValueError, UnicodeDecodeError):
+        return True
+    return owns(tenant, workflow_id)
 
 
 def _split(key: bytes, parts: int = 2) -> list[str]:
@@ -472,6 +500,7 @@ async def _check_timers(
     apply: bool,
     found: Callable[[Repair], None],
     pending: set[str],
+    owns: Callable[[str, str], bool] | None = None,
 ) -> int:
     """Delete timer rows nothing waits on; return how many live timers are overdue.
 
@@ -485,6 +514,8 @@ async def _check_timers(
     while True:
         rows = await store.due_timers(_FAR_FUTURE, limit=_PAGE, after=last)
         for row in rows:
+            if owns is not None and not owns(row.tenant, row.workflow_id):
+                continue
             kind, _, number = row.timer_id.partition(":")
             if (
                 kind == "timer"

@@ -17,5 +17,11 @@ def test_scaleout_quick_reports_every_figure() -> None:
     for row in rows.values():
         assert "error" not in row, row
         assert row["workflows_per_s"] >= 0 and len(row["runs"]) == scaleout.QUICK["repeats"]
-    assert "not built" in figures["processes"]["2"]
+    for count in scaleout.QUICK["processes"]:
+        row = figures["processes"][str(count)]
+        assert "error" not in row, row
+        assert row["workflows_per_s"] > 0 and len(row["per_process"][0]) == count
+    takeover = figures["takeover"]
+    assert takeover["lease_ttl_s"] == scaleout.QUICK["lease_ttl"]
+    assert 0 < takeover["from_kill_s"] < 30
     assert figures["target"]["met"] is None  # never judged on quick sizes

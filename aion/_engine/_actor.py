@@ -22,7 +22,7 @@ import logging
 import random
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -36,6 +36,7 @@ from aion.errors import (
     AionError,
     InvalidArgument,
     NondeterminismError,
+    PartitionLost,
     PayloadError,
     SequenceConflict,
     StoreFull,
@@ -379,6 +380,9 @@ class Runtime:
     # --- processing -----------------------------------------------------------------------------
 
     async def _process(self, actor: Actor) -> None:
+        if not self.services.drives(actor.key):
+            self._let_go(actor)
+            return
         if actor.driver is None and not await self._activate(actor):
             return
         assert actor.driver is not None and actor.record is not None
@@ -504,7 +508,17 @@ class Runtime:
         kept = []
         for child in rnd.children:
             key = child.actor.key
-            if (
+            if not self.services.same_partition(child.refused_to, key):
+                refusal = (
+                    f"child id {key[1]!r} is in another partition of the shared store than "
+                    f"its parent {child.refused_to[1]!r}: a child is written with its parent, "
+                    "so with several engines it needs the default id (ctx.child without "
+                    "workflow_id=) or one that starts with the parent's id and "
+                    "'/child-<number>'"
+                )
+                refused = msgspec.structs.replace(child.refused, refusal=refusal)
+                rnd.effects.append(Mail(child.refused_to, refused))
+            elif (
                 key in taken
                 or key in self.actors
                 or await store.head(child.append.workflow_id, tenant=child.append.tenant)
@@ -614,6 +628,10 @@ class Runtime:
     # --- faults ---------------------------------------------------------------------------------
 
     async def _crashed(self, actor: Actor, exc: Exception) -> None:
+        if isinstance(exc, PartitionLost):
+            log.info("run %s/%s is driven by another engine now: %s", *actor.key, exc)
+            self._let_go(actor)
+            return
         if isinstance(exc, Blocked):
             await self._park(actor, exc.reason, "")
             return
@@ -637,6 +655,29 @@ class Runtime:
             return
         if actor.mailbox or actor.steps_in_flight == 0:
             self.restart_later(actor.key, budget.delay())
+
+    # --- runs another engine drives (a shared store's partitions) ---------------------------------
+
+    def let_go(self, elsewhere: Callable[[Key], bool]) -> None:
+        """The runs ``elsewhere`` is true of are driven by another engine now: the idle ones
+        leave memory at once; one with mail or work leaves when it is next processed."""
+        for actor in [a for a in self.actors.values() if elsewhere(a.key)]:
+            if actor.idle:
+                self.scheduler.forget(actor)
+            elif not actor.busy:
+                self.scheduler.schedule(actor)
+
+    def _let_go(self, actor: Actor) -> None:
+        """The run is driven by another engine: leave memory, writing nothing. A request
+        waiting on it gets ``PartitionLost`` (the engine's methods then queue it for the new
+        owner); mail from the inbox stays there for the new owner; step outcomes and timer
+        firings are the new owner's to make again (steps are at least once)."""
+        error = PartitionLost(
+            f"workflow {actor.key[1]!r} is driven by another engine now; nothing of this "
+            "request was recorded here"
+        )
+        self._drop_mail(actor, error)
+        self.scheduler.forget(actor)
 
     def restart_later(self, key: Key, delay: float) -> None:
         """Wake the run after ``delay`` seconds (if the engine stops first, the next engine's

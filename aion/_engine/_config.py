@@ -94,3 +94,9 @@ class Services(Protocol):
 
     def spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run ``work`` in the background; False when the engine is stopping (not run)."""
+
+    def drives(self, key: tuple[str, str]) -> bool:
+        """Whether this engine drives the run (not another engine sharing the store)."""
+
+    def same_partition(self, a: tuple[str, str], b: tuple[str, str]) -> bool:
+        """Whether two runs are driven together (always, unless the store is shared)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import urllib.parse
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
@@ -52,11 +53,13 @@ from aion.errors import (
     EngineStopped,
     InvalidArgument,
     InvalidToken,
+    PartitionLost,
     PayloadError,
     SequenceConflict,
     StoreError,
 )
 from aion.store import (
+    ApprovalStatus,
     EventStore,
     InboxCommand,
     LmdbStore,
@@ -65,6 +68,7 @@ from aion.store import (
     TimerRow,
     WorkflowRecord,
     Write,
+    collect_pages,
 )
 from aion.store._postgres_import import is_postgres_url, postgres_store
 
@@ -72,8 +76,19 @@ from ._actor import Runtime
 from ._config import RuntimeConfig
 from ._datadir import data_dir, load_keys, record_payload_limit
 from ._inbox import Inbox, start_args
-from ._messages import Cancel, Complete, Decide, Message, Outcome, Reply, Signal, Wake
+from ._messages import (
+    Cancel,
+    Complete,
+    Decide,
+    Message,
+    Outcome,
+    Reply,
+    Signal,
+    Wake,
+    to_inbox,
+)
 from ._options import check_options
+from ._partitions import Partitions
 from ._policy import ApprovalPolicy, ApprovalRule
 from ._round import RunStart
 from ._steps import StepExecutor
@@ -248,6 +263,7 @@ class Engine:
             self._runtime.send,
             self._runtime.scheduler.room_for_timers,
             timer_horizon,
+            owns=self._drives,
         )
         self._inbox = Inbox(
             store=lambda: self.store,
@@ -256,7 +272,12 @@ class Engine:
             send=self._runtime.send,
             resident=lambda key: key in self._runtime.actors,
             start=self._start_from_inbox,
+            owns=self._drives,
         )
+        #: The partitions this engine drives of a store it shares with other engines
+        #: (PostgreSQL, ``ownership=partitions``); None when it drives every run.
+        self._partitions: Partitions | None = None
+        self._inbox_bell: Doorbell | None = None
         self._store: EventStore | None = None
         self._owns_store = False
         self._tg: TaskGroup | None = None
@@ -293,8 +314,13 @@ class Engine:
         path = self._path
         if is_postgres_url(path):
             store_class = postgres_store()
+            # Engines on one database share its runs (partitions) unless the URL says
+            # ``ownership=lock`` (one engine per schema).
+            shared: dict[str, Any] = (
+                {} if "ownership" in _url_parameters(str(path)) else {"ownership": "partitions"}
+            )
             self._store = await anyio.to_thread.run_sync(
-                lambda: store_class(path, durable=self._durable)
+                lambda: store_class(path, durable=self._durable, **shared)
             )
             self._owns_store = True
             self._home = self._store  # the store keeps the key ring and the payload limit
@@ -310,9 +336,18 @@ class Engine:
                 self._home, given=self._given_keys, require=self._require_key, now=self.now()
             )
         )
+        if getattr(self._store, "engine_id", None) is not None:
+            # A store shared with other engines: claim a share of its partitions first, and
+            # drive (and repair) only those.
+            self._partitions = Partitions(self._store, gained=self._take_over, lost=self._let_go)
+            await self._partitions.balance()
         # Before any new work: repair what a crash left half done.
         self.recovery = await sweep(
-            self.store, now=self.now(), apply=True, code_version=self.code_version
+            self.store,
+            now=self.now(),
+            apply=True,
+            code_version=self.code_version,
+            owns=None if self._partitions is None else self._drives,
         )
         await anyio.to_thread.run_sync(record_payload_limit, self._home, self.max_payload_bytes)
         self._failure = None
@@ -398,6 +433,11 @@ class Engine:
                 ChildSpec("step-executor", self._run_executor),
                 ChildSpec("run-actors", self._run_actors),
                 ChildSpec("inbox", self._run_inbox),
+                *(
+                    [ChildSpec("partitions", self._partitions.run)]
+                    if self._partitions is not None
+                    else []
+                ),
             ],
             name="aion-engine",
             strategy=Strategy.ONE_FOR_ONE,
@@ -507,6 +547,7 @@ class Engine:
     async def _run_inbox(self, ctx: ChildContext) -> None:
         # Other processes ring the doorbell once a command is queued: it is taken at once.
         async with Doorbell(data_dir(self._home), self.store) as bell:
+            self._inbox_bell = bell
             listen = getattr(self.store, "listen_inbox", None)  # a shared store's doorbell
             if listen is not None:
                 listen(bell.ring)
@@ -516,6 +557,45 @@ class Engine:
             finally:
                 if listen is not None:
                     listen(None)
+
+    # --- partitions of a shared store -------------------------------------------------------
+
+    def _drives(self, tenant: str, workflow_id: str) -> bool:
+        """Whether this engine drives the run now: always, unless it shares its store with
+        other engines (then: whether it owns the run's partition)."""
+        return self._partitions is None or self._partitions.owns(tenant, workflow_id)
+
+    async def _take_over(self, gained: set[int]) -> None:
+        """Partitions taken over from other engines (or from none): repair what their last
+        owner left half done, wake their runs with work, fire their timers, apply their
+        inbox commands."""
+        partitions = self._partitions
+        assert partitions is not None
+
+        def owns(tenant: str, workflow_id: str) -> bool:
+            return partitions.partition_of(tenant, workflow_id) in gained
+
+        # Runs still in memory from an earlier ownership of these partitions may be behind
+        # what another engine recorded since: they start again from the store.
+        self._runtime.let_go(lambda key: owns(*key))
+        report = await sweep(
+            self.store,
+            now=self.now(),
+            apply=True,
+            code_version=self.code_version,
+            owns=owns,
+            check_rows=False,
+        )
+        for key in report.reactivate:
+            self._runtime.send(key, Wake())
+        self._timers.reload()
+        if self._inbox_bell is not None:
+            self._inbox_bell.ring()
+
+    def _let_go(self, lost: set[int]) -> None:
+        """Partitions another engine drives now: their resident runs leave memory, writing
+        nothing (one busy now fails its next write with ``PartitionLost`` and leaves then)."""
+        self._runtime.let_go(lambda key: not self._drives(*key))
 
     def _release_waiters(self, failure: AionError | None = None) -> None:
         """Nobody waits forever on a stopped engine: results and replies fail with a reason."""
@@ -624,6 +704,8 @@ class Engine:
         )
         definition = self._resolve(workflow)
         encoded = definition.encode_input(args, limit=self.max_payload_bytes)
+        if not self._drives(tenant, workflow_id):
+            return await self._start_elsewhere(workflow_id, tenant, definition, encoded)
         resident = self._runtime.actors.get((tenant, workflow_id))
         if resident is not None:
             if resident.record is not None:
@@ -636,7 +718,23 @@ class Engine:
             if (exc.tenant, exc.workflow_id) != (tenant, workflow_id):
                 raise  # a child's id, taken by a start that raced ours: nothing recorded
             return await self._existing(workflow_id, tenant, definition)
+        except PartitionLost:  # taken over just now: nothing recorded, its new owner starts it
+            return await self._start_elsewhere(workflow_id, tenant, definition, encoded)
         return WorkflowHandle(workflow_id, tenant, self._result)  # (the ids are checked)
+
+    async def _start_elsewhere(
+        self, workflow_id: str, tenant: str, definition: WorkflowDefinition, encoded: bytes
+    ) -> WorkflowHandle:
+        """``start`` of a run whose partition another engine drives: queued in the inbox for
+        it (it is notified at once), as an :class:`aion.Client` queues it."""
+        record = await self.store.get_workflow(workflow_id, tenant=tenant)
+        if record is not None:
+            return self._same_run(record, definition)
+        command = InboxCommand(
+            "start", tenant, workflow_id, self.now(), name=definition.name, payload=encoded
+        )
+        await self.store.put_inbox(command)
+        return WorkflowHandle(workflow_id, tenant, self._result)
 
     async def _start_from_inbox(self, command: InboxCommand) -> bool:
         """Begin the run a start command left by another process asks for; its first write
@@ -703,17 +801,27 @@ class Engine:
         timeout = _validate.optional_seconds(timeout, "result(timeout=...)")
         with anyio.fail_after(timeout) if timeout is not None else nullcontext():
             key = (tenant, workflow_id)
+            poll = 0.001
             while True:
                 waiter = self._waiters.get(key)
                 if waiter is None:
                     waiter = self._waiters[key] = _ResultWaiter()
                 if not self._runtime.running_here(key):
-                    record = await self._record(workflow_id, tenant)
-                    if record.status.is_terminal:
+                    record = await self._record_or_starting(workflow_id, tenant)
+                    if record is not None and record.status.is_terminal:
                         if self._waiters.get(key) is waiter and not waiter.event.is_set():
                             del self._waiters[key]
                         return await self._outcome(record)
-                await waiter.event.wait()
+                if self._partitions is None:
+                    await waiter.event.wait()
+                else:
+                    # Another engine may drive it (now or later): look at the store too, first
+                    # after 1 ms, then 1.5 times longer each time, up to 50 ms.
+                    with anyio.move_on_after(poll):
+                        await waiter.event.wait()
+                    if not waiter.event.is_set():
+                        poll = min(poll * 1.5, _RESULT_POLL)
+                        continue
                 if waiter.outcome is not None:
                     return self._reader.outcome_of(*waiter.outcome)
                 if self._failure is not None:
@@ -757,7 +865,10 @@ class Engine:
         await self._deliver(workflow_id, tenant, Cancel(reason=reason, reply=Reply()))
 
     async def _deliver(self, workflow_id: str, tenant: str, message: Message) -> None:
-        record = await self._record(workflow_id, tenant)
+        record = await self._record_or_starting(workflow_id, tenant)
+        if record is None:  # its start waits in the inbox: this is applied after it
+            await self._queue_elsewhere(workflow_id, tenant, message)
+            return
         match message:
             case Decide():
                 _control.check_decidable(record)
@@ -766,8 +877,51 @@ class Engine:
             case _:
                 _control.check_open(record)
         assert message.reply is not None
-        self._runtime.send((tenant, workflow_id), message)
-        await message.reply.wait()
+        if self._drives(tenant, workflow_id):
+            self._runtime.send((tenant, workflow_id), message)
+            try:
+                await message.reply.wait()
+                return
+            except PartitionLost:
+                pass  # taken over before it was recorded: queued for the new owner
+        await self._queue_elsewhere(workflow_id, tenant, message)
+
+    async def _queue_elsewhere(self, workflow_id: str, tenant: str, message: Message) -> None:
+        """A request for a run that another engine drives: durably queued in the inbox for
+        it (its owner is notified at once and applies it), as :class:`aion.Client` does."""
+        at = self.now()
+        command: InboxCommand | None
+        if isinstance(message, Decide):
+            # Chosen here, as the Client chooses: the decision names exactly one approval.
+            store = self.store
+            rows = await collect_pages(
+                lambda cursor: store.list_approvals(
+                    workflow_id, tenant=tenant, limit=100, cursor=cursor
+                )
+            )
+            pending = [row for row in rows if row.status is ApprovalStatus.PENDING]
+            chosen = _control.choose_approval(
+                workflow_id,
+                pending,
+                message.approval_id,
+                message.digest,
+                None,
+                pick=_control.PICK_APPROVAL,
+            )
+            command = InboxCommand(
+                "approve" if message.approved else "reject",
+                tenant,
+                workflow_id,
+                at,
+                user=message.user,
+                comment=message.comment,
+                target_id=chosen.approval_id,
+                digest=message.digest or "",
+            )
+        else:
+            command = to_inbox(message, tenant, workflow_id, at)
+        assert command is not None  # signals, completions, cancellations and decisions
+        await self.store.put_inbox(command)
 
     async def describe(self, workflow_id: str, *, tenant: str = "default") -> WorkflowDescription:
         """Status, times, result or error, history length and what the run waits on.
@@ -830,6 +984,15 @@ class Engine:
         record = await self._record(workflow_id, tenant)
         _control.check_blocked(record)
         key = (tenant, workflow_id)
+        if not self._drives(*key):
+            # Another engine drives it: queued for it; the description once it took it.
+            command_id = await self.store.put_inbox(
+                InboxCommand("unblock", tenant, workflow_id, self.now())
+            )
+            with anyio.move_on_after(_ELSEWHERE_UNBLOCK_WAIT):
+                while await self.store.inbox_pending([command_id]):
+                    await anyio.sleep(0.01)
+            return await self.describe(workflow_id, tenant=tenant)
         actor = self._runtime.actors.get(key)
         if actor is not None:
             actor.restarts = None  # an operator's retry starts a fresh restart budget
@@ -1008,6 +1171,29 @@ class Engine:
             workflow_id, tenant=tenant, limit=limit, cursor=cursor
         )
 
+    async def _record_or_starting(self, workflow_id: str, tenant: str) -> WorkflowRecord | None:
+        """The workflow's record; None while its start waits in the inbox for the engine
+        that drives it (a store shared with other engines).
+
+        Raises:
+            WorkflowNotFound: no such workflow, and no start of it queued.
+        """
+        if self._partitions is None:
+            return await self._record(workflow_id, tenant)
+        record = await self.store.get_workflow(workflow_id, tenant=tenant)
+        if record is not None:
+            return record
+        after: str | None = None
+        while True:
+            commands = await self.store.read_inbox(limit=500, after=after)
+            for c in commands:
+                if c.kind == "start" and (c.tenant, c.workflow_id) == (tenant, workflow_id):
+                    return None
+            if len(commands) < 500:
+                break
+            after = commands[-1].command_id
+        return await self._record(workflow_id, tenant)  # started meanwhile?
+
     async def _record(self, workflow_id: str, tenant: str) -> WorkflowRecord:
         return await self._reader.record(workflow_id, tenant)
 
@@ -1030,6 +1216,18 @@ class Engine:
 
 
 _NOT_BUSY: AbstractContextManager[object] = nullcontext()
+
+
+def _url_parameters(url: str) -> set[str]:
+    """The names of a URL's query parameters."""
+    query = urllib.parse.urlsplit(url).query
+    return {name for name, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)}
+
+
+#: With a shared store, how often ``result()`` looks at the store for a run that another
+#: engine may drive, and how long ``unblock()`` waits for another engine to take a retry.
+_RESULT_POLL = 0.05
+_ELSEWHERE_UNBLOCK_WAIT = 10.0
 
 
 class _Services:
@@ -1077,6 +1275,13 @@ class _Services:
 
     def release_timer(self, row: TimerRow) -> None:
         self._engine._timers.release(row)
+
+    def drives(self, key: tuple[str, str]) -> bool:
+        return self._engine._drives(*key)
+
+    def same_partition(self, a: tuple[str, str], b: tuple[str, str]) -> bool:
+        partitions = self._engine._partitions
+        return partitions is None or partitions.partition_of(*a) == partitions.partition_of(*b)
 
     def inbox_message(self, command: InboxCommand) -> Message | str:
         return self._engine._inbox.message(command)

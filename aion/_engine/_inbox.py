@@ -88,6 +88,7 @@ class Inbox:
         send: Callable[[tuple[str, str], Message], None],
         resident: Callable[[tuple[str, str]], bool],
         start: Callable[[InboxCommand], Awaitable[bool]],
+        owns: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._store = store
         self._verify = verify
@@ -95,6 +96,9 @@ class Inbox:
         self._send = send
         self._resident = resident
         self._start = start
+        #: Whether this engine drives a run (a shared store: commands of other partitions
+        #: are their owners' to apply).
+        self._owns = owns
 
     async def run(self, interval: float, wait: Callable[[float], Awaitable[object]]) -> None:
         """Hand commands to their runs until each is applied; ``wait(interval)`` returns when
@@ -115,7 +119,7 @@ class Inbox:
             starting: set[tuple[str, str]] = set()
             for command in commands:
                 key = (command.tenant, command.workflow_id)
-                if key in starting:
+                if key in starting or (self._owns is not None and not self._owns(*key)):
                     continue
                 count, due = tries.get(command.command_id, (0, 0.0))
                 if due <= now:
@@ -181,6 +185,12 @@ class Inbox:
                 problem = "the workflow does not exist"
             elif record.status.is_terminal:
                 problem = f"the workflow has finished ({record.status.value})"
+        if (
+            problem is not None
+            and record is not None
+            and not await store.inbox_pending([command.command_id])
+        ):
+            return True  # applied since it was read (the run then finished): not dropped
         if problem is not None:
             log.warning(
                 "inbox command %s (%s for %s/%s) dropped: %s",

@@ -48,30 +48,46 @@ class Timers:
         send: Callable[[tuple[str, str], Message], None],
         room: Callable[[], Awaitable[None]],
         horizon: float,
+        owns: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._clock = clock
         self._store = store
         self._send = send
         self._room = room
         self._horizon = horizon
+        #: Whether this engine drives a run (a shared store: only its partitions' timers).
+        self._owns = owns
+        self._reload = anyio.Event()
         self._wheel: TimerWheel[TimerKey, TimerRow] | None = None
         self._last: TimerRow | None = None  # the last row _load returned: where to read on
 
     async def run(self, ctx: ChildContext) -> None:
         # A fresh wheel on every (re)start: it reloads what is due from the store's index.
-        self._last = None
-        self._wheel = TimerWheel(
-            self._clock,
-            self._fire,
-            load=self._load,
-            peek=self._peek,
-            horizon=self._horizon,
-            max_held=MAX_HELD,
-        )
-        with one_error():
-            async with anyio.create_task_group() as tg:
-                await tg.start(self._wheel.run)
-                ctx.started()
+        started = False
+        while True:
+            self._reload = anyio.Event()
+            self._last = None
+            self._wheel = TimerWheel(
+                self._clock,
+                self._fire,
+                load=self._load,
+                peek=self._peek,
+                horizon=self._horizon,
+                max_held=MAX_HELD,
+            )
+            with one_error():
+                async with anyio.create_task_group() as tg:
+                    await tg.start(self._wheel.run)
+                    if not started:
+                        ctx.started()
+                        started = True
+                    await self._reload.wait()
+                    tg.cancel_scope.cancel()
+
+    def reload(self) -> None:
+        """Start over with a fresh wheel that loads from the store's index (partitions taken
+        over: their timers, before the loaded position too)."""
+        self._reload.set()
 
     def hold(self, row: TimerRow) -> None:
         if self._wheel is not None:
@@ -84,6 +100,8 @@ class Timers:
     async def _fire(self, timer: Timer[TimerKey, TimerRow]) -> None:
         await self._room()
         row = timer.payload
+        if self._owns is not None and not self._owns(row.tenant, row.workflow_id):
+            return  # let go since it was loaded: its new owner fires it
         self._send((row.tenant, row.workflow_id), TimerDue(row=row))
 
     async def _load(
@@ -109,6 +127,8 @@ class Timers:
         while True:
             rows = await self._store().due_timers(until_dt, limit=_PAGE, after=start)
             for row in rows:
+                if self._owns is not None and not self._owns(row.tenant, row.workflow_id):
+                    continue  # another engine's partition
                 due = row.due.timestamp()
                 key = _key(row)
                 if due > after or (due == after and after_key is not None and after_key < key):

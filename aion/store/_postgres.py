@@ -146,13 +146,11 @@ class PostgresStore(_QueueWriter, KVStore):
             raise InvalidArgument(
                 f"a PostgreSQL store needs a postgresql:// URL, not {_redact(str(url))!r}"
             )
-        url, in_url = _split_schema(url)
-        if in_url is not None:
-            if schema not in ("aion", in_url):
-                raise InvalidArgument(
-                    f"the URL names schema {in_url!r} and schema={schema!r} was passed: pass one"
-                )
-            schema = in_url
+        url, found = _split_params(url)
+        schema = _from_url(found, "schema", schema, "aion", str)
+        ownership = _from_url(found, "ownership", ownership, "lock", str)
+        partitions = _from_url(found, "partitions", partitions, None, int)
+        lease_ttl = _from_url(found, "lease_ttl", lease_ttl, 10.0, float)
         if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
             raise InvalidArgument(
                 f"schema must be 1 to 63 lower-case letters, digits or underscores, not "
@@ -546,15 +544,20 @@ class PostgresStore(_QueueWriter, KVStore):
                 _fill(kv, pending, results, errors, probes, fenced)
                 if hook is not None:
                     hook.before_commit(len(pending))
+                if self._audit_table is not None and self._owner is not None:
+                    self._audit(cur, [r for i, r in enumerate(pending) if i not in fenced])
                 try:
                     # Every table's rows and the commit (one WAL flush for the whole batch)
                     # in one round trip.
                     with conn.pipeline():
                         kv.flush()
-                        if self.role == "client" and any(r.prepared.inbox_put for r in pending):
+                        if (self.role == "client" or self._owner is not None) and any(
+                            r.prepared.inbox_put for r in pending
+                        ):
                             # Delivered with the commit: the engine takes it at once. (What
-                            # an engine keeps in the inbox for itself rings no bell, as on
-                            # LMDB: it looks there at its own pace.)
+                            # an engine alone on the schema keeps in the inbox for itself
+                            # rings no bell, as on LMDB: it looks there at its own pace. With
+                            # partitions, what an engine queues is for the owner of another.)
                             cur.execute("SELECT pg_notify(%s, '')", (self._channel,))
                         conn.commit()
                 except psycopg.OperationalError as exc:
@@ -629,6 +632,26 @@ class PostgresStore(_QueueWriter, KVStore):
     #: tests shows that a stale owner's write then lands after a takeover).
     _fencing = True
 
+    #: Test-only: a table (in the store's schema) where every batch records, for each
+    #: partition it writes, the fence this engine believes it holds (the chaos test checks
+    #: them against the partition's fence at commit time, with a deferred trigger).
+    _audit_table: str | None = None
+
+    def _audit(self, cur: psycopg.Cursor[Any], requests: list[_Request]) -> None:
+        assert self._owner is not None and self._audit_table is not None
+        touched = set().union(*(self._partitions_of(r.prepared) for r in requests))
+        if not touched:
+            return
+        owned = self._owner.owned()
+        rows = sorted(touched)
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {} (partition, fence, engine) "
+                "SELECT p, f, %s FROM unnest(%s::integer[], %s::bigint[]) AS a(p, f)"
+            ).format(sql.Identifier(self.schema, self._audit_table)),
+            (self._owner.engine_id, rows, [owned.get(p, -1) for p in rows]),
+        )
+
     #: Called with (gained, lost) partitions whenever this engine's ownership changes.
     on_partitions: Callable[[set[int], set[int]], None] | None = None
 
@@ -640,6 +663,16 @@ class PostgresStore(_QueueWriter, KVStore):
     def partition_of(self, workflow_id: str, *, tenant: str = "default") -> int:
         """The partition of a workflow (``ownership="partitions"``)."""
         return partition_of_key(k.workflow_key(tenant, workflow_id), self._need_owner().count)
+
+    @property
+    def partition_count(self) -> int:
+        """The schema's number of partitions (``ownership="partitions"``)."""
+        return self._need_owner().count
+
+    @property
+    def lease_ttl(self) -> float:
+        """How long this engine's lease lasts unrenewed (``ownership="partitions"``)."""
+        return self._need_owner().lease_ttl
 
     def owned_partitions(self) -> dict[int, int]:
         """The partitions this engine owns and their fencing numbers."""
@@ -935,18 +968,43 @@ def _configure_reader(conn: psycopg.Connection[Any]) -> None:
     conn.read_only = True
 
 
-def _split_schema(url: str) -> tuple[str, str | None]:
-    """``url`` without aion's own ``schema=`` query parameter (libpq does not know it), and
-    that parameter's value."""
+#: aion's own query parameters of a store URL (libpq does not know them).
+_URL_PARAMETERS = ("schema", "ownership", "partitions", "lease_ttl")
+
+
+def _split_params(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without aion's own query parameters (``schema``, ``ownership``, ``partitions``,
+    ``lease_ttl``), and their values."""
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    schemas = [value for name, value in query if name == "schema"]
-    if not schemas:
-        return url, None
-    if len(schemas) > 1:
-        raise InvalidArgument(f"the URL names a schema {len(schemas)} times: name it once")
-    rest = urllib.parse.urlencode([(n, v) for n, v in query if n != "schema"])
-    return urllib.parse.urlunsplit(parts._replace(query=rest)), schemas[0]
+    found: dict[str, str] = {}
+    for name, value in query:
+        if name in _URL_PARAMETERS:
+            if name in found:
+                raise InvalidArgument(f"the URL names {name} more than once: name it once")
+            found[name] = value
+    if not found:
+        return url, found
+    rest = urllib.parse.urlencode([(n, v) for n, v in query if n not in _URL_PARAMETERS])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), found
+
+
+def _from_url(found: dict[str, str], name: str, given: Any, default: Any, kind: type) -> Any:
+    """The value of a store setting named in the URL and/or passed as an argument."""
+    if name not in found:
+        return given
+    text = found[name]
+    try:
+        value = kind(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"the URL's {name}={text!r} is not {'a number' if kind is not str else 'valid'}"
+        ) from None
+    if given not in (default, value):
+        raise InvalidArgument(
+            f"the URL names {name}={text!r} and {name}={given!r} was passed: pass one"
+        )
+    return value
 
 
 def _redact(url: str) -> str:

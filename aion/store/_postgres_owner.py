@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -44,9 +45,22 @@ log = logging.getLogger("aion.store")
 CLAIM_LOCK_WAIT = 0.5
 
 
+#: Where a default child id begins: ``/child-N``, or ``/RUN/child-N`` for the children of a
+#: run that continued as new (``ctx.child`` without ``workflow_id=``).
+_CHILD_SUFFIX = re.compile(rb"(?:/[0-9a-f]{32})?/child-[0-9]+(?=/|\Z)")
+
+
 def partition_of_key(wf_key: bytes, partitions: int) -> int:
-    """The partition of the workflow whose key (``tenant NUL workflow id``) is ``wf_key``."""
-    return zlib.crc32(wf_key) % partitions
+    """The partition of the workflow whose key (``tenant NUL workflow id``) is ``wf_key``.
+
+    A child with a default id (``PARENT/child-N``) is in its parent's partition, and so on
+    down: a whole family of runs has one owner, so a parent and its children are written
+    together and tell each other their outcomes in memory. The hash is of the key up to the
+    first default-child suffix.
+    """
+    suffix = _CHILD_SUFFIX.search(wf_key)
+    root = wf_key if suffix is None else wf_key[: suffix.start()]
+    return zlib.crc32(root) % partitions
 
 
 class Ownership:

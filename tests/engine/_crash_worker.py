@@ -147,7 +147,10 @@ async def main(datadir: str, log_path: str, count: int) -> None:
         for i in reversed(range(count)):
             if not has_signal(i):
                 continue
-            history = await engine.history(workflow_id(i))
+            try:
+                history = await engine.history(workflow_id(i))
+            except aion.WorkflowNotFound:  # its start is queued for another engine (PostgreSQL)
+                history = []
             if any(h.type == "signal.received" for h in history):
                 continue
             with contextlib.suppress(aion.WorkflowClosed):

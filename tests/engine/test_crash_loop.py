@@ -318,21 +318,25 @@ def test_crash_loop_twenty_thousand_runs(tmp_path: Path) -> None:
     print(f"crash loop (20,000 runs): {stats}")
 
 
-def test_crash_loop_quick_on_postgres(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ownership", ["lock", "partitions"])
+def test_crash_loop_quick_on_postgres(tmp_path: Path, ownership: str) -> None:
     """The same on PostgreSQL: the killed engine's connections die with it, and with them its
-    engine lock, which the next worker takes."""
+    engine lock, which the next worker takes (``lock``); or its lease runs out and the next
+    worker takes its partitions over (``partitions``, the default: a lease of one second
+    here, so that each boot waits at most that long for the runs of the killed one)."""
     with _postgres.fresh_schema() as schema:
-        url = f"{_postgres.URL}?schema={schema}"
+        url = f"{_postgres.URL}?schema={schema}&ownership={ownership}&lease_ttl=1"
         stats = run_crash_loop(tmp_path, count=30, kills=3, max_delay=0.35, first_wave=12, data=url)
         stats.reruns = anyio.run(verify, tmp_path, 30, url)
-    print(f"crash loop on PostgreSQL (quick): {stats}")
+    print(f"crash loop on PostgreSQL (quick, {ownership}): {stats}")
 
 
 @pytest.mark.slow
 def test_crash_loop_many_kills_on_postgres(tmp_path: Path) -> None:
-    """Two hundred workflows on PostgreSQL, forty kills at random moments."""
+    """Two hundred workflows on PostgreSQL, forty kills at random moments (partitions: each
+    boot takes over the partitions of the engine killed before it)."""
     with _postgres.fresh_schema() as schema:
-        url = f"{_postgres.URL}?schema={schema}"
+        url = f"{_postgres.URL}?schema={schema}&lease_ttl=1"
         stats = run_crash_loop(
             tmp_path, count=200, kills=40, max_delay=0.35, first_wave=60, data=url
         )

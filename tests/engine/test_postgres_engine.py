@@ -84,13 +84,26 @@ async def test_runs_survive_a_restart_and_history_reads_back(url: str) -> None:
         assert {d.workflow_id for d in listed.items} == {"f-1", "f-2"}
 
 
-async def test_a_second_engine_on_the_schema_is_refused(url: str) -> None:
-    async with aion.Engine(url, workflows=WORKFLOWS):
+async def test_with_ownership_lock_a_second_engine_on_the_schema_is_refused(url: str) -> None:
+    alone = f"{url}&ownership=lock"
+    async with aion.Engine(alone, workflows=WORKFLOWS):
         with pytest.raises(StoreLocked, match="another engine holds"):
+            async with aion.Engine(alone, workflows=WORKFLOWS):
+                pass
+        # Nor does an engine that would share the schema start beside it: modes do not mix.
+        with pytest.raises(StoreLocked):
             async with aion.Engine(url, workflows=WORKFLOWS):
                 pass
-    async with aion.Engine(url, workflows=WORKFLOWS):  # released with the first
+    async with aion.Engine(alone, workflows=WORKFLOWS):  # released with the first
         pass
+
+
+async def test_by_default_a_second_engine_shares_the_schema(url: str) -> None:
+    async with (
+        aion.Engine(url, workflows=WORKFLOWS) as a,
+        aion.Engine(url, workflows=WORKFLOWS) as b,
+    ):
+        assert a.store.engine_id != b.store.engine_id  # type: ignore[attr-defined]
 
 
 def test_a_second_store_waits_for_the_lock_then_gives_up(url: str) -> None:
@@ -195,8 +208,14 @@ def test_tables_of_another_program_are_not_taken_over(url: str) -> None:
     [
         ("mysql://x/y", {}, "postgresql:// URL"),
         (f"{_postgres.URL}?schema=Bad-Name", {}, "schema must be"),
-        (f"{_postgres.URL}?schema=a&schema=b", {}, "2 times"),
+        (f"{_postgres.URL}?schema=a&schema=b", {}, "more than once"),
         (f"{_postgres.URL}?schema=a", {"schema": "b"}, "pass one"),
+        (f"{_postgres.URL}?ownership=shared", {}, "ownership must be"),
+        (f"{_postgres.URL}?partitions=many", {}, "partitions='many' is not a number"),
+        (f"{_postgres.URL}?partitions=0", {}, "partitions must be"),
+        (f"{_postgres.URL}?partitions=8", {"partitions": 16}, "pass one"),
+        (f"{_postgres.URL}?lease_ttl=-1", {}, "lease_ttl must be"),
+        (f"{_postgres.URL}?lease_ttl=soon", {}, "is not a number"),
         (_postgres.URL, {"role": "owner"}, "role must be"),
         (_postgres.URL, {"durable": "yes"}, "durable must be"),
         (_postgres.URL, {"read_connections": 0}, "read_connections"),
