@@ -30,7 +30,6 @@ inbox commands waiting are counted (the engine's inbox loop applies them).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from typing import Any
 import msgspec
 
 from aion import events as ev
-from aion.errors import AionError, SequenceConflict
+from aion.errors import AionError, PartitionLost, SequenceConflict
 from aion.store import (
     Append,
     DamagedRow,
@@ -463,10 +462,16 @@ async def _check_children(
             parent_run_id=record.run_id,
             code_version=code_version,
         )
-        with contextlib.suppress(SequenceConflict):  # started meanwhile: what we wanted
+        try:
             await store.commit(
                 Write(appends=[Append(child_id, [started], 0, tenant)], workflows=[child])
             )
+        except SequenceConflict:
+            pass  # started meanwhile: what we wanted
+        except PartitionLost as exc:
+            # A child named into a partition another engine drives (a shared store): the
+            # parent's replay asks for it again; never worth the sweep.
+            log.warning("recovery could not start child %s/%s: %s", tenant, child_id, exc)
     return True
 
 

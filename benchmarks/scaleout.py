@@ -278,7 +278,12 @@ async def _park(url: str, ids: list[str]) -> None:
         for workflow_id in ids:
             await client.start(scaleout_parked, workflow_id=workflow_id)
         for workflow_id in ids:
-            while not (await client.describe(workflow_id)).pending.get("signals"):
+            while True:
+                try:
+                    if (await client.describe(workflow_id)).pending.get("signals"):
+                        break
+                except aion.WorkflowNotFound:  # its start is still queued for its engine
+                    pass
                 await anyio.sleep(0.01)
 
 

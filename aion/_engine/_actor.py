@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -84,7 +85,10 @@ __all__ = ["Runtime"]
 log = logging.getLogger("aion.engine")
 
 #: Commit errors that guarantee nothing was written (no lost-acknowledgement check needed).
-_NOTHING_WRITTEN = (SequenceConflict, StoreFull, PayloadError, InvalidArgument)
+_NOTHING_WRITTEN = (SequenceConflict, StoreFull, PayloadError, InvalidArgument, PartitionLost)
+
+#: A parent id that ends like a continued run's segment of a default child id.
+_RUN_SEGMENT = re.compile(r"/[0-9a-f]{32}\Z")
 
 #: Restarts of a crashed run: 50 ms after its first crash, doubling to 5 s, with jitter.
 RUN_BACKOFF = Backoff(initial=0.05, maximum=5.0, multiplier=2.0, jitter=0.5, immediate_first=False)
@@ -106,6 +110,7 @@ class Runtime:
             max_resident=config.max_resident_runs,
             max_resident_bytes=config.max_resident_bytes,
             workers=config.activation_workers,
+            elsewhere=lambda key: not services.drives(key),
         )
         self.actors = self.scheduler.actors
         self.send = self.scheduler.send
@@ -516,6 +521,12 @@ class Runtime:
                     "workflow_id=) or one that starts with the parent's id and "
                     "'/child-<number>'"
                 )
+                if _RUN_SEGMENT.search(child.refused_to[1]):
+                    refusal += (
+                        " (the parent's id ends in '/' and 32 hex digits, which its default "
+                        "children's ids read as a continued run's: give such workflows ids "
+                        "with another separator, e.g. 'order-<hex>')"
+                    )
                 refused = msgspec.structs.replace(child.refused, refusal=refusal)
                 rnd.effects.append(Mail(child.refused_to, refused))
             elif (

@@ -341,14 +341,25 @@ class Engine:
             # drive (and repair) only those.
             self._partitions = Partitions(self._store, gained=self._take_over, lost=self._let_go)
             await self._partitions.balance()
-        # Before any new work: repair what a crash left half done.
-        self.recovery = await sweep(
-            self.store,
-            now=self.now(),
-            apply=True,
-            code_version=self.code_version,
-            owns=None if self._partitions is None else self._drives,
-        )
+        # Before any new work: repair what a crash left half done (renewing the lease on
+        # partitions meanwhile: the sweep of a large store may take longer than it lasts).
+        partitions = self._partitions
+        if partitions is None:
+            self.recovery = await sweep(
+                self.store, now=self.now(), apply=True, code_version=self.code_version
+            )
+        else:
+            with one_error():
+                async with anyio.create_task_group() as keep:
+                    keep.start_soon(partitions.keep_lease)
+                    self.recovery = await sweep(
+                        self.store,
+                        now=self.now(),
+                        apply=True,
+                        code_version=self.code_version,
+                        owns=self._drives,
+                    )
+                    keep.cancel_scope.cancel()
         await anyio.to_thread.run_sync(record_payload_limit, self._home, self.max_payload_bytes)
         self._failure = None
         tg = anyio.create_task_group()
@@ -578,19 +589,21 @@ class Engine:
         # Runs still in memory from an earlier ownership of these partitions may be behind
         # what another engine recorded since: they start again from the store.
         self._runtime.let_go(lambda key: owns(*key))
-        report = await sweep(
-            self.store,
-            now=self.now(),
-            apply=True,
-            code_version=self.code_version,
-            owns=owns,
-            check_rows=False,
-        )
-        for key in report.reactivate:
-            self._runtime.send(key, Wake())
-        self._timers.reload()
-        if self._inbox_bell is not None:
-            self._inbox_bell.ring()
+        try:
+            report = await sweep(
+                self.store,
+                now=self.now(),
+                apply=True,
+                code_version=self.code_version,
+                owns=owns,
+                check_rows=False,
+            )
+            for key in report.reactivate:
+                self._runtime.send(key, Wake())
+        finally:  # (a failed sweep is tried again at the next round)
+            self._timers.reload()
+            if self._inbox_bell is not None:
+                self._inbox_bell.ring()
 
     def _let_go(self, lost: set[int]) -> None:
         """Partitions another engine drives now: their resident runs leave memory, writing
@@ -767,8 +780,10 @@ class Engine:
         start = RunStart(command.tenant, command.workflow_id, command.name, encoded, new_id())
         try:
             await self._runtime.start(start, inbox_id=command.command_id, error=error)
-        except SequenceConflict:
-            return False  # started meanwhile: the next read of the inbox decides
+        except (SequenceConflict, PartitionLost):
+            # Started meanwhile, or its partition moved to another engine (which takes the
+            # command from the inbox): the next read of the inbox decides.
+            return False
         return True
 
     async def _existing(
@@ -806,7 +821,8 @@ class Engine:
                 waiter = self._waiters.get(key)
                 if waiter is None:
                     waiter = self._waiters[key] = _ResultWaiter()
-                if not self._runtime.running_here(key):
+                here = self._drives(*key) and self._runtime.running_here(key)
+                if not here:
                     record = await self._record_or_starting(workflow_id, tenant)
                     if record is not None and record.status.is_terminal:
                         if self._waiters.get(key) is waiter and not waiter.event.is_set():
@@ -816,8 +832,9 @@ class Engine:
                     await waiter.event.wait()
                 else:
                     # Another engine may drive it (now or later): look at the store too, first
-                    # after 1 ms, then 1.5 times longer each time, up to 50 ms.
-                    with anyio.move_on_after(poll):
+                    # after 1 ms, then 1.5 times longer each time, up to 50 ms (while it runs
+                    # here, only to notice that its partition moved).
+                    with anyio.move_on_after(_RESULT_POLL if here else poll):
                         await waiter.event.wait()
                     if not waiter.event.is_set():
                         poll = min(poll * 1.5, _RESULT_POLL)

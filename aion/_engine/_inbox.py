@@ -22,7 +22,7 @@ from typing import Any
 
 from aion import _validate
 from aion._codec import decode_payload
-from aion.errors import AionError, InvalidToken
+from aion.errors import AionError, InvalidToken, PartitionLost
 from aion.store import EventStore, InboxCommand, Status, Write
 
 from ._messages import Message, Wake, from_inbox
@@ -99,6 +99,7 @@ class Inbox:
         #: Whether this engine drives a run (a shared store: commands of other partitions
         #: are their owners' to apply).
         self._owns = owns
+        self._starts: set[tuple[str, str]] = set()
 
     async def run(self, interval: float, wait: Callable[[float], Awaitable[object]]) -> None:
         """Hand commands to their runs until each is applied; ``wait(interval)`` returns when
@@ -117,6 +118,9 @@ class Inbox:
             # Runs whose start is still in the inbox: their later commands wait for it (a
             # Client may signal a run it has just asked to start).
             starting: set[tuple[str, str]] = set()
+            # Runs with a start in this read: a command for one that does not exist yet waits
+            # for it (inbox ids are ordered by each machine's clock, which may lag another's).
+            self._starts = {(c.tenant, c.workflow_id) for c in commands if c.kind == "start"}
             for command in commands:
                 key = (command.tenant, command.workflow_id)
                 if key in starting or (self._owns is not None and not self._owns(*key)):
@@ -125,7 +129,11 @@ class Inbox:
                 if due <= now:
                     delay = min(max(interval, 0.05) * 2**count, INBOX_MAX_BACKOFF)
                     tries[command.command_id] = (count + 1, now + delay)
-                    if await self.apply(command):
+                    try:
+                        applied = await self.apply(command)
+                    except PartitionLost:
+                        continue  # its partition moved: the new owner applies it
+                    if applied:
                         continue
                 if command.kind == "start":
                     starting.add(key)
@@ -182,6 +190,8 @@ class Inbox:
         if problem is None:
             record = await store.get_workflow(command.workflow_id, tenant=command.tenant)
             if record is None:
+                if key in self._starts:
+                    return False  # its start waits in the inbox too: after it
                 problem = "the workflow does not exist"
             elif record.status.is_terminal:
                 problem = f"the workflow has finished ({record.status.value})"

@@ -87,7 +87,22 @@ class Partitions:
         self.fences = self._store.owned_partitions()
         self.owned = frozenset(self.fences)
 
+    async def keep_lease(self) -> None:
+        """Renew the lease every ``interval`` seconds until cancelled, whatever else is under
+        way (a long recovery sweep at start-up or at a takeover)."""
+        while True:
+            await anyio.sleep(self.interval)
+            try:
+                await anyio.to_thread.run_sync(self._store.renew_lease)
+            except Exception as exc:  # StoreError: the database is unreachable
+                log.warning("could not renew the lease: %s", exc)
+
     async def run(self, ctx: ChildContext) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.keep_lease)
+            await self._balance_loop(ctx)
+
+    async def _balance_loop(self, ctx: ChildContext) -> None:
         """The supervised service: balance every ``interval`` seconds; take over what is
         gained, let go of what is lost. A failed balance (the database unreachable) is
         logged and retried at the next round: the lease runs out meanwhile, and the fence

@@ -44,6 +44,7 @@ class Scheduler:
         max_resident_bytes: idle actors are evicted while the estimated memory of the resident
             ones (see :func:`cost`) is above this.
         workers: the number of activation workers (bounds the timer back-pressure).
+        elsewhere: whether another engine drives a run now (a shared store's partitions).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class Scheduler:
         max_resident: int,
         max_resident_bytes: int,
         workers: int,
+        elsewhere: Callable[[Key], bool] = lambda key: False,
     ) -> None:
         self.actors: OrderedDict[Key, Actor] = OrderedDict()
         self.resident_bytes = 0  # the sum of the actors' charges
@@ -65,6 +67,7 @@ class Scheduler:
         self._max_resident = max_resident
         self._max_bytes = max_resident_bytes
         self._workers = workers
+        self._elsewhere = elsewhere
         self._ready: WorkQueue[Actor] = WorkQueue()
 
     @property
@@ -157,9 +160,12 @@ class Scheduler:
                 pass  # a restart is scheduled after a backoff (or the run was parked)
             elif actor.mailbox:
                 self.schedule(actor)
-            elif actor.steps_in_flight == 0 and actor.finished:
+            elif (actor.steps_in_flight == 0 and actor.finished) or (
+                actor.idle and self._elsewhere(actor.key)
+            ):
                 # A closed run keeps nothing in memory: later mail activates from the store
-                # and finds it closed.
+                # and finds it closed. Nor does one that another engine drives now (its
+                # partition moved while this round was under way).
                 self.forget(actor)
             else:
                 if actor.key in self.actors:

@@ -530,17 +530,26 @@ class PostgresStore(_QueueWriter, KVStore):
         fenced: dict[int, BaseException] = {}
         try:
             with conn.cursor() as cur:
+                touched: list[set[int]] = []
+                first = None
                 if self._owner is not None and self._fencing:
-                    fenced = self._fence(cur, pending)
+                    touched = [self._partitions_of(r.prepared) for r in pending]
+                    if any(touched):
+                        first = self._owner.fence_query(set().union(*touched))
                 kv = _PgWriterKV(cur, self._sql, self._remembered)
-                kv.read_ahead(
+                # The fence check (locking the partitions' rows) and the rows the batch
+                # checks, in one round trip.
+                fence_rows = kv.read_ahead(
                     {
                         "heads": (a.wf_key for r in pending for a in r.prepared.appends),
                         "workflows": (
                             _workflow_key(w) for r in pending for w in r.prepared.workflows
                         ),
-                    }
+                    },
+                    first,
                 )
+                if first is not None:
+                    fenced = self._fence(fence_rows, touched)
                 _fill(kv, pending, results, errors, probes, fenced)
                 if hook is not None:
                     hook.before_commit(len(pending))
@@ -583,13 +592,13 @@ class PostgresStore(_QueueWriter, KVStore):
 
     # --- partitions ---------------------------------------------------------------------------
 
-    def _fence(self, cur: psycopg.Cursor[Any], pending: list[_Request]) -> dict[int, BaseException]:
-        """Check, under the partitions' row locks, that this engine still owns the partitions
-        of ``pending``'s writes at its fences; the requests that touch a lost one, by index,
-        with their error (they are left out of the batch whole)."""
+    def _fence(self, rows: list[Any], touched: list[set[int]]) -> dict[int, BaseException]:
+        """Check, from the partitions' rows read under their row locks, that this engine
+        still owns the partitions of the batch's writes (``touched``: each request's) at its
+        fences; the requests that touch a lost one, by index, with their error (they are left
+        out of the batch whole)."""
         assert self._owner is not None
-        touched = [self._partitions_of(r.prepared) for r in pending]
-        lost = self._owner.fence_check(cur, set().union(*touched))
+        lost = self._owner.fence_result(rows, set().union(*touched))
         if not lost:
             return {}
         return {

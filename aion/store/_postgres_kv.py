@@ -141,9 +141,14 @@ class _PgWriterKV(_PgKV):
         """What this transaction read and wrote, by table (valid once it committed)."""
         return self._known
 
-    def read_ahead(self, keys: dict[str, Iterable[bytes]]) -> None:
+    def read_ahead(
+        self,
+        keys: dict[str, Iterable[bytes]],
+        first: tuple[Any, tuple[Any, ...]] | None = None,
+    ) -> list[Any]:
         """Fetch the rows of ``keys`` (by table) that are not known yet, all in one round trip;
-        later gets of them need none."""
+        later gets of them need none. ``first``: a statement sent before them in the same
+        round trip (the fence check of a batch); its rows are returned."""
         todo: list[tuple[str, set[bytes]]] = []
         for table, table_keys in keys.items():
             wanted = set(table_keys)
@@ -151,11 +156,15 @@ class _PgWriterKV(_PgKV):
             wanted.difference_update(self._remembered.get(table, ()))
             if wanted:
                 todo.append((table, wanted))
-        if not todo:
-            return
+        if not todo and first is None:
+            return []
         conn = self._cur.connection
         sent: list[tuple[str, set[bytes], psycopg.Cursor[Any]]] = []
+        head: psycopg.Cursor[Any] | None = None
         with conn.pipeline():
+            if first is not None:
+                head = conn.cursor()
+                head.execute(*first)
             for table, wanted in todo:
                 cur = conn.cursor()
                 cur.execute(self._sql.many[table], (list(wanted),))
@@ -166,6 +175,11 @@ class _PgWriterKV(_PgKV):
             known = self._known.setdefault(table, {})
             for key in wanted:
                 known[key] = found.get(key)
+        if head is None:
+            return []
+        rows = head.fetchall()
+        head.close()
+        return rows
 
     def get(self, table: str, key: bytes) -> bytes | None:
         for layer in (self._pending, self._known, self._remembered):

@@ -308,17 +308,27 @@ class Ownership:
 
     # --- fencing ----------------------------------------------------------------------------
 
-    def fence_check(self, cur: psycopg.Cursor[Any], partitions: set[int]) -> set[int]:
-        """In a write transaction: lock ``partitions``' rows (``FOR SHARE``: a takeover waits
-        for this transaction) and return those this engine does not own at its fence."""
-        if not partitions:
-            return set()
-        rows = cur.execute(
+    def fence_query(self, partitions: set[int]) -> tuple[sql.Composed, tuple[Any, ...]]:
+        """The statement that, in a write transaction, locks ``partitions``' rows (``FOR
+        SHARE``: a takeover waits for this transaction) and reads their owners and fences
+        (for :meth:`fence_result`; sent in the batch's first round trip)."""
+        return (
             sql.SQL("SELECT id, owner, fence FROM {} WHERE id = ANY(%s) FOR SHARE").format(
                 self._partitions
             ),
             (sorted(partitions),),
-        ).fetchall()
+        )
+
+    def fence_check(self, cur: psycopg.Cursor[Any], partitions: set[int]) -> set[int]:
+        """In a write transaction: lock ``partitions``' rows and return those this engine
+        does not own at its fence."""
+        if not partitions:
+            return set()
+        return self.fence_result(cur.execute(*self.fence_query(partitions)).fetchall(), partitions)
+
+    def fence_result(self, rows: list[Any], partitions: set[int]) -> set[int]:
+        """The partitions of ``partitions`` this engine does not own at its fence, given the
+        rows :meth:`fence_query` read."""
         with self._state:
             owned = self._owned
             valid = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -92,7 +93,8 @@ def _spawn(url: str, schema: str, fencing: bool, stderr: Any) -> subprocess.Pope
         env=env,
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()  # blocks until its engine runs
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else "(nothing within 60 s)"
     assert line == "ready\n", f"worker said {line!r}"
     return proc
 
@@ -189,6 +191,12 @@ async def _finish(url: str, workflows: int, chaos: Chaos, patience: float) -> No
             completions = [h for h in history if h.type == "workflow.completed"]
             if len(completions) != 1:
                 chaos.problems.append(f"{workflow_id}: {len(completions)} completions")
+            # In the last run (a signal that came before a continue-as-new is carried over to
+            # the successor: received once in each run).
+            starts = [i for i, h in enumerate(history) if h.type == "workflow.started"]
+            signals = [h for h in history[starts[-1] :] if h.type == "signal.received"]
+            if len(signals) != 1:
+                chaos.problems.append(f"{workflow_id}: {len(signals)} signals received")
 
 
 def _audit(schema: str, workflows: int, chaos: Chaos) -> None:
@@ -231,4 +239,4 @@ def test_without_fencing_the_same_chaos_finds_stale_writes(tmp_path: Path) -> No
     engine's writes land after its partitions were taken over."""
     chaos = run_chaos(tmp_path, workflows=300, events=55, fencing=False, patience=60)
     print(f"chaos on PostgreSQL without fencing: {chaos}")
-    assert chaos.stale_writes > 0 or chaos.problems, f"seed {chaos.seed}: nothing detected"
+    assert chaos.stale_writes > 0, f"seed {chaos.seed}: no stale write detected"

@@ -146,3 +146,85 @@ async def test_a_child_with_an_id_in_another_partition_is_refused_clearly(url: s
         # An id that starts with the parent's and a default child's suffix is its partition.
         handle = await a.start(stray_parent, "stray-2/child-7", workflow_id="stray-2")
         assert await handle.result(timeout=10) == "started"
+
+
+async def test_runs_that_move_to_a_joining_engine_finish_there_and_results_reach_a(
+    url: str,
+) -> None:
+    async with engine(url) as a:
+        ids = [f"moving-{n}" for n in range(16)]
+        handles = [await a.start(family, n, workflow_id=i) for n, i in enumerate(ids)]
+        for i in ids:  # all parked in A's memory, waiting for the signal
+            with anyio.fail_after(20):
+                while "go" not in (await a.describe(i)).pending.get("signals", []):
+                    await anyio.sleep(0.02)
+        async with engine(url) as b:
+            await balanced(a, b)
+            moved = [i for i in ids if b.store.partition_of(i) in b.store.owned_partitions()]  # type: ignore[attr-defined]
+            assert moved, "some of the runs moved to B"
+            for n, i in enumerate(ids):
+                await a.signal(i, "go", n)
+            with anyio.fail_after(30):
+                results = [await h.result() for h in handles]  # A's handles, B's runs too
+            assert [r["extra"] for r in results] == list(range(16))
+            assert a.failure is None and b.failure is None
+
+
+async def test_starts_from_the_inbox_survive_partitions_moving_under_them(url: str) -> None:
+    """Starts queued by a Client while another engine joins and leaves again and again: the
+    inbox service never fails (a start whose partition moved stays in the inbox for the new
+    owner), and every run is started once."""
+    async with engine(url) as a, aion.Client(url) as client:
+        ids = [f"queued-{n}" for n in range(300)]
+
+        async def queue() -> None:
+            for n, i in enumerate(ids):
+                await client.start("leaf", n, workflow_id=i)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(queue)
+            for _ in range(3):
+                async with engine(url) as b:
+                    await balanced(a, b)
+                    assert b.failure is None
+        with anyio.fail_after(60):
+            results = [await client.handle(i).result() for i in ids]
+        assert results == [2 * n for n in range(300)]
+        assert a.failure is None
+
+
+async def test_a_start_whose_partition_was_just_taken_stays_queued_for_the_new_owner(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Engine A still believes it owns a partition that another engine has just claimed (A's
+    lease ran out): A's inbox service tries a start there, the write is fenced out, and the
+    command stays in the inbox (the service does not crash); the new owner starts it."""
+    import psycopg
+
+    from aion.store import PostgresStore
+
+    schema = url.split("schema=", 1)[1].split("&", 1)[0]
+    async with engine(url) as a:
+        store = a.store
+        partition = store.partition_of("taken-1")  # type: ignore[attr-defined]
+        with psycopg.connect(_postgres.URL, autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE \"{schema}\".engines SET lease_until = now() - interval '1 second'"
+            )
+        thief = PostgresStore(url, engine_id="thief")
+        try:
+            assert thief.claim([partition])[0] == {partition}
+            async with aion.Client(url) as client:
+                await client.start("leaf", 5, workflow_id="taken-1")
+                with anyio.fail_after(10):
+                    while a.store.partition_of("taken-1") in a.store.owned_partitions():  # type: ignore[attr-defined]
+                        await anyio.sleep(0.01)
+                assert await client.store.inbox_pending(
+                    [c.command_id for c in await client.store.read_inbox(limit=10)]
+                ), "the start waits in the inbox for the partition's owner"
+                assert not [r for r in caplog.records if "crashed" in r.getMessage()]
+                assert a.failure is None
+        finally:
+            thief.close()  # releases the partition: A takes it back and starts the run
+        async with aion.Client(url) as client:
+            assert await client.handle("taken-1").result(timeout=20) == 10
