@@ -746,8 +746,12 @@ class Engine:
         command = InboxCommand(
             "start", tenant, workflow_id, self.now(), name=definition.name, payload=encoded
         )
-        await self.store.put_inbox(command)
-        return WorkflowHandle(workflow_id, tenant, self._result)
+        command_id = await self.store.put_inbox(command)
+
+        async def result(workflow_id: str, tenant: str, timeout: float | None) -> Any:
+            return await self._result(workflow_id, tenant, timeout, command_id)
+
+        return WorkflowHandle(workflow_id, tenant, result)
 
     async def _start_from_inbox(self, command: InboxCommand) -> bool:
         """Begin the run a start command left by another process asks for; its first write
@@ -811,7 +815,9 @@ class Engine:
         workflow_id, tenant = _key(workflow_id, tenant)
         return WorkflowHandle(workflow_id, tenant, self._result)
 
-    async def _result(self, workflow_id: str, tenant: str, timeout: float | None) -> Any:
+    async def _result(
+        self, workflow_id: str, tenant: str, timeout: float | None, command_id: str = ""
+    ) -> Any:
         # The ids were checked when the handle was made (handle(), start()).
         timeout = _validate.optional_seconds(timeout, "result(timeout=...)")
         with anyio.fail_after(timeout) if timeout is not None else nullcontext():
@@ -823,7 +829,7 @@ class Engine:
                     waiter = self._waiters[key] = _ResultWaiter()
                 here = self._drives(*key) and self._runtime.running_here(key)
                 if not here:
-                    record = await self._record_or_starting(workflow_id, tenant)
+                    record = await self._record_or_starting(workflow_id, tenant, command_id)
                     if record is not None and record.status.is_terminal:
                         if self._waiters.get(key) is waiter and not waiter.event.is_set():
                             del self._waiters[key]
@@ -1188,9 +1194,12 @@ class Engine:
             workflow_id, tenant=tenant, limit=limit, cursor=cursor
         )
 
-    async def _record_or_starting(self, workflow_id: str, tenant: str) -> WorkflowRecord | None:
+    async def _record_or_starting(
+        self, workflow_id: str, tenant: str, command_id: str = ""
+    ) -> WorkflowRecord | None:
         """The workflow's record; None while its start waits in the inbox for the engine
-        that drives it (a store shared with other engines).
+        that drives it (a store shared with other engines; ``command_id``: that start's, when
+        known, else the inbox is searched).
 
         Raises:
             WorkflowNotFound: no such workflow, and no start of it queued.
@@ -1200,6 +1209,10 @@ class Engine:
         record = await self.store.get_workflow(workflow_id, tenant=tenant)
         if record is not None:
             return record
+        if command_id:
+            if await self.store.inbox_pending([command_id]):
+                return None
+            return await self._record(workflow_id, tenant)  # started meanwhile?
         after: str | None = None
         while True:
             commands = await self.store.read_inbox(limit=500, after=after)

@@ -20,12 +20,15 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import anyio
+
 from aion import _validate
 from aion._codec import decode_payload
 from aion.errors import AionError, InvalidToken, PartitionLost
 from aion.store import EventStore, InboxCommand, Status, Write
 
 from ._messages import Message, Wake, from_inbox
+from ._tasks import one_error
 
 __all__ = ["INBOX_MAX_BACKOFF", "Inbox", "check_command"]
 
@@ -36,6 +39,9 @@ INBOX_MAX_BACKOFF = 30.0
 
 #: Commands read per store call.
 _PAGE = 500
+
+#: Runs whose inbox commands are applied at once (a start waits for its commit).
+_RUNS_AT_ONCE = 64
 
 
 def check_command(command: InboxCommand, limit: int) -> None:
@@ -112,19 +118,42 @@ class Inbox:
         log line.
         """
         tries: dict[str, tuple[int, float]] = {}  # command id -> (hand-overs, next at)
+        limiter = anyio.CapacityLimiter(_RUNS_AT_ONCE)
         while True:
             commands = await self.read()
             now = time.monotonic()
-            # Runs whose start is still in the inbox: their later commands wait for it (a
-            # Client may signal a run it has just asked to start).
-            starting: set[tuple[str, str]] = set()
             # Runs with a start in this read: a command for one that does not exist yet waits
             # for it (inbox ids are ordered by each machine's clock, which may lag another's).
             self._starts = {(c.tenant, c.workflow_id) for c in commands if c.kind == "start"}
+            # Each run's commands in order; runs side by side (a start waits for its commit).
+            runs: dict[tuple[str, str], list[InboxCommand]] = {}
             for command in commands:
                 key = (command.tenant, command.workflow_id)
-                if key in starting or (self._owns is not None and not self._owns(*key)):
-                    continue
+                if self._owns is None or self._owns(*key):
+                    runs.setdefault(key, []).append(command)
+
+            if len(runs) == 1:
+                await self._take(next(iter(runs.values())), tries, now, interval, limiter)
+            elif runs:
+                with one_error():
+                    async with anyio.create_task_group() as tg:
+                        for run in runs.values():
+                            tg.start_soon(self._take, run, tries, now, interval, limiter)
+            present = {command.command_id for command in commands}
+            tries = {i: t for i, t in tries.items() if i in present}
+            await wait(interval)
+
+    async def _take(
+        self,
+        run: list[InboxCommand],
+        tries: dict[str, tuple[int, float]],
+        now: float,
+        interval: float,
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        """Hand one run's commands over in order (see :meth:`run`)."""
+        async with limiter:
+            for command in run:
                 count, due = tries.get(command.command_id, (0, 0.0))
                 if due <= now:
                     delay = min(max(interval, 0.05) * 2**count, INBOX_MAX_BACKOFF)
@@ -132,14 +161,13 @@ class Inbox:
                     try:
                         applied = await self.apply(command)
                     except PartitionLost:
-                        continue  # its partition moved: the new owner applies it
+                        return  # its partition moved: the new owner applies it
                     if applied:
                         continue
                 if command.kind == "start":
-                    starting.add(key)
-            present = {command.command_id for command in commands}
-            tries = {i: t for i, t in tries.items() if i in present}
-            await wait(interval)
+                    # Not started yet: the run's later commands wait for it (a Client may
+                    # signal a run it has just asked to start).
+                    return
 
     async def read(self) -> list[InboxCommand]:
         out: list[InboxCommand] = []
