@@ -713,7 +713,9 @@ class Engine:
         """
         tenant = _validate.identifier(tenant, "tenant")
         workflow_id = (
-            new_workflow_id() if workflow_id is None else _validate.identifier(workflow_id)
+            self._new_workflow_id(tenant)
+            if workflow_id is None
+            else _validate.identifier(workflow_id)
         )
         definition = self._resolve(workflow)
         encoded = definition.encode_input(args, limit=self.max_payload_bytes)
@@ -752,6 +754,17 @@ class Engine:
             return await self._result(workflow_id, tenant, timeout, command_id)
 
         return WorkflowHandle(workflow_id, tenant, result)
+
+    def _new_workflow_id(self, tenant: str) -> str:
+        """A new workflow id; with a shared store, one in a partition this engine drives (so
+        the run starts here, without a trip through the inbox to another engine)."""
+        workflow_id = new_workflow_id()
+        if self._partitions is not None and self._partitions.owned:
+            for _ in range(_LOCAL_ID_TRIES):
+                if self._drives(tenant, workflow_id):
+                    break
+                workflow_id = new_workflow_id()
+        return workflow_id
 
     async def _start_from_inbox(self, command: InboxCommand) -> bool:
         """Begin the run a start command left by another process asks for; its first write
@@ -1257,6 +1270,9 @@ def _url_parameters(url: str) -> set[str]:
 #: With a shared store, how often ``result()`` looks at the store for a run that another
 #: engine may drive, and how long ``unblock()`` waits for another engine to take a retry.
 _RESULT_POLL = 0.05
+#: New workflow ids tried for one in a partition this engine drives (each is a hash: with
+#: 1/N of the partitions, N tries on average).
+_LOCAL_ID_TRIES = 1000
 _ELSEWHERE_UNBLOCK_WAIT = 10.0
 
 

@@ -228,3 +228,13 @@ async def test_a_start_whose_partition_was_just_taken_stays_queued_for_the_new_o
             thief.close()  # releases the partition: A takes it back and starts the run
         async with aion.Client(url) as client:
             assert await client.handle("taken-1").result(timeout=20) == 10
+
+
+async def test_an_engine_makes_up_ids_in_partitions_it_drives(url: str) -> None:
+    async with engine(url) as a, engine(url) as b:
+        await balanced(a, b)
+        for e in (a, b):
+            handles = [await e.start(leaf, n) for n in range(20)]
+            owned = e.store.owned_partitions()  # type: ignore[attr-defined]
+            assert all(e.store.partition_of(h.workflow_id) in owned for h in handles)  # type: ignore[attr-defined]
+            assert [await h.result(timeout=20) for h in handles] == [2 * n for n in range(20)]
