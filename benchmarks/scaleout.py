@@ -8,8 +8,8 @@
   is the baseline. Same run, same machine, alternating with aion.
 
 - **2 and 3 processes**: as many engine processes on one schema (the default: they share its
-  partitions), each with 50 requesters for workflows with fresh ids, so most of each process's
-  starts are for runs another process drives (queued in the inbox for it). Their rates are
+  partitions), each with 50 requesters starting workflows without ids (an engine makes up
+  ids in partitions it drives, so each process runs what it was asked to). Their rates are
   summed over a window that begins once the partitions are balanced.
 - **takeover**: two engine processes, a run parked on a signal in every partition; one process
   is SIGKILLed and its runs signalled at once; the time from the kill (and from its lease's
