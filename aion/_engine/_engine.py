@@ -117,6 +117,9 @@ class Engine:
             (``"postgresql://user@host/db"``: a :class:`~aion.store.PostgresStore` in schema
             ``aion``, needs ``pip install "aion[postgres]"``), or an
             :class:`~aion.store.EventStore` instance to run on (e.g. ``MemoryStore()`` in tests).
+            Engines on one PostgreSQL schema share its runs (docs/scale-out.md): a request for
+            a run that another engine drives returns once it is durably queued for that
+            engine, not once it is recorded (``?ownership=lock``: one engine per schema).
         workflows: the workflow functions (decorated with ``@aion.workflow``) this engine runs.
         clock: the source of time (``aion.testing.ManualClock`` in tests).
         durable: fsync every commit (default). See docs/operations.md.
