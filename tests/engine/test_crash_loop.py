@@ -119,7 +119,7 @@ def run_crash_loop(
         stats.boots += 1
         proc = _spawn(data, log, count, stderr)
         try:
-            out, _ = proc.communicate(timeout=180)
+            out, _ = proc.communicate(timeout=900)  # a safety net: 20,000 runs on a slow machine
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
