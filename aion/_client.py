@@ -33,6 +33,7 @@ from aion._engine import (
     WorkflowHandle,
 )
 from aion._engine._datadir import data_dir, read_payload_limit
+from aion._engine._inbox import start_queued
 from aion._ids import new_workflow_id
 from aion._replay import WorkflowDefinition, definition_of
 from aion._tokens import KEY_FILE_NAME, KeyRing, TokenClaims, load_or_create, peek_claims
@@ -43,14 +44,12 @@ from aion.errors import (
     WorkflowNotFound,
 )
 from aion.store import (
-    ApprovalStatus,
     EventStore,
     InboxCommand,
     LmdbStore,
     Page,
     Status,
     WorkflowRecord,
-    collect_pages,
 )
 from aion.store._postgres_import import is_postgres_url, postgres_store
 
@@ -264,17 +263,7 @@ class Client:
         return record
 
     async def _start_queued(self, workflow_id: str, tenant: str, command_id: str) -> bool:
-        if command_id:
-            return bool(await self.store.inbox_pending([command_id]))
-        after: str | None = None
-        while True:
-            commands = await self.store.read_inbox(limit=500, after=after)
-            for c in commands:
-                if c.kind == "start" and (c.tenant, c.workflow_id) == (tenant, workflow_id):
-                    return True
-            if len(commands) < 500:
-                return False
-            after = commands[-1].command_id
+        return await start_queued(self.store, workflow_id, tenant, command_id)
 
     # --- steering -----------------------------------------------------------------------------
 
@@ -451,13 +440,7 @@ class Client:
         digest = _validate.optional_text(digest, "digest", limit=_validate.MAX_NAME_BYTES)
         record = await self._reader.record(workflow_id, tenant)
         _control.check_decidable(record)
-        store = self.store
-        rows = await collect_pages(
-            lambda cursor: store.list_approvals(
-                workflow_id, tenant=tenant, limit=100, cursor=cursor
-            )
-        )
-        pending = [row for row in rows if row.status is ApprovalStatus.PENDING]
+        pending = await _control.pending_approvals(self.store, workflow_id, tenant)
         # The timeout is left to the engine, whose clock decides it.
         chosen = _control.choose_approval(
             workflow_id, pending, approval_id, digest, None, pick=pick

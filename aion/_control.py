@@ -23,7 +23,16 @@ from aion.errors import (
     WorkflowBlocked,
     WorkflowClosed,
 )
-from aion.store import Status, WaitpointRow, WaitpointStatus, WorkflowRecord
+from aion.store import (
+    ApprovalRow,
+    ApprovalStatus,
+    EventStore,
+    Status,
+    WaitpointRow,
+    WaitpointStatus,
+    WorkflowRecord,
+    collect_pages,
+)
 
 __all__ = [
     "ApprovalLike",
@@ -134,6 +143,14 @@ def check_same_type(record: WorkflowRecord, workflow_type: str) -> None:
 
 
 # --- approvals -----------------------------------------------------------------------------------
+
+
+async def pending_approvals(store: EventStore, workflow_id: str, tenant: str) -> list[ApprovalRow]:
+    """The run's approvals still pending (every page of them)."""
+    rows = await collect_pages(
+        lambda cursor: store.list_approvals(workflow_id, tenant=tenant, limit=100, cursor=cursor)
+    )
+    return [row for row in rows if row.status is ApprovalStatus.PENDING]
 
 
 def choose_approval(

@@ -59,7 +59,6 @@ from aion.errors import (
     StoreError,
 )
 from aion.store import (
-    ApprovalStatus,
     EventStore,
     InboxCommand,
     LmdbStore,
@@ -68,14 +67,13 @@ from aion.store import (
     TimerRow,
     WorkflowRecord,
     Write,
-    collect_pages,
 )
 from aion.store._postgres_import import is_postgres_url, postgres_store
 
 from ._actor import Runtime
 from ._config import RuntimeConfig
 from ._datadir import data_dir, load_keys, record_payload_limit
-from ._inbox import Inbox, start_args
+from ._inbox import Inbox, start_args, start_queued
 from ._messages import (
     Cancel,
     Complete,
@@ -932,13 +930,7 @@ class Engine:
         command: InboxCommand | None
         if isinstance(message, Decide):
             # Chosen here, as the Client chooses: the decision names exactly one approval.
-            store = self.store
-            rows = await collect_pages(
-                lambda cursor: store.list_approvals(
-                    workflow_id, tenant=tenant, limit=100, cursor=cursor
-                )
-            )
-            pending = [row for row in rows if row.status is ApprovalStatus.PENDING]
+            pending = await _control.pending_approvals(self.store, workflow_id, tenant)
             chosen = _control.choose_approval(
                 workflow_id,
                 pending,
@@ -1225,19 +1217,8 @@ class Engine:
         record = await self.store.get_workflow(workflow_id, tenant=tenant)
         if record is not None:
             return record
-        if command_id:
-            if await self.store.inbox_pending([command_id]):
-                return None
-            return await self._record(workflow_id, tenant)  # started meanwhile?
-        after: str | None = None
-        while True:
-            commands = await self.store.read_inbox(limit=500, after=after)
-            for c in commands:
-                if c.kind == "start" and (c.tenant, c.workflow_id) == (tenant, workflow_id):
-                    return None
-            if len(commands) < 500:
-                break
-            after = commands[-1].command_id
+        if await start_queued(self.store, workflow_id, tenant, command_id):
+            return None
         return await self._record(workflow_id, tenant)  # started meanwhile?
 
     async def _record(self, workflow_id: str, tenant: str) -> WorkflowRecord:

@@ -30,7 +30,7 @@ from aion.store import EventStore, InboxCommand, Status, Write
 from ._messages import Message, Wake, from_inbox
 from ._tasks import one_error
 
-__all__ = ["INBOX_MAX_BACKOFF", "Inbox", "check_command"]
+__all__ = ["INBOX_MAX_BACKOFF", "Inbox", "check_command", "start_queued"]
 
 log = logging.getLogger("aion.engine")
 
@@ -42,6 +42,24 @@ _PAGE = 500
 
 #: Runs whose inbox commands are applied at once (a start waits for its commit).
 _RUNS_AT_ONCE = 64
+
+
+async def start_queued(
+    store: EventStore, workflow_id: str, tenant: str, command_id: str = ""
+) -> bool:
+    """Whether a start of the workflow waits in the inbox (``command_id``: that start's, when
+    known; otherwise the inbox is searched)."""
+    if command_id:
+        return bool(await store.inbox_pending([command_id]))
+    after: str | None = None
+    while True:
+        commands = await store.read_inbox(limit=_PAGE, after=after)
+        for c in commands:
+            if c.kind == "start" and (c.tenant, c.workflow_id) == (tenant, workflow_id):
+                return True
+        if len(commands) < _PAGE:
+            return False
+        after = commands[-1].command_id
 
 
 def check_command(command: InboxCommand, limit: int) -> None:
