@@ -166,8 +166,12 @@ class Client:
         *args: Any,
         workflow_id: str | None = None,
         tenant: str | None = None,
+        identity: str | None = None,
     ) -> WorkflowHandle:
         """Start a workflow, or return a handle to the existing one with this ``workflow_id``.
+
+        ``identity`` (who asks, at most 256 bytes) is recorded in the run's history, as by
+        :meth:`aion.Engine.start`; likewise for ``signal``, ``cancel`` and ``unblock``.
 
         ``workflow`` is a workflow function (``@aion.workflow``; its arguments are checked
         against its annotations here) or the name of a registered workflow type (the engine
@@ -185,13 +189,19 @@ class Client:
                 generated id), wrong number of arguments, or an id taken by a run of another
                 workflow type.
         """
-        _, handle = await self._start(workflow, args, workflow_id, tenant)
+        _, handle = await self._start(workflow, args, workflow_id, tenant, identity)
         return handle
 
     async def _start(
-        self, workflow: Any, args: tuple[Any, ...], workflow_id: str | None, tenant: str | None
+        self,
+        workflow: Any,
+        args: tuple[Any, ...],
+        workflow_id: str | None,
+        tenant: str | None,
+        identity: str | None = None,
     ) -> tuple[Queued | None, WorkflowHandle]:
         tenant = self._tenant(tenant)
+        who = _validate.identity(identity)
         workflow_id = (
             new_workflow_id() if workflow_id is None else _validate.identifier(workflow_id)
         )
@@ -208,7 +218,9 @@ class Client:
         if record is not None:
             _control.check_same_type(record, name)
             return None, self._handle(workflow_id, tenant)
-        command = InboxCommand("start", tenant, workflow_id, _now(), name=name, payload=encoded)
+        command = InboxCommand(
+            "start", tenant, workflow_id, _now(), name=name, payload=encoded, user=who
+        )
         queued = await self._queue(command, None)
         return queued, self._handle(workflow_id, tenant, queued.command_id)
 
@@ -268,7 +280,13 @@ class Client:
     # --- steering -----------------------------------------------------------------------------
 
     async def signal(
-        self, workflow_id: str, name: str, payload: Any = None, *, tenant: str | None = None
+        self,
+        workflow_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        tenant: str | None = None,
+        identity: str | None = None,
     ) -> None:
         """Send signal ``name`` with ``payload``; returns once it is durably queued (applied in
         arrival order; a BLOCKED run takes it once it runs again; a workflow whose start is
@@ -281,20 +299,34 @@ class Client:
             InvalidArgument: the id, tenant or name is malformed (names: non-empty text of at
                 most 256 UTF-8 bytes).
         """
-        await self._signal(workflow_id, name, payload, tenant=tenant)
+        await self._signal(workflow_id, name, payload, tenant=tenant, identity=identity)
 
     async def _signal(
-        self, workflow_id: str, name: str, payload: Any, *, tenant: str | None
+        self,
+        workflow_id: str,
+        name: str,
+        payload: Any,
+        *,
+        tenant: str | None,
+        identity: str | None = None,
     ) -> Queued:
         workflow_id, tenant = self._key(workflow_id, tenant)
         name = _validate.name(name, "signal name")
+        who = _validate.identity(identity)
         encoded = self._encode(payload, f"signal {name!r}")
         record = await self._open_or_starting(workflow_id, tenant)
-        command = InboxCommand("signal", tenant, workflow_id, _now(), name=name, payload=encoded)
+        command = InboxCommand(
+            "signal", tenant, workflow_id, _now(), name=name, payload=encoded, user=who
+        )
         return await self._queue(command, record)
 
     async def cancel(
-        self, workflow_id: str, *, reason: str | None = None, tenant: str | None = None
+        self,
+        workflow_id: str,
+        *,
+        reason: str | None = None,
+        tenant: str | None = None,
+        identity: str | None = None,
     ) -> None:
         """Ask the workflow to cancel: its current await raises ``aion.Cancelled``. Returns
         once the request is durably queued (also for a workflow whose start is still queued).
@@ -305,17 +337,30 @@ class Client:
             InvalidArgument: the id or tenant is malformed, or ``reason`` is not text (of at
                 most 64 KiB).
         """
-        await self._cancel(workflow_id, reason=reason, tenant=tenant)
+        await self._cancel(workflow_id, reason=reason, tenant=tenant, identity=identity)
 
-    async def _cancel(self, workflow_id: str, *, reason: str | None, tenant: str | None) -> Queued:
+    async def _cancel(
+        self,
+        workflow_id: str,
+        *,
+        reason: str | None,
+        tenant: str | None,
+        identity: str | None = None,
+    ) -> Queued:
         workflow_id, tenant = self._key(workflow_id, tenant)
         reason = _validate.optional_text(reason, "cancel reason")
+        who = _validate.identity(identity)
         record = await self._open_or_starting(workflow_id, tenant)
-        command = InboxCommand("cancel", tenant, workflow_id, _now(), comment=reason)
+        command = InboxCommand("cancel", tenant, workflow_id, _now(), comment=reason, user=who)
         return await self._queue(command, record)
 
     async def unblock(
-        self, workflow_id: str, *, tenant: str | None = None, timeout: float | None = 10.0
+        self,
+        workflow_id: str,
+        *,
+        tenant: str | None = None,
+        timeout: float | None = 10.0,
+        identity: str | None = None,
     ) -> WorkflowDescription:
         """Retry a ``BLOCKED`` run now: replay it and go on (after the cause was fixed).
 
@@ -330,19 +375,28 @@ class Client:
             WorkflowNotFound: no such workflow in this tenant.
             InvalidArgument: the run is not blocked (or the id or ``timeout`` is malformed).
         """
-        _, _, description = await self._unblock(workflow_id, tenant=tenant, timeout=timeout)
+        _, _, description = await self._unblock(
+            workflow_id, tenant=tenant, timeout=timeout, identity=identity
+        )
         return description
 
     async def _unblock(
-        self, workflow_id: str, *, tenant: str | None, timeout: float | None
+        self,
+        workflow_id: str,
+        *,
+        tenant: str | None,
+        timeout: float | None,
+        identity: str | None = None,
     ) -> tuple[Queued, bool, WorkflowDescription]:
         """The retry queued, whether an engine took it, and the run's description after."""
         workflow_id, tenant = self._key(workflow_id, tenant)
         timeout = _validate.optional_seconds(timeout, "unblock(timeout=...)")
+        who = _validate.identity(identity)
         record = await self._reader.record(workflow_id, tenant)
         _control.check_blocked(record)
         head = await self.store.head(workflow_id, tenant=tenant)
-        queued = await self._queue(InboxCommand("unblock", tenant, workflow_id, _now()), record)
+        command = InboxCommand("unblock", tenant, workflow_id, _now(), user=who)
+        queued = await self._queue(command, record)
         taken = False
         if queued.rung:
             with anyio.move_on_after(timeout) if timeout is not None else nullcontext():
@@ -537,6 +591,8 @@ class Client:
         *,
         status: Status | None = None,
         workflow_type: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
         tenant: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
@@ -547,14 +603,14 @@ class Client:
             InvalidArgument: a filter, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
                 the cursor was made for another query.
         """
-        tenant = self._tenant(tenant)
-        if status is not None:
-            status = _validate.member(status, Status, "status")
-        workflow_type = _validate.optional_identifier(workflow_type, "workflow_type")
-        limit = _validate.page_limit(limit)
-        cursor = _validate.cursor(cursor)
         return await self._reader.list(
-            status=status, workflow_type=workflow_type, tenant=tenant, limit=limit, cursor=cursor
+            status=status,
+            workflow_type=workflow_type,
+            started_after=started_after,
+            started_before=started_before,
+            tenant=self._tenant(tenant),
+            limit=limit,
+            cursor=cursor,
         )
 
     async def pending_approvals(

@@ -220,6 +220,16 @@ def user(value: object) -> str:
     return _bounded(value, "user", MAX_NAME_BYTES, empty=False)
 
 
+def identity(value: object) -> str:
+    """Who makes a request (``identity=``): text of at most :data:`MAX_NAME_BYTES`, or None
+    for unknown (recorded as ``""``).
+
+    Raises:
+        InvalidArgument: it is not text, or too long.
+    """
+    return "" if value is None else _bounded(value, "identity", MAX_NAME_BYTES, empty=True)
+
+
 def text(value: object, what: str, *, limit: int | None = MAX_TEXT_BYTES) -> str:
     """Free text (may be empty) of at most ``limit`` UTF-8 bytes (None: any length).
 

@@ -87,6 +87,8 @@ class WorkflowStarted(Event, frozen=True, tag="workflow.started"):
     parent_run_id: str | None = None
     code_version: str | None = None
     continued_from_run_id: str | None = None
+    #: Who started the run (an API key's label, the ``identity=`` of ``start``); "" unknown.
+    identity: str = ""
 
 
 class WorkflowCompleted(Event, frozen=True, tag="workflow.completed"):
@@ -104,9 +106,11 @@ class WorkflowFailed(Event, frozen=True, tag="workflow.failed"):
 
 
 class WorkflowCancelRequested(Event, frozen=True, tag="workflow.cancel_requested"):
-    """Someone asked the run to cancel; the workflow sees ``aion.Cancelled`` at its next await."""
+    """Someone asked the run to cancel; the workflow sees ``aion.Cancelled`` at its next await.
+    ``identity``: who asked (an API key's label, ``cancel(identity=...)``); "" unknown."""
 
     reason: str | None = None
+    identity: str = ""
 
 
 class WorkflowCancelled(Event, frozen=True, tag="workflow.cancelled"):
@@ -131,9 +135,11 @@ class WorkflowBlocked(Event, frozen=True, tag="workflow.blocked"):
 
 
 class WorkflowUnblocked(Event, frozen=True, tag="workflow.unblocked"):
-    """An operator (or a restart after a fix) released a parked run."""
+    """An operator (or a restart after a fix) released a parked run; ``identity``: the
+    operator who asked (``unblock(identity=...)``), "" for a restart or unknown."""
 
     reason: str = ""
+    identity: str = ""
 
 
 # --- steps ----------------------------------------------------------------------------------
@@ -216,6 +222,8 @@ class SignalReceived(Event, frozen=True, tag="signal.received"):
     name: str
     payload: bytes
     signal_id: str = ""
+    #: Who sent it (an API key's label, ``signal(identity=...)``); "" unknown.
+    identity: str = ""
 
 
 class ApprovalRequested(Event, frozen=True, tag="approval.requested"):

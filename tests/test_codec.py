@@ -43,16 +43,17 @@ def sample_events() -> list[ev.Event]:
             parent_run_id="pr",
             code_version="v3",
             continued_from_run_id="run-0",
+            identity="ops-key",
         ),
         ev.WorkflowCompleted(seq=2, at=T, result=b"\xc3"),
         ev.WorkflowFailed(seq=3, at=T, error_type="ValueError", message="bad", traceback="tb"),
-        ev.WorkflowCancelRequested(seq=4, at=T, reason="user asked"),
+        ev.WorkflowCancelRequested(seq=4, at=T, reason="user asked", identity="ops-key"),
         ev.WorkflowCancelled(seq=5, at=T, reason="user asked"),
         ev.WorkflowContinuedAsNew(
             seq=6, at=T, new_run_id="run-b", workflow_type="checkout", input=b"\x90"
         ),
         ev.WorkflowBlocked(seq=7, at=T, reason="nondeterminism", detail="at event 12"),
-        ev.WorkflowUnblocked(seq=8, at=T, reason="operator"),
+        ev.WorkflowUnblocked(seq=8, at=T, reason="operator", identity="ops-key"),
         ev.StepScheduled(seq=9, at=T, step_seq=1, name="charge_card", args=b"\x91\x01"),
         ev.StepStarted(seq=10, at=T, step_seq=1, attempt=1),
         ev.StepCompleted(seq=11, at=T, step_seq=1, attempt=1, result=b"\xa3ch1"),
@@ -71,7 +72,9 @@ def sample_events() -> list[ev.Event]:
         ev.TimerScheduled(seq=14, at=T, timer_seq=1, due=T + timedelta(days=30), name="wait"),
         ev.TimerFired(seq=15, at=T, timer_seq=1),
         ev.TimerCancelled(seq=16, at=T, timer_seq=2),
-        ev.SignalReceived(seq=17, at=T, name="ship", payload=b"\x81\xa1k\x01", signal_id="s1"),
+        ev.SignalReceived(
+            seq=17, at=T, name="ship", payload=b"\x81\xa1k\x01", signal_id="s1", identity="ops-key"
+        ),
         ev.ApprovalRequested(
             seq=18,
             at=T,

@@ -229,7 +229,8 @@ class Runtime:
                 self._parked(actor)  # nothing asked to retry it: it stays parked
                 return False
         try:
-            blocked = await self._replay_run(actor, record)
+            identity = wake.identity if isinstance(wake, Wake) else ""
+            blocked = await self._replay_run(actor, record, identity)
         except BaseException as exc:
             if wake is not None and wake.reply is not None:
                 wake.reply.set(exc if isinstance(exc, Exception) else None)
@@ -243,9 +244,12 @@ class Runtime:
             await self._take_held(actor)
         return True
 
-    async def _replay_run(self, actor: Actor, record: WorkflowRecord) -> str | None:
+    async def _replay_run(
+        self, actor: Actor, record: WorkflowRecord, identity: str = ""
+    ) -> str | None:
         """Replay the current run segment and record what it issues past its history. None
-        once it runs, or why it is (still) parked BLOCKED."""
+        once it runs, or why it is (still) parked BLOCKED (``identity``: who asked to retry a
+        BLOCKED run)."""
         tenant, workflow_id = actor.key
         segment = await self.services.store.read_current_run(workflow_id, tenant=tenant)
         actor.record = record
@@ -272,7 +276,7 @@ class Runtime:
         actor.blocked = False
         rnd = Round()
         if record.status is Status.BLOCKED:
-            self.recorder.unblocked(actor, rnd)
+            self.recorder.unblocked(actor, rnd, identity)
         # Commands the code issued past the recorded history (e.g. after a code fix).
         self.recorder.record_commands(actor, rnd, driver.take_commands())
         run_id = record.run_id

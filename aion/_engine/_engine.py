@@ -702,8 +702,13 @@ class Engine:
         *args: Any,
         workflow_id: str | None = None,
         tenant: str = "default",
+        identity: str | None = None,
     ) -> WorkflowHandle:
         """Start a workflow, or return a handle to the existing one with this ``workflow_id``.
+
+        ``identity`` (who asks: a user or an API key's label, at most 256 bytes) is recorded
+        in the run's ``WorkflowStarted`` event; likewise for ``signal``, ``cancel`` and
+        ``unblock``.
 
         Raises:
             PayloadError: the arguments cannot be encoded, exceed the payload limit, or do not
@@ -718,16 +723,19 @@ class Engine:
             if workflow_id is None
             else _validate.identifier(workflow_id)
         )
+        who = _validate.identity(identity)
         definition = self._resolve(workflow)
         encoded = definition.encode_input(args, limit=self.max_payload_bytes)
         if not self._drives(tenant, workflow_id):
-            return await self._start_elsewhere(workflow_id, tenant, definition, encoded)
+            return await self._start_elsewhere(workflow_id, tenant, definition, encoded, who)
         resident = self._runtime.actors.get((tenant, workflow_id))
         if resident is not None:
             if resident.record is not None:
                 return self._same_run(resident.record, definition)
             return await self._existing(workflow_id, tenant, definition)
-        start = RunStart(tenant, workflow_id, definition.name, encoded, run_id=new_id())
+        start = RunStart(
+            tenant, workflow_id, definition.name, encoded, run_id=new_id(), identity=who
+        )
         try:
             await self._runtime.start(start)
         except SequenceConflict as exc:
@@ -735,11 +743,16 @@ class Engine:
                 raise  # a child's id, taken by a start that raced ours: nothing recorded
             return await self._existing(workflow_id, tenant, definition)
         except PartitionLost:  # taken over just now: nothing recorded, its new owner starts it
-            return await self._start_elsewhere(workflow_id, tenant, definition, encoded)
+            return await self._start_elsewhere(workflow_id, tenant, definition, encoded, who)
         return WorkflowHandle(workflow_id, tenant, self._result)  # (the ids are checked)
 
     async def _start_elsewhere(
-        self, workflow_id: str, tenant: str, definition: WorkflowDefinition, encoded: bytes
+        self,
+        workflow_id: str,
+        tenant: str,
+        definition: WorkflowDefinition,
+        encoded: bytes,
+        identity: str,
     ) -> WorkflowHandle:
         """``start`` of a run whose partition another engine drives: queued in the inbox for
         it (it is notified at once), as an :class:`aion.Client` queues it."""
@@ -747,7 +760,13 @@ class Engine:
         if record is not None:
             return self._same_run(record, definition)
         command = InboxCommand(
-            "start", tenant, workflow_id, self.now(), name=definition.name, payload=encoded
+            "start",
+            tenant,
+            workflow_id,
+            self.now(),
+            name=definition.name,
+            payload=encoded,
+            user=identity,
         )
         command_id = await self.store.put_inbox(command)
 
@@ -795,7 +814,14 @@ class Engine:
                 encoded = definition.encode_input(start_args(command), limit=self.max_payload_bytes)
             except (InvalidArgument, PayloadError) as exc:
                 error = exc
-        start = RunStart(command.tenant, command.workflow_id, command.name, encoded, new_id())
+        start = RunStart(
+            command.tenant,
+            command.workflow_id,
+            command.name,
+            encoded,
+            new_id(),
+            identity=command.user,
+        )
         try:
             await self._runtime.start(start, inbox_id=command.command_id, error=error)
         except (SequenceConflict, PartitionLost):
@@ -870,7 +896,13 @@ class Engine:
                     )
 
     async def signal(
-        self, workflow_id: str, name: str, payload: Any = None, *, tenant: str = "default"
+        self,
+        workflow_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        tenant: str = "default",
+        identity: str | None = None,
     ) -> None:
         """Send signal ``name`` with ``payload``; returns once it is recorded.
 
@@ -883,11 +915,18 @@ class Engine:
         """
         workflow_id, tenant = _key(workflow_id, tenant)
         name = _validate.name(name, "signal name")
+        who = _validate.identity(identity)
         encoded = encode_payload(payload, limit=self.max_payload_bytes, what=f"signal {name!r}")
-        await self._deliver(workflow_id, tenant, Signal(name=name, payload=encoded, reply=Reply()))
+        signal = Signal(name=name, payload=encoded, identity=who, reply=Reply())
+        await self._deliver(workflow_id, tenant, signal)
 
     async def cancel(
-        self, workflow_id: str, *, reason: str | None = None, tenant: str = "default"
+        self,
+        workflow_id: str,
+        *,
+        reason: str | None = None,
+        tenant: str = "default",
+        identity: str | None = None,
     ) -> None:
         """Ask the workflow to cancel: its current await raises ``aion.Cancelled``.
 
@@ -899,7 +938,8 @@ class Engine:
         """
         workflow_id, tenant = _key(workflow_id, tenant)
         reason = _validate.optional_text(reason, "cancel reason")
-        await self._deliver(workflow_id, tenant, Cancel(reason=reason, reply=Reply()))
+        who = _validate.identity(identity)
+        await self._deliver(workflow_id, tenant, Cancel(reason=reason, identity=who, reply=Reply()))
 
     async def _deliver(self, workflow_id: str, tenant: str, message: Message) -> None:
         record = await self._record_or_starting(workflow_id, tenant)
@@ -981,6 +1021,8 @@ class Engine:
         *,
         status: Status | None = None,
         workflow_type: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
         tenant: str = "default",
         limit: int = 100,
         cursor: str | None = None,
@@ -991,17 +1033,19 @@ class Engine:
             InvalidArgument: a filter, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
                 the cursor was made for another query.
         """
-        tenant = _validate.identifier(tenant, "tenant")
-        if status is not None:
-            status = _validate.member(status, Status, "status")
-        workflow_type = _validate.optional_identifier(workflow_type, "workflow_type")
-        limit = _validate.page_limit(limit)
-        cursor = _validate.cursor(cursor)
         return await self._reader.list(
-            status=status, workflow_type=workflow_type, tenant=tenant, limit=limit, cursor=cursor
+            status=status,
+            workflow_type=workflow_type,
+            started_after=started_after,
+            started_before=started_before,
+            tenant=tenant,
+            limit=limit,
+            cursor=cursor,
         )
 
-    async def unblock(self, workflow_id: str, *, tenant: str = "default") -> WorkflowDescription:
+    async def unblock(
+        self, workflow_id: str, *, tenant: str = "default", identity: str | None = None
+    ) -> WorkflowDescription:
         """Retry a ``BLOCKED`` run now: replay it and go on (after the cause was fixed).
 
         Returns the run's description afterwards: ``RUNNING`` (or finished) if it went on,
@@ -1012,13 +1056,14 @@ class Engine:
             InvalidArgument: the run is not blocked (or the id is malformed).
         """
         workflow_id, tenant = _key(workflow_id, tenant)
+        who = _validate.identity(identity)
         record = await self._record(workflow_id, tenant)
         _control.check_blocked(record)
         key = (tenant, workflow_id)
         if not self._drives(*key):
             # Another engine drives it: queued for it; the description once it took it.
             command_id = await self.store.put_inbox(
-                InboxCommand("unblock", tenant, workflow_id, self.now())
+                InboxCommand("unblock", tenant, workflow_id, self.now(), user=who)
             )
             with anyio.move_on_after(_ELSEWHERE_UNBLOCK_WAIT):
                 while await self.store.inbox_pending([command_id]):
@@ -1028,7 +1073,7 @@ class Engine:
         if actor is not None:
             actor.restarts = None  # an operator's retry starts a fresh restart budget
         reply = Reply()
-        self._runtime.send(key, Wake(reply=reply))
+        self._runtime.send(key, Wake(identity=who, reply=reply))
         with contextlib.suppress(AionError):  # blocked again: the description says why
             await reply.wait()  # set once the replay's outcome is recorded
         return await self.describe(workflow_id, tenant=tenant)

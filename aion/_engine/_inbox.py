@@ -71,6 +71,8 @@ def check_command(command: InboxCommand, limit: int) -> None:
     """
     _validate.identifier(command.workflow_id)
     _validate.identifier(command.tenant, "tenant")
+    if command.kind != "approve" and command.kind != "reject":
+        _validate.identity(command.user)  # who asked (recorded with the command's event)
     match command.kind:
         case "signal":
             name = _validate.name(command.name, "signal name")

@@ -68,16 +68,21 @@ class _Mail(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Wake(_Mail, frozen=True, kw_only=True):
-    """Activate the run (recovery, a restart after a crash); for a BLOCKED run: retry it."""
+    """Activate the run (recovery, a restart after a crash); for a BLOCKED run: retry it
+    (``identity``: the operator who asked, recorded with the release)."""
+
+    identity: str = ""
 
 
 class Signal(_Mail, frozen=True, kw_only=True):
     name: str
     payload: bytes
+    identity: str = ""  # who sent it, recorded with it
 
 
 class Cancel(_Mail, frozen=True, kw_only=True):
     reason: str | None = None
+    identity: str = ""
 
 
 class TimerDue(_Mail, frozen=True, kw_only=True):
@@ -132,7 +137,13 @@ def to_inbox(message: Message, tenant: str, workflow_id: str, at: datetime) -> I
     match message:
         case Signal():
             return InboxCommand(
-                "signal", tenant, workflow_id, at, name=message.name, payload=message.payload
+                "signal",
+                tenant,
+                workflow_id,
+                at,
+                name=message.name,
+                payload=message.payload,
+                user=message.identity,
             )
         case Complete():
             return InboxCommand(
@@ -144,7 +155,9 @@ def to_inbox(message: Message, tenant: str, workflow_id: str, at: datetime) -> I
                 token=message.token,
             )
         case Cancel():
-            return InboxCommand("cancel", tenant, workflow_id, at, comment=message.reason)
+            return InboxCommand(
+                "cancel", tenant, workflow_id, at, comment=message.reason, user=message.identity
+            )
     return None
 
 
@@ -155,9 +168,11 @@ def from_inbox(command: InboxCommand, waitpoint_id: str = "") -> Message | None:
     inbox_id = command.command_id
     match command.kind:
         case "signal":
-            return Signal(name=command.name, payload=command.payload, inbox_id=inbox_id)
+            return Signal(
+                name=command.name, payload=command.payload, identity=command.user, inbox_id=inbox_id
+            )
         case "cancel":
-            return Cancel(reason=command.comment, inbox_id=inbox_id)
+            return Cancel(reason=command.comment, identity=command.user, inbox_id=inbox_id)
         case "complete_waitpoint":
             return Complete(
                 waitpoint_id=waitpoint_id,
@@ -175,7 +190,7 @@ def from_inbox(command: InboxCommand, waitpoint_id: str = "") -> Message | None:
                 inbox_id=inbox_id,
             )
         case "unblock":
-            return Wake(inbox_id=inbox_id)
+            return Wake(identity=command.user, inbox_id=inbox_id)
     return None
 
 

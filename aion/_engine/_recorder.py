@@ -173,6 +173,7 @@ class Recorder:
             parent_workflow_id=start.parent_workflow_id,
             parent_run_id=start.parent_run_id,
             code_version=self.config.code_version,
+            identity=start.identity,
         )
         actor.head = 1
         rnd.at = started.at
@@ -188,14 +189,18 @@ class Recorder:
         match message:
             case Wake():
                 pass
-            case Signal(name=name, payload=payload):
-                self._feed(
-                    actor, rnd, partial(_make, ev.SignalReceived, name=name, payload=payload)
+            case Signal(name=name, payload=payload, identity=identity):
+                signal = partial(
+                    _make, ev.SignalReceived, name=name, payload=payload, identity=identity
                 )
-            case Cancel(reason=reason):
+                self._feed(actor, rnd, signal)
+            case Cancel(reason=reason, identity=identity):
                 if driver.cancel_requested:
                     return
-                self._feed(actor, rnd, partial(_make, ev.WorkflowCancelRequested, reason=reason))
+                cancel = partial(
+                    _make, ev.WorkflowCancelRequested, reason=reason, identity=identity
+                )
+                self._feed(actor, rnd, cancel)
                 for _, child_id in driver.pending_children():
                     rnd.effects.append(CancelChild(child_id))
             case TimerDue(row=row):
@@ -529,10 +534,14 @@ class Recorder:
                 # have it already, or have finished, ignore it).
                 rnd.effects.append(CancelChild(child_id))
 
-    def unblocked(self, actor: Actor, rnd: Round) -> None:
-        """A BLOCKED run replayed cleanly: it runs again."""
+    def unblocked(self, actor: Actor, rnd: Round, identity: str = "") -> None:
+        """A BLOCKED run replayed cleanly: it runs again (``identity``: who asked)."""
         assert actor.record is not None
-        self._record(actor, rnd, partial(_make, ev.WorkflowUnblocked, reason="replayed"))
+        self._record(
+            actor,
+            rnd,
+            partial(_make, ev.WorkflowUnblocked, reason="replayed", identity=identity),
+        )
         actor.record = _replace(actor.record, status=Status.RUNNING, reason="")
 
     def blocked(self, actor: Actor, rnd: Round, reason: str) -> None:

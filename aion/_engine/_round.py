@@ -100,6 +100,7 @@ class RunStart(NamedTuple):
     run_id: str
     parent_workflow_id: str | None = None
     parent_run_id: str | None = None
+    identity: str = ""  # who started it (recorded in WorkflowStarted)
 
 
 class Round:

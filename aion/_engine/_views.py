@@ -7,10 +7,12 @@ engine (a client-role store).
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from aion import _validate
 from aion import events as ev
 from aion._codec import decode_payload
 from aion._control import refuse_completion
@@ -225,13 +227,36 @@ class Reader:
         *,
         status: Status | None = None,
         workflow_type: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
         tenant: str = "default",
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowDescription]:
-        """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back)."""
+        """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back);
+        ``started_after`` (inclusive) and ``started_before`` (exclusive) bound the first start.
+        Every argument is checked here (the Engine's and the Client's ``list``).
+
+        Raises:
+            InvalidArgument: a filter, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
+                the cursor was made for another query.
+        """
+        tenant = _validate.identifier(tenant, "tenant")
+        if status is not None:
+            status = _validate.member(status, Status, "status")
+        workflow_type = _validate.optional_identifier(workflow_type, "workflow_type")
+        if started_after is not None:
+            started_after = _validate.aware_datetime(started_after, "started_after")
+        if started_before is not None:
+            started_before = _validate.aware_datetime(started_before, "started_before")
         page = await self.store.list_workflows(
-            tenant=tenant, status=status, workflow_type=workflow_type, limit=limit, cursor=cursor
+            tenant=tenant,
+            status=status,
+            workflow_type=workflow_type,
+            started_after=started_after,
+            started_before=started_before,
+            limit=_validate.page_limit(limit),
+            cursor=_validate.cursor(cursor),
         )
         # Every item's history length in one read (a round trip each would add up).
         heads = await self.store.heads([(r.tenant, r.workflow_id) for r in page.items])

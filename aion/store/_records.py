@@ -291,6 +291,7 @@ def begin_run(
     parent_run_id: str | None = None,
     code_version: str | None = None,
     continued_from_run_id: str | None = None,
+    identity: str = "",
 ) -> tuple[WorkflowStarted, WorkflowRecord]:
     """The first event of a run and the RUNNING projection row that goes with it.
 
@@ -309,6 +310,7 @@ def begin_run(
         parent_run_id=parent_run_id,
         code_version=code_version,
         continued_from_run_id=continued_from_run_id,
+        identity=identity,
     )
     record = WorkflowRecord(
         tenant=tenant,

@@ -1,0 +1,121 @@
+"""Who did it: ``identity=`` on start, signal, cancel and unblock is recorded in the history
+(the control plane passes an API key's label), from the engine and through the inbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import aion
+
+#: Workflow ids whose code raises a BaseException (parks the run BLOCKED) while listed.
+BROKEN: set[str] = set()
+
+
+@aion.workflow
+async def waits(ctx: aion.Context) -> str:
+    if ctx.info.workflow_id in BROKEN:
+        raise SystemExit("a stand-in for a bad deploy")
+    try:
+        value: str = await ctx.wait_signal("go")
+    except aion.Cancelled:
+        return "cancelled"
+    return value
+
+
+async def test_engine_records_who_started_signalled_cancelled_and_unblocked(
+    tmp_path: Path,
+) -> None:
+    async with aion.Engine(tmp_path, workflows=[waits]) as engine:
+        await engine.start(waits, workflow_id="a", identity="alice-key")
+        await engine.signal("a", "go", "x", identity="bob-key")
+        assert await engine.handle("a").result(timeout=10) == "x"
+        await engine.start(waits, workflow_id="b")
+        await engine.cancel("b", reason="no longer needed", identity="carol")
+        assert await engine.handle("b").result(timeout=10) == "cancelled"
+        BROKEN.add("c")
+        try:
+            await engine.start(waits, workflow_id="c")
+            await engine.wait_idle()
+            assert (await engine.describe("c")).status is aion.Status.BLOCKED
+        finally:
+            BROKEN.discard("c")
+        unblocked = await engine.unblock("c", identity="dave")
+        assert unblocked.status is aion.Status.RUNNING
+        history = {wf: await engine.history(wf) for wf in ("a", "b", "c")}
+    a = {e.type: e.data for e in history["a"]}
+    assert a["workflow.started"]["identity"] == "alice-key"
+    assert a["signal.received"]["identity"] == "bob-key"
+    b = {e.type: e.data for e in history["b"]}
+    assert b["workflow.started"]["identity"] == ""  # not given: unknown
+    assert b["workflow.cancel_requested"]["identity"] == "carol"
+    c = {e.type: e.data for e in history["c"]}
+    assert c["workflow.unblocked"]["identity"] == "dave"
+
+
+async def test_client_requests_carry_identity_through_the_inbox(tmp_path: Path) -> None:
+    async with aion.Engine(tmp_path, workflows=[waits]) as engine:
+        async with aion.Client(engine.store) as client:
+            handle = await client.start("waits", workflow_id="q", identity="ops")
+            await client.signal("q", "go", "y", identity="ops-2")
+            assert await handle.result(timeout=10) == "y"
+            await client.start("waits", workflow_id="r")
+            await client.cancel("r", identity="ops-3")
+            assert await client.handle("r").result(timeout=10) == "cancelled"
+        q = {e.type: e.data for e in await engine.history("q")}
+        r = {e.type: e.data for e in await engine.history("r")}
+    assert q["workflow.started"]["identity"] == "ops"
+    assert q["signal.received"]["identity"] == "ops-2"
+    assert r["workflow.cancel_requested"]["identity"] == "ops-3"
+
+
+@pytest.mark.parametrize(
+    "bad", [5, b"bytes", "x" * 257, "é" * 129], ids=["int", "bytes", "long", "long-utf8"]
+)
+async def test_a_bad_identity_is_refused_and_records_nothing(tmp_path: Path, bad: object) -> None:
+    async with aion.Engine(tmp_path, workflows=[waits]) as engine:
+        with pytest.raises(aion.InvalidArgument, match="identity"):
+            await engine.start(waits, workflow_id="n", identity=bad)  # type: ignore[arg-type]
+        with pytest.raises(aion.WorkflowNotFound):
+            await engine.describe("n")
+        await engine.start(waits, workflow_id="m")
+        for call in (
+            engine.signal("m", "go", 1, identity=bad),  # type: ignore[arg-type]
+            engine.cancel("m", identity=bad),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(aion.InvalidArgument, match="identity"):
+                await call
+        async with aion.Client(engine.store) as client:
+            with pytest.raises(aion.InvalidArgument, match="identity"):
+                await client.signal("m", "go", 1, identity=bad)  # type: ignore[arg-type]
+        assert [e.type for e in await engine.history("m")] == ["workflow.started"]
+
+
+async def test_list_takes_a_window_on_the_first_start(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from aion.testing import ManualClock
+
+    clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    async with aion.Engine(tmp_path, workflows=[waits], clock=clock) as engine:
+        for i in range(5):
+            await engine.start(waits, workflow_id=f"w{i}")
+            clock.advance(60)
+        t0 = datetime(2026, 1, 1, tzinfo=UTC)
+        page = await engine.list(
+            started_after=t0 + timedelta(minutes=1), started_before=t0 + timedelta(minutes=3)
+        )
+        assert [d.workflow_id for d in page.items] == ["w2", "w1"]
+        first = await engine.list(started_after=t0 + timedelta(minutes=1), limit=2)
+        assert [d.workflow_id for d in first.items] == ["w4", "w3"]
+        rest = await engine.list(
+            started_after=t0 + timedelta(minutes=1), limit=2, cursor=first.next_cursor
+        )
+        assert [d.workflow_id for d in rest.items] == ["w2", "w1"]
+        with pytest.raises(aion.InvalidArgument, match="not issued for this query"):
+            await engine.list(limit=2, cursor=first.next_cursor)
+        with pytest.raises(aion.InvalidArgument, match="started_after"):
+            await engine.list(started_after=datetime(2026, 1, 1))  # naive
+        with pytest.raises(aion.InvalidArgument, match="started_before"):
+            await engine.list(started_before="2026-01-01")  # type: ignore[arg-type]
