@@ -16,6 +16,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ import anyio
 import msgspec
 
 from aion import _validate
+from aion._apikeys import ROLES, ApiKeys
 from aion._client import Client, Queued
 from aion._codec import MAX_PAYLOAD_DEPTH, encode_payload
 from aion._demo import run_demo
@@ -31,7 +33,13 @@ from aion._format import describe_text, history_table, jsonable, table, waiting,
 from aion._recovery import RecoveryReport, sweep
 from aion._replay import WorkflowDefinition, definition_of
 from aion._tokens import rotate_file
-from aion.errors import AionError, InvalidArgument, NondeterminismError, PayloadError
+from aion.errors import (
+    AionError,
+    DependencyMissing,
+    InvalidArgument,
+    NondeterminismError,
+    PayloadError,
+)
 from aion.store import EventStore, LmdbStore, Status, collect_pages
 from aion.store._postgres_import import is_postgres_url, postgres_store
 from aion.testing import replay
@@ -165,6 +173,50 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds the retired key keeps working (default: the ring's, 7 days)",
     )
     p.set_defaults(run=_rotate_keys, command="keys")
+
+    p = command("serve", "run an engine with a module's workflows and serve its HTTP API", _serve)
+    p.add_argument("--app", required=True, help="module that defines the workflows")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    p.add_argument(
+        "--api-keys",
+        dest="api_keys",
+        metavar="FILE",
+        help="the API key file (default: api-keys.json in the data directory; needed with a "
+        "postgresql:// URL)",
+    )
+
+    api_key = sub.add_parser("api-key", help="manage the API keys of the HTTP API")
+    api_key_sub = api_key.add_subparsers(dest="api_key_command", required=True)
+
+    def api_key_command(name: str, help: str, run: Any) -> argparse.ArgumentParser:
+        p = api_key_sub.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "--data",
+            default=DEFAULT_DATA,
+            help=f"data directory; its api-keys.json holds the keys ({DEFAULT_DATA})",
+        )
+        p.add_argument(
+            "--api-keys",
+            dest="api_keys",
+            metavar="FILE",
+            help="the key file to use instead of the data directory's (needed with a "
+            "postgresql:// URL)",
+        )
+        p.set_defaults(run=run, command="api-key")
+        return p
+
+    # The role and tenant rules are ApiKeys.create's (one check for Python and the CLI).
+    p = api_key_command("create", "make a new API key; it is shown once", _create_api_key)
+    p.add_argument("--role", required=True, metavar="|".join(ROLES), help="what the key may do")
+    p.add_argument("--tenant", default=None, help="the one tenant the key is for")
+    p.add_argument("--all-tenants", action="store_true", help="a key for every tenant")
+    p.add_argument("--label", default=None, help="what the key is for (default: its id)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = api_key_command("list", "list the API keys (never the keys themselves)", _list_api_keys)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = api_key_command("revoke", "revoke an API key (from its next request on)", _revoke_api_key)
+    p.add_argument("key_id", help="the key's id (`aion api-key list` shows them)")
 
     p = command("recover", "run the startup recovery sweep (a dry run unless --apply)", _recover)
     p.add_argument("--apply", action="store_true", help="repair (takes the engine lock)")
@@ -540,6 +592,57 @@ def _rotate_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- API keys ---
+
+
+def _api_keys(args: argparse.Namespace) -> ApiKeys:
+    return ApiKeys.for_target(args.data, args.api_keys)
+
+
+def _create_api_key(args: argparse.Namespace) -> int:
+    key, described = _api_keys(args).create(
+        role=args.role, tenant=args.tenant, all_tenants=args.all_tenants, label=args.label
+    )
+    if args.json:
+        fields = ("key_id", "role", "tenant", "label")
+        print_json({"key": key, **{f: getattr(described, f) for f in fields}})
+        return 0
+    tenant = "all tenants" if described.tenant is None else f"tenant {described.tenant}"
+    print(
+        f"created API key {described.key_id} (role {described.role}, {tenant}, "
+        f"label {described.label!r}):"
+    )
+    print(key)
+    print("Store it now: it will not be shown again (aion keeps only its SHA-256 hash).")
+    return 0
+
+
+def _list_api_keys(args: argparse.Namespace) -> int:
+    keys = _api_keys(args).list()
+    if args.json:
+        print_json(keys)
+        return 0
+    rows = [
+        (k.key_id, k.role, k.tenant or "*", k.label, when(k.created_at), when(k.revoked_at))
+        for k in keys
+    ]
+    print(table(("ID", "ROLE", "TENANT", "LABEL", "CREATED", "REVOKED"), rows))
+    return 0
+
+
+def _revoke_api_key(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    key = _api_keys(args).revoke(args.key_id, now=now)
+    if key.revoked_at != now:
+        print(f"API key {key.key_id} was revoked already, at {when(key.revoked_at)}")
+        return 0
+    print(
+        f"revoked API key {key.key_id} ({key.role}, label {key.label!r}); an HTTP server "
+        "refuses it from its next request on"
+    )
+    return 0
+
+
 # --- recover ---
 
 
@@ -567,13 +670,14 @@ def _recover(args: argparse.Namespace) -> int:
 # --- replay ---------------------------------------------------------------------------------------
 
 
-def _replay(args: argparse.Namespace) -> int:
+def _app_workflows(app: str) -> dict[str, WorkflowDefinition]:
+    """The workflows the module ``--app`` defines, by type name."""
     sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(args.app)
+        module = importlib.import_module(app)
     except Exception as exc:  # not found, or its own import failed: either way, say which
         raise InvalidArgument(
-            f"--app {args.app!r} cannot be imported ({type(exc).__name__}: {exc}); pass the "
+            f"--app {app!r} cannot be imported ({type(exc).__name__}: {exc}); pass the "
             "dotted name of the module that defines the workflows, importable from the "
             "current directory or PYTHONPATH"
         ) from exc
@@ -585,7 +689,41 @@ def _replay(args: argparse.Namespace) -> int:
             continue
         definitions[d.name] = d
     if not definitions:
-        raise InvalidArgument(f"module {args.app!r} defines no @aion.workflow functions")
+        raise InvalidArgument(f"module {app!r} defines no @aion.workflow functions")
+    return definitions
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise InvalidArgument(f"--port must be 0 to 65535, not {args.port}")
+    definitions = _app_workflows(args.app)
+    try:
+        from aion.server._serve import serve  # noqa: PLC0415 (the extra aion[server])
+    except ImportError as exc:
+        raise DependencyMissing(
+            f"aion serve needs Starlette and uvicorn ({exc}); install them with: "
+            'pip install "aion[server]"'
+        ) from exc
+
+    def ready(url: str) -> None:
+        print(f"aion: serving {len(definitions)} workflow types on {url}", flush=True)
+
+    anyio.run(
+        partial(
+            serve,
+            _target(args),
+            [d.fn for d in definitions.values()],
+            host=args.host,
+            port=args.port,
+            api_keys=args.api_keys,
+            on_ready=ready,
+        )
+    )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    definitions = _app_workflows(args.app)
 
     async def go() -> list[dict[str, Any]]:
         store = _open(args)

@@ -12,6 +12,7 @@ from typing import Any
 
 NAMES = (
     "client",
+    "http",
     "instructions",
     "recovery",
     "scaling",

@@ -60,6 +60,7 @@ from ._messages import (
     Wake,
     to_inbox,
 )
+from ._metrics import Metrics
 from ._recorder import Recorder
 from ._round import (
     Blocked,
@@ -97,9 +98,13 @@ RUN_BACKOFF = Backoff(initial=0.05, maximum=5.0, multiplier=2.0, jitter=0.5, imm
 class Runtime:
     """The run actors of one engine and everything that moves them."""
 
-    def __init__(self, config: RuntimeConfig, services: Services) -> None:
+    def __init__(
+        self, config: RuntimeConfig, services: Services, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.services = services
+        #: Counted here once a round is committed (the recorder's notes), and at restarts.
+        self.metrics = metrics if metrics is not None else Metrics()
         self.recorder = Recorder(
             config, now=services.now, definition=services.definition, new_driver=self.new_driver
         )
@@ -251,8 +256,8 @@ class Runtime:
         once it runs, or why it is (still) parked BLOCKED (``identity``: who asked to retry a
         BLOCKED run)."""
         tenant, workflow_id = actor.key
+        actor.record = record  # first: a crash while reading is counted under its type
         segment = await self.services.store.read_current_run(workflow_id, tenant=tenant)
-        actor.record = record
         actor.head = segment[-1].seq if segment else 0
         actor.since = segment[0].seq if segment else 1
         definition = self.services.definition(record.workflow_type)
@@ -497,8 +502,12 @@ class Runtime:
                 for reply in rnd.replies:
                     reply.set(exc if isinstance(exc, Exception) else None)
                 raise
+        if rnd.tally:
+            self.metrics.tally(rnd.tally)
         self._carry_out(actor, rnd.effects)
         for child in children:
+            if child.round.tally:
+                self.metrics.tally(child.round.tally)
             if child.actor.driver is not None:
                 self.actors.setdefault(child.actor.key, child.actor)
             self._carry_out(child.actor, child.round.effects)
@@ -637,7 +646,15 @@ class Runtime:
             )
 
         self.services.submit_step(
-            StepJob(info, command.fn, command.args, command.kwargs, command.timeout, done)
+            StepJob(
+                info,
+                command.fn,
+                command.args,
+                command.kwargs,
+                command.timeout,
+                done,
+                actor.record.workflow_type,
+            )
         )
 
     # --- faults ---------------------------------------------------------------------------------
@@ -668,6 +685,8 @@ class Runtime:
                 f"`aion unblock {actor.key[1]}` (or restart the engine). Last traceback:\n" + trace,
             )
             return
+        workflow_type = actor.record.workflow_type if actor.record is not None else ""
+        self.metrics.workflow_restarts.inc((workflow_type,))
         if actor.mailbox or actor.steps_in_flight == 0:
             self.restart_later(actor.key, budget.delay())
 
@@ -733,10 +752,13 @@ class Runtime:
             blocked = ev.WorkflowBlocked(
                 seq=head + 1, at=self.services.now(), reason=reason, detail=hint
             )
+            newly = record.status is not Status.BLOCKED
             record = _blocked_record(record, reason)
             await store.commit(
                 Write(appends=[Append(workflow_id, [blocked], head, tenant)], workflows=[record])
             )
+            if newly:
+                self.metrics.tally([("blocked", ())])
         await self._after_block(actor, record)
 
     def _drop_mail(self, actor: Actor, error: AionError | None) -> None:

@@ -50,6 +50,7 @@ from aion._supervision import (
 from aion._tokens import KeyRing, peek_claims
 from aion.errors import (
     AionError,
+    DependencyMissing,
     EngineStopped,
     InvalidArgument,
     InvalidToken,
@@ -85,6 +86,7 @@ from ._messages import (
     Wake,
     to_inbox,
 )
+from ._metrics import Metrics, StoreCounts
 from ._options import check_options
 from ._partitions import Partitions
 from ._policy import ApprovalPolicy, ApprovalRule
@@ -237,8 +239,12 @@ class Engine:
             self._registry[definition.name] = definition
         busy = getattr(self.clock, "busy", None)
         self._busy: Callable[[], AbstractContextManager[object]] = busy or _not_busy
+        self._metrics = Metrics()
         self._executor = StepExecutor(
-            workers=max_concurrent_steps, threads=step_threads, busy=self._busy
+            workers=max_concurrent_steps,
+            threads=step_threads,
+            busy=self._busy,
+            metrics=self._metrics,
         )
         # Drivers publish their activations here; the watchdog thread reports long ones.
         self._activation_watch = (
@@ -257,7 +263,7 @@ class Engine:
             max_resident_bytes=max_resident_bytes,
             activation_workers=activation_workers,
         )
-        self._runtime = Runtime(config, _Services(self))
+        self._runtime = Runtime(config, _Services(self), self._metrics)
         self._timers = Timers(
             self.clock,
             lambda: self.store,
@@ -292,6 +298,9 @@ class Engine:
         self._waiters: dict[tuple[str, str], _ResultWaiter] = {}
         self._reader = Reader(lambda: self.store, self._registry.get)
         self.recovery = RecoveryReport()
+        self._metrics.runs_resident.set_function(self._runtime.actors.__len__)
+        self._metrics.inbox_depth.set_function(lambda: self._inbox.depth)
+        self._store_counts = StoreCounts(self._metrics, lambda: self.store, self.now)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -300,6 +309,21 @@ class Engine:
         if self._store is None:
             raise EngineStopped("the engine is not running: use it as `async with Engine(...)`")
         return self._store
+
+    @property
+    def metrics(self) -> Metrics:
+        """The engine's metrics: counters, histograms and gauges kept in process, cheap to
+        update; ``engine.metrics.snapshot()`` returns every one of them (a list of
+        ``MetricFamily``: name, kind, help, label names, samples) for an exporter such as the
+        control plane's ``/metrics``. Reading it reads no store and is safe from any thread.
+
+        Counted from when the engine object was made, never on replay: a replayed step is not
+        an attempt, a re-activated run is not a start. The open and BLOCKED run counts start
+        from the recovery sweep; timer counts come from a background read of the store every
+        10 s. Each metric's help text says what it counts (docs/observability.md; how current
+        each one is: docs/operations.md).
+        """
+        return self._metrics
 
     async def __aenter__(self) -> Engine:
         try:
@@ -332,6 +356,9 @@ class Engine:
             self._owns_store = True
         else:
             self._store = path
+        observe = getattr(self._store, "set_commit_observer", None)
+        if observe is not None:
+            observe(self._metrics.observe_commit)
         self._keys = await anyio.to_thread.run_sync(
             lambda: load_keys(
                 self._home, given=self._given_keys, require=self._require_key, now=self.now()
@@ -362,6 +389,8 @@ class Engine:
                     )
                     keep.cancel_scope.cancel()
         await anyio.to_thread.run_sync(record_payload_limit, self._home, self.max_payload_bytes)
+        self._metrics.recovered(self.recovery)
+        await self._store_counts.refresh()  # before the timer wheel fires what is overdue
         self._failure = None
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -371,6 +400,7 @@ class Engine:
             tg.start_soon(run_auto)
         if self._watchdog is not None:
             self._watchdog.start()  # before the recovery's replays, which it watches too
+        tg.start_soon(self._store_counts.run)
         self._root = self._supervision_tree()
         await tg.start(self._supervise, self._root)
         for key in self.recovery.reactivate:  # lazily: the workers take them in turn
@@ -457,6 +487,7 @@ class Engine:
             max_seconds=self._service_window,
             backoff=Backoff(initial=0.05, maximum=1.0),
             clock=self.clock,
+            on_restart=self._metrics.service_restarted,
         )
 
     async def _supervise(
@@ -516,6 +547,35 @@ class Engine:
         """The estimated memory of the resident runs, as counted against
         ``max_resident_bytes``."""
         return self._runtime.scheduler.resident_bytes
+
+    @property
+    def path(self) -> object:
+        """What the engine was opened on: the data directory, a PostgreSQL URL or a store."""
+        return self._path
+
+    @property
+    def running(self) -> bool:
+        """True from the end of ``async with``'s entry (recovered, services running) until
+        it is left, or a service fails for good."""
+        return self._tg is not None and self._failure is None and self._store is not None
+
+    def asgi_app(self, **options: Any) -> Any:
+        """The control plane (HTTP API, ``/metrics``) for this engine: a Starlette application
+        to serve with uvicorn or mount in your own app (``pip install "aion[server]"``).
+
+        Options are those of :func:`aion.server.create_app`: ``api_keys`` (the key file;
+        default ``api-keys.json`` in the data directory), ``max_body_bytes``, ``metrics``.
+
+        Raises:
+            DependencyMissing: Starlette is not installed.
+        """
+        try:
+            from aion.server import create_app  # noqa: PLC0415 (an optional extra)
+        except ImportError as exc:
+            raise DependencyMissing(
+                f'the HTTP API needs Starlette ({exc}); install it with: pip install "aion[server]"'
+            ) from exc
+        return create_app(self, **options)
 
     @property
     def failure(self) -> AionError | None:
@@ -623,6 +683,9 @@ class Engine:
         self._waiters.clear()
 
     async def _close_store(self) -> None:
+        observe = getattr(self._store, "set_commit_observer", None)
+        if observe is not None and not self._owns_store:
+            observe(None)  # the caller's store: this engine's metrics stop counting its writes
         if self._store is not None and self._owns_store:
             with anyio.CancelScope(shield=True):
                 await self._store.aclose()

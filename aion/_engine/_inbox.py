@@ -71,7 +71,7 @@ def check_command(command: InboxCommand, limit: int) -> None:
     """
     _validate.identifier(command.workflow_id)
     _validate.identifier(command.tenant, "tenant")
-    if command.kind != "approve" and command.kind != "reject":
+    if command.kind not in {"approve", "reject"}:
         _validate.identity(command.user)  # who asked (recorded with the command's event)
     match command.kind:
         case "signal":
@@ -126,6 +126,9 @@ class Inbox:
         #: are their owners' to apply).
         self._owns = owns
         self._starts: set[tuple[str, str]] = set()
+        #: Commands for this engine's runs found at the last read and not handed over (or
+        #: dropped) since: a metric.
+        self.depth = 0
 
     async def run(self, interval: float, wait: Callable[[float], Awaitable[object]]) -> None:
         """Hand commands to their runs until each is applied; ``wait(interval)`` returns when
@@ -151,6 +154,7 @@ class Inbox:
                 key = (command.tenant, command.workflow_id)
                 if self._owns is None or self._owns(*key):
                     runs.setdefault(key, []).append(command)
+            self.depth = sum(len(run) for run in runs.values())
 
             if len(runs) == 1:
                 await self._take(next(iter(runs.values())), tries, now, interval, limiter)
@@ -183,6 +187,7 @@ class Inbox:
                     except PartitionLost:
                         return  # its partition moved: the new owner applies it
                     if applied:
+                        self.depth -= 1
                         continue
                 if command.kind == "start":
                     # Not started yet: the run's later commands wait for it (a Client may

@@ -155,6 +155,7 @@ class Recorder:
         )
         assert isinstance(failed, ev.WorkflowFailed)
         actor.record = _replace(actor.record, status=Status.FAILED, closed_at=started.at)
+        rnd.tally.append(("closed", (start.workflow_type, "failed")))
         outcome = Outcome(Status.FAILED, error_type=failed.error_type, message=message)
         rnd.effects.append(RunClosed(actor.record, outcome))
         return actor, rnd
@@ -178,6 +179,7 @@ class Recorder:
         actor.head = 1
         rnd.at = started.at
         rnd.events.append(started)
+        rnd.tally.append(("started", (start.workflow_type,)))
         return actor, rnd, started
 
     # --- one round -------------------------------------------------------------------------------
@@ -326,10 +328,13 @@ class Recorder:
             will_retry=will_retry,
             traceback=format_failure(error),
         )
+        labels = (actor.record.workflow_type, step.name)
+        rnd.tally.append(("step_failed", labels))
         if not will_retry:
             self._feed(actor, rnd, failed)  # the step failed for good: the code sees it
             return
         event = self._record(actor, rnd, failed)
+        rnd.tally.append(("step_retry", labels))
         due = from_timestamp(event.at.timestamp() + policy.interval(attempt))
         self._feed(
             actor,
@@ -543,11 +548,14 @@ class Recorder:
             partial(_make, ev.WorkflowUnblocked, reason="replayed", identity=identity),
         )
         actor.record = _replace(actor.record, status=Status.RUNNING, reason="")
+        rnd.tally.append(("unblocked", ()))
 
     def blocked(self, actor: Actor, rnd: Round, reason: str) -> None:
         """Park the run BLOCKED with ``reason`` after what the round recorded so far (the
         event the code diverged on stays recorded: a replay after the fix sees it)."""
         assert actor.record is not None
+        if actor.record.status is not Status.BLOCKED:
+            rnd.tally.append(("blocked", ()))
         self._record(actor, rnd, partial(_make, ev.WorkflowBlocked, reason=reason))
         if actor.driver is not None:
             actor.record = self.with_waiting(actor)  # what it waits on after this round
@@ -683,6 +691,7 @@ class Recorder:
         # Closed when its closing event was recorded (this round's time).
         closed_at = rnd.at or self.now()
         actor.record = _replace(actor.record, status=status, closed_at=closed_at, waiting_on=())
+        rnd.tally.append(("closed", (actor.record.workflow_type, status.value)))
         outcome = Outcome.of_command(command)
         assert outcome is not None
         rnd.effects.append(RunClosed(actor.record, outcome))
@@ -738,6 +747,8 @@ class Recorder:
             continued_from_run_id=old.run_id,
         )
         rnd.events.append(started)
+        rnd.tally.append(("closed", (old.workflow_type, "continued_as_new")))
+        rnd.tally.append(("started", (command.workflow_type,)))
         actor.record = _replace(
             old, run_id=new_run_id, run_started_at=started.at, status=Status.RUNNING, reason=""
         )

@@ -116,6 +116,7 @@ class Round:
         "inbox_delete",
         "refused",
         "replies",
+        "tally",
         "timers_add",
         "timers_delete",
         "waitpoints",
@@ -135,6 +136,8 @@ class Round:
         self.refused: list[tuple[Reply, AionError]] = []
         self.at: datetime | None = None  # one timestamp for everything one round records
         self.children: list[ChildStart] = []  # started with this write (checked, then merged)
+        # Notes for the metrics, applied once this round is committed (``Metrics.tally``).
+        self.tally: list[tuple[str, tuple[str, ...]]] = []
 
     @property
     def writes(self) -> bool:

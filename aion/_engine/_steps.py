@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import os
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -27,6 +28,7 @@ from anyio.abc import TaskGroup
 
 from aion._loop import WorkQueue
 
+from ._metrics import Metrics
 from ._threads import DaemonThreads
 from ._types import StepInfo
 
@@ -70,10 +72,14 @@ class StepJob:
     kwargs: dict[str, Any]
     timeout: float | None
     done: Callable[[StepJob, Any, BaseException | None], None]
+    workflow_type: str = ""  # for the metrics' labels
 
 
 class StepExecutor:
-    """Runs steps with bounded concurrency; hands each outcome to the job's ``done`` callback."""
+    """Runs steps with bounded concurrency; hands each outcome to the job's ``done`` callback.
+
+    ``metrics``: each executed attempt is counted there, with its wall time.
+    """
 
     def __init__(
         self,
@@ -81,6 +87,7 @@ class StepExecutor:
         workers: int,
         threads: int,
         busy: Callable[[], AbstractContextManager[object]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._queue: WorkQueue[StepJob] = WorkQueue()
         self._workers = workers
@@ -89,6 +96,7 @@ class StepExecutor:
         self._busy = busy or nullcontext
         self._pending = 0
         self._running: set[StepJob] = set()  # identity: a job is one dispatch of an attempt
+        self._metrics = metrics
 
     async def run(self, tg: TaskGroup) -> None:
         """Start the worker tasks in ``tg``. Steps that were executing when earlier workers
@@ -116,7 +124,11 @@ class StepExecutor:
             job = await queue.get()
             self._running.add(job)
             with self._busy():
+                started = time.perf_counter()
                 value, error = await self._execute(job)
+                if self._metrics is not None:
+                    elapsed = time.perf_counter() - started
+                    self._metrics.step_attempt(job.workflow_type, job.info.name, elapsed)
             self._running.discard(job)
             self._pending -= 1
             if error is not None:

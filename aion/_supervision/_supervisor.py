@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 import anyio
@@ -83,6 +83,9 @@ class Supervisor:
             the other children and waits on for it, since anyio cannot abandon a task.
         clock: the source of time for the window, backoff and shutdown timeouts.
         rng: the source of backoff jitter; seed it for reproducible delays.
+        on_restart: called with a child's id each time the supervisor restarts it (after a
+            crash, a normal exit of a permanent child, or with a sibling), e.g. to count
+            restarts; it must not raise or block.
     """
 
     # Stop children one at a time in reverse start order (False) or all together (True).
@@ -100,6 +103,7 @@ class Supervisor:
         kill_grace: float = 5.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         if max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, not {max_restarts}")
@@ -121,6 +125,7 @@ class Supervisor:
         self._kill_grace = float(kill_grace)
         self._clock: Clock = SystemClock() if clock is None else clock
         self._rng = random.Random() if rng is None else rng
+        self._on_restart = on_restart
 
         # Per-run state, reset by run(); kept after it so report() can show how it ended.
         self._children: dict[str, Child] = {}  # insertion order is start order
@@ -495,6 +500,8 @@ class Supervisor:
         for child in due:
             del self._pending[child.id]
             child.restarts += 1
+            if self._on_restart is not None:
+                self._on_restart(child.id)
             error = await self._start(child)
             if error is not None:
                 logger.warning(

@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -34,7 +35,7 @@ from aion.errors import (
     StoreLocked,
 )
 
-from . import _rows
+from . import _keys, _rows
 from ._cursors import CursorKey, load_or_create_key
 from ._hooks import WriteHook, WriteProbe, write_info
 from ._lmdb_files import _check_data_file, _make_directory, _store_error
@@ -52,6 +53,7 @@ from ._lmdb_writer import (
     _Request,
 )
 from ._lock import DirectoryLock
+from ._observer import CommitObserver
 from ._prepare import Prepared
 from ._protocol import KVStore
 from ._records import CommitResult
@@ -148,6 +150,7 @@ class LmdbStore(_GroupCommit, KVStore):
         self._heads: dict[bytes, bytes] | None = {} if role == "engine" else None
         self._bulk_writes = self._heads is not None
         self._hook = write_hook
+        self._observer: CommitObserver | None = None
         self._notifier: tuple[asyncio.AbstractEventLoop | None, Notifier] = (None, _no_loop)
         self._writer: threading.Thread | None = None
         if role == "engine":
@@ -247,12 +250,32 @@ class LmdbStore(_GroupCommit, KVStore):
         with self._gate.exclusive():
             self._env.set_mapsize(0)
 
+    def count_timers(self, *, due_before: datetime | None = None, limit: int = 1_000_000) -> int:
+        """How many timer rows there are (``due_before``: due before that time), or ``limit``
+        if at least that many. All of them: one lookup; before a time: a walk of the keys
+        (no values read). Synchronous and thread-safe: the engine's metrics call it from a
+        worker thread."""
+        hi = None if due_before is None else _keys.be64(_keys.micros(due_before))
+
+        def count(kv: KV) -> int:
+            assert isinstance(kv, _LmdbKV)
+            return kv.count("timers", hi, limit)
+
+        return self._read(count)
+
     # --- writes -----------------------------------------------------------------------------
 
     def set_write_hook(self, hook: WriteHook | None) -> WriteHook | None:
         """Install ``hook`` (None: remove it) for the writes that begin from now on; returns
         the hook it replaces. See :class:`~aion.store.WriteHook`."""
         previous, self._hook = self._hook, hook
+        return previous
+
+    def set_commit_observer(self, observer: CommitObserver | None) -> CommitObserver | None:
+        """Call ``observer(writes, seconds, commit_seconds)`` on the writer thread after each
+        committed transaction (None: stop); returns the observer it replaces. ``commit_seconds``
+        is ``txn.commit()`` alone, with its fsync when durable. For the engine's metrics."""
+        previous, self._observer = self._observer, observer
         return previous
 
     async def _commit(self, prepared: Prepared) -> CommitResult:

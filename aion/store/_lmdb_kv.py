@@ -65,6 +65,22 @@ class _LmdbKV:
             return []
         return list(itertools.islice(cursor.iternext(keys=False, values=True), count))
 
+    def count(self, table: str, hi: bytes | None, limit: int) -> int:
+        """Rows of ``table`` with keys below ``hi`` (None: all of them: LMDB keeps that
+        count), up to ``limit``."""
+        db = self._dbs[table]
+        if hi is None:
+            return min(int(self._txn.stat(db)["entries"]), limit)
+        cursor = self._txn.cursor(db)
+        if not cursor.first():
+            return 0
+        n = 0
+        for key in cursor.iternext(keys=True, values=False):
+            if key >= hi or n >= limit:
+                break
+            n += 1
+        return n
+
 
 class _WriterKV(_LmdbKV):
     """The writer's KV: it remembers heads, and (``bulk``) writes events and heads in bulk.

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -35,6 +36,7 @@ from . import _apply
 from ._hooks import ProbedKV, WriteHook, WriteProbe
 from ._lmdb_files import _store_error
 from ._lmdb_kv import _FlushFailed, _LmdbKV, _WriterKV
+from ._observer import CommitObserver, notify
 from ._prepare import Prepared
 from ._records import CommitResult
 
@@ -277,6 +279,7 @@ class _GroupCommit(_QueueWriter):
     _heads: dict[bytes, bytes] | None
     _bulk_writes: bool
     _hook: WriteHook | None
+    _observer: CommitObserver | None
 
     def _writer_of(self) -> str:
         return str(self.path)
@@ -328,6 +331,7 @@ class _GroupCommit(_QueueWriter):
         results: list[CommitResult | None] = []
         errors: list[tuple[int, BaseException]] = []
         heads = self._heads
+        started = time.perf_counter()
         txn = self._env.begin(write=True)
         try:
             if heads is None:
@@ -347,7 +351,10 @@ class _GroupCommit(_QueueWriter):
         except BaseException:
             txn.abort()
             raise
+        committing = time.perf_counter()
         txn.commit()  # one fsync for the whole batch (when durable)
+        done = time.perf_counter()
+        notify(self._observer, len(pending), done - started, done - committing)
         if isinstance(kv, _WriterKV) and heads is not None:
             if len(heads) + len(kv.written) > MAX_REMEMBERED_HEADS:
                 heads.clear()

@@ -6,16 +6,19 @@ import bisect
 import copy
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Self, TypeVar
 
 import anyio
 
 from aion.errors import StoreClosed
 
-from . import _apply, _rows
+from . import _apply, _keys, _rows
 from ._cursors import CursorKey
 from ._hooks import ProbedKV, WriteHook, WriteProbe, write_info
+from ._observer import CommitObserver, notify
 from ._prepare import Prepared
 from ._protocol import KVStore
 from ._records import CommitResult
@@ -120,6 +123,7 @@ class MemoryStore(KVStore):
         self._data = _Data()
         self._closed = False
         self._hook = write_hook
+        self._observer: CommitObserver | None = None
 
     def reopen(self) -> Self:
         """A fresh store object over this store's data (as if closed and opened again): of the
@@ -128,6 +132,7 @@ class MemoryStore(KVStore):
         store = copy.copy(self)
         store._closed = False
         store._hook = None
+        store._observer = None
         return store
 
     def set_write_hook(self, hook: WriteHook | None) -> WriteHook | None:
@@ -135,6 +140,24 @@ class MemoryStore(KVStore):
         the hook it replaces. See :class:`~aion.store.WriteHook`."""
         previous, self._hook = self._hook, hook
         return previous
+
+    def set_commit_observer(self, observer: CommitObserver | None) -> CommitObserver | None:
+        """Call ``observer(1, seconds, None)`` after each committed write, in the thread that
+        committed (None: stop); returns the observer it replaces. For the engine's metrics."""
+        previous, self._observer = self._observer, observer
+        return previous
+
+    def count_timers(self, *, due_before: datetime | None = None, limit: int = 1_000_000) -> int:
+        """How many timer rows there are (``due_before``: due before that time), or ``limit``
+        if at least that many (see :meth:`LmdbStore.count_timers`)."""
+        self._check_open()
+        with self._data.lock:
+            keys = self._data.tables["timers"].keys
+            if due_before is None:
+                found = len(keys)
+            else:
+                found = bisect.bisect_left(keys, _keys.be64(_keys.micros(due_before)))
+        return min(found, limit)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -148,15 +171,19 @@ class MemoryStore(KVStore):
     def commit_prepared(self, prepared: Prepared) -> CommitResult:
         """Apply an already prepared write atomically (synchronously)."""
         self._check_open()
+        started = time.perf_counter()
         if self._hook is not None:
-            return self._commit_hooked(self._hook, prepared)
-        with self._data.lock:
-            undo: list[tuple[str, bytes, bytes | None]] = []
-            try:
-                return _apply.apply(_MemoryKV(self._data, undo), prepared)
-            except BaseException:
-                self._roll_back(undo)
-                raise
+            result = self._commit_hooked(self._hook, prepared)
+        else:
+            with self._data.lock:
+                undo: list[tuple[str, bytes, bytes | None]] = []
+                try:
+                    result = _apply.apply(_MemoryKV(self._data, undo), prepared)
+                except BaseException:
+                    self._roll_back(undo)
+                    raise
+        notify(self._observer, 1, time.perf_counter() - started, None)
+        return result
 
     def _commit_hooked(self, hook: WriteHook, prepared: Prepared) -> CommitResult:
         """``commit_prepared`` with ``hook`` called at each boundary (see ``_hooks``)."""

@@ -71,6 +71,7 @@ from ._lmdb_writer import (
     _QueueWriter,
     _Request,
 )
+from ._observer import CommitObserver, notify
 from ._postgres_import import is_postgres_url
 from ._postgres_kv import Statements, _PgKV, _PgWriterKV
 from ._postgres_owner import Ownership, partition_of_key
@@ -206,6 +207,7 @@ class PostgresStore(_QueueWriter, KVStore):
         self.reads_in_flight = 0
         self._failure: BaseException | None = None
         self._hook = write_hook
+        self._observer: CommitObserver | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._notifier: tuple[asyncio.AbstractEventLoop | None, Notifier] = (None, _no_loop)
         self._inbox_counter = _Counter()
@@ -378,6 +380,27 @@ class PostgresStore(_QueueWriter, KVStore):
         previous, self._hook = self._hook, hook
         return previous
 
+    def set_commit_observer(self, observer: CommitObserver | None) -> CommitObserver | None:
+        """Call ``observer(writes, seconds, commit_seconds)`` on the writer thread after each
+        committed transaction (None: stop); returns the observer it replaces.
+        ``commit_seconds`` is the last round trip: the batch's rows and COMMIT, pipelined
+        together (the WAL flush is in it; it cannot be timed apart without one more round
+        trip). For the engine's metrics."""
+        previous, self._observer = self._observer, observer
+        return previous
+
+    def count_timers(self, *, due_before: datetime | None = None, limit: int = 1_000_000) -> int:
+        """How many timer rows there are (``due_before``: due before that time), or ``limit``
+        if at least that many: one bounded count on the server. Synchronous: the engine's
+        metrics call it from a worker thread."""
+        hi = None if due_before is None else k.be64(k.micros(due_before))
+
+        def count(kv: KV) -> int:
+            assert isinstance(kv, _PgKV)
+            return kv.count("timers", hi, limit)
+
+        return self._read(count)
+
     async def _commit(self, prepared: Prepared) -> CommitResult:
         self._check_open()
         hook = self._hook
@@ -528,6 +551,7 @@ class PostgresStore(_QueueWriter, KVStore):
         results: list[CommitResult | None] = []
         errors: list[tuple[int, BaseException]] = []
         fenced: dict[int, BaseException] = {}
+        started = time.perf_counter()
         try:
             with conn.cursor() as cur:
                 touched: list[set[int]] = []
@@ -555,6 +579,7 @@ class PostgresStore(_QueueWriter, KVStore):
                     hook.before_commit(len(pending))
                 if self._audit_table is not None and self._owner is not None:
                     self._audit(cur, [r for i, r in enumerate(pending) if i not in fenced])
+                committing = time.perf_counter()
                 try:
                     # Every table's rows and the commit (one WAL flush for the whole batch)
                     # in one round trip.
@@ -582,6 +607,8 @@ class PostgresStore(_QueueWriter, KVStore):
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             raise
+        done = time.perf_counter()
+        notify(self._observer, len(pending), done - started, done - committing)
         self._remember(kv.known())
         for request, result in zip(pending, results, strict=True):
             request.result = result

@@ -40,6 +40,8 @@ class Statements:
         self.scan_up: dict[str, sql.Composed] = {}
         self.scan_down: dict[str, sql.Composed] = {}
         self.values: dict[str, sql.Composed] = {}
+        self.count_all: dict[str, sql.Composed] = {}
+        self.count_below: dict[str, sql.Composed] = {}
         for table in _rows.TABLES:
             t = sql.Identifier(schema, table)
             self.get[table] = sql.SQL("SELECT v FROM {} WHERE k = %s").format(t)
@@ -59,6 +61,12 @@ class Statements:
             ).format(t)
             self.values[table] = sql.SQL(
                 "SELECT v FROM {} WHERE k >= %s ORDER BY k LIMIT %s"
+            ).format(t)
+            self.count_all[table] = sql.SQL(
+                "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) AS rows"
+            ).format(t)
+            self.count_below[table] = sql.SQL(
+                "SELECT count(*) FROM (SELECT 1 FROM {} WHERE k < %s LIMIT %s) AS rows"
             ).format(t)
 
 
@@ -104,6 +112,14 @@ class _PgKV:
     def values(self, table: str, start: bytes, count: int) -> list[bytes]:
         rows = self._cur.execute(self._sql.values[table], (start, count)).fetchall()
         return [bytes(row[0]) for row in rows]
+
+    def count(self, table: str, hi: bytes | None, limit: int) -> int:
+        """Rows of ``table`` with keys below ``hi`` (None: all), up to ``limit``."""
+        if hi is None:
+            row = self._cur.execute(self._sql.count_all[table], (limit,)).fetchone()
+        else:
+            row = self._cur.execute(self._sql.count_below[table], (hi, limit)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def prefetch(self, table: str, keys: Iterable[bytes]) -> dict[bytes, bytes]:
         """The stored rows of ``keys`` (those that exist), in one statement."""
