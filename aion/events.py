@@ -89,6 +89,8 @@ class WorkflowStarted(Event, frozen=True, tag="workflow.started"):
     continued_from_run_id: str | None = None
     #: Who started the run (an API key's label, the ``identity=`` of ``start``); "" unknown.
     identity: str = ""
+    #: The W3C ``traceparent`` of the start (OpenTelemetry): the run's spans join that trace.
+    trace: str = ""
 
 
 class WorkflowCompleted(Event, frozen=True, tag="workflow.completed"):

@@ -44,6 +44,7 @@ def sample_events() -> list[ev.Event]:
             code_version="v3",
             continued_from_run_id="run-0",
             identity="ops-key",
+            trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ),
         ev.WorkflowCompleted(seq=2, at=T, result=b"\xc3"),
         ev.WorkflowFailed(seq=3, at=T, error_type="ValueError", message="bad", traceback="tb"),

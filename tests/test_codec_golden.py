@@ -35,7 +35,7 @@ from .test_codec import sample_events
 T = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 
 GOLDEN_EVENTS = {
-    "WorkflowStarted": "9db0776f726b666c6f772e7374617274656401d7ffd438cbe069a7bdbfa76f726465722d37a572756e2d61a8636865636b6f7574c40592a26f3164a461636d65a170a27072a27633a572756e2d30a76f70732d6b6579",
+    "WorkflowStarted": "9eb0776f726b666c6f772e7374617274656401d7ffd438cbe069a7bdbfa76f726465722d37a572756e2d61a8636865636b6f7574c40592a26f3164a461636d65a170a27072a27633a572756e2d30a76f70732d6b6579d93730302d30616637363531393136636434336464383434386562323131633830333139632d623761643662373136393230333333312d3031",
     "WorkflowCompleted": "94b2776f726b666c6f772e636f6d706c6574656402d7ffd438cbe069a7bdbfc401c3",
     "WorkflowFailed": "96af776f726b666c6f772e6661696c656403d7ffd438cbe069a7bdbfaa56616c75654572726f72a3626164a27462",
     "WorkflowCancelRequested": "95b9776f726b666c6f772e63616e63656c5f72657175657374656404d7ffd438cbe069a7bdbfaa757365722061736b6564a76f70732d6b6579",
@@ -187,7 +187,7 @@ OLDER_EVENTS = {
 
 #: The fields appended to them since (with their defaults).
 APPENDED = {
-    "WorkflowStarted": {"identity": ""},
+    "WorkflowStarted": {"identity": "", "trace": ""},
     "WorkflowCancelRequested": {"identity": ""},
     "WorkflowUnblocked": {"identity": ""},
     "SignalReceived": {"identity": ""},

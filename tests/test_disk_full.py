@@ -156,7 +156,7 @@ STEPS = 40
 async def blob(i: int) -> str:
     # Step results of a few KB: a step's write fails while the map still has room for the much
     # smaller write that parks the run BLOCKED (which the test below wants to see happen).
-    return f"x{i}" * 1000
+    return f"x{i}" * 2000
 
 
 @aion.workflow(name="disk_full.filler")
@@ -168,7 +168,7 @@ async def filler(ctx: aion.Context, n: int) -> int:
     return total
 
 
-EXPECTED = sum(len(f"x{i}" * 1000) for i in range(STEPS))
+EXPECTED = sum(len(f"x{i}" * 2000) for i in range(STEPS))
 IDS = [f"f{i}" for i in range(3)]
 
 

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, int]] = [
     ("aion._public", 0),  # sets __module__ of the public classes to their public package
     ("aion._secretfile", 0),  # owner-only secret files, for the key ring and the store
     ("aion._apikeys", 0),  # the control plane's API key file: stdlib and msgspec only
+    ("aion._tracing", 0),  # OpenTelemetry spans, if its API is installed
     ("aion.store", 1),
     ("aion._tokens", 1),
     ("aion._doorbell", 1),  # a wake-up socket between processes: stdlib and anyio only

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from aion import _validate
+from aion import _tracing, _validate
 from aion import events as ev
 from aion._replay import Driver, WorkflowDefinition
 from aion._replay import _commands as c
@@ -258,6 +258,8 @@ class Runtime:
         tenant, workflow_id = actor.key
         actor.record = record  # first: a crash while reading is counted under its type
         segment = await self.services.store.read_current_run(workflow_id, tenant=tenant)
+        if segment and isinstance(segment[0], ev.WorkflowStarted):
+            actor.trace = segment[0].trace
         actor.head = segment[-1].seq if segment else 0
         actor.since = segment[0].seq if segment else 1
         definition = self.services.definition(record.workflow_type)
@@ -399,6 +401,15 @@ class Runtime:
             return
         if actor.driver is None and not await self._activate(actor):
             return
+        assert actor.record is not None
+        if _tracing.enabled():  # (after the replay: replay makes no spans, and knows the trace)
+            workflow_type = actor.record.workflow_type
+            with _tracing.activation_span(actor.trace, workflow_type, actor.key):
+                await self._process_mail(actor)
+            return
+        await self._process_mail(actor)
+
+    async def _process_mail(self, actor: Actor) -> None:
         assert actor.driver is not None and actor.record is not None
         if any(m.inbox_id is not None for m in actor.mailbox):
             await self._drop_applied(actor)
@@ -654,6 +665,7 @@ class Runtime:
                 command.timeout,
                 done,
                 actor.record.workflow_type,
+                actor.trace,
             )
         )
 

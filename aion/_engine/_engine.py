@@ -23,7 +23,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
-from aion import _control, _gc, _validate
+from aion import _control, _gc, _tracing, _validate
 from aion import events as ev
 from aion._clock import Clock, SystemClock, from_timestamp
 from aion._codec import (
@@ -796,9 +796,22 @@ class Engine:
             if resident.record is not None:
                 return self._same_run(resident.record, definition)
             return await self._existing(workflow_id, tenant, definition)
-        start = RunStart(
-            tenant, workflow_id, definition.name, encoded, run_id=new_id(), identity=who
-        )
+        with _tracing.start_span(definition.name, workflow_id, tenant) as trace:
+            start = RunStart(
+                tenant,
+                workflow_id,
+                definition.name,
+                encoded,
+                run_id=new_id(),
+                identity=who,
+                trace=trace,
+            )
+            return await self._start_here(start, definition, encoded)
+
+    async def _start_here(
+        self, start: RunStart, definition: WorkflowDefinition, encoded: bytes
+    ) -> WorkflowHandle:
+        workflow_id, tenant, who = start.workflow_id, start.tenant, start.identity
         try:
             await self._runtime.start(start)
         except SequenceConflict as exc:

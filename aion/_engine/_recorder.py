@@ -175,7 +175,9 @@ class Recorder:
             parent_run_id=start.parent_run_id,
             code_version=self.config.code_version,
             identity=start.identity,
+            trace=start.trace,
         )
+        actor.trace = start.trace
         actor.head = 1
         rnd.at = started.at
         rnd.events.append(started)
@@ -745,6 +747,7 @@ class Recorder:
             parent_run_id=old.parent_run_id,
             code_version=self.config.code_version,
             continued_from_run_id=old.run_id,
+            trace=actor.trace,  # the successor stays in the trace of the first start
         )
         rnd.events.append(started)
         rnd.tally.append(("closed", (old.workflow_type, "continued_as_new")))
@@ -784,6 +787,7 @@ class Recorder:
             run_id=child_run_id,
             parent_workflow_id=actor.key[1],
             parent_run_id=actor.record.run_id,
+            trace=actor.trace,  # a family is one trace
         )
         child, child_round, blocked = self.begin(start)
         if blocked is None:

@@ -101,6 +101,7 @@ class RunStart(NamedTuple):
     parent_workflow_id: str | None = None
     parent_run_id: str | None = None
     identity: str = ""  # who started it (recorded in WorkflowStarted)
+    trace: str = ""  # the start's traceparent (recorded in WorkflowStarted)
 
 
 class Round:

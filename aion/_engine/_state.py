@@ -32,6 +32,7 @@ class Actor:
     blocked: bool = False
     since: int = 1  # the sequence number of its current run's WorkflowStarted
     charged: int = 0  # the bytes it is counted for in the resident set's budget
+    trace: str = ""  # its run's traceparent (WorkflowStarted.trace): its spans' parent
 
     def drop_driver(self) -> None:
         """Forget the replay driver (the run restarts by replay, is parked or leaves memory),

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from aion import _tracing
 from aion._loop import WorkQueue
 
 from ._metrics import Metrics
@@ -73,6 +74,7 @@ class StepJob:
     timeout: float | None
     done: Callable[[StepJob, Any, BaseException | None], None]
     workflow_type: str = ""  # for the metrics' labels
+    trace: str = ""  # the run's traceparent: the parent of the attempt's span
 
 
 class StepExecutor:
@@ -136,6 +138,23 @@ class StepExecutor:
             job.done(job, value, error)
 
     async def _execute(self, job: StepJob) -> tuple[Any, BaseException | None]:
+        if not _tracing.enabled():
+            return await self._execute_attempt(job)
+        info = job.info
+        attributes = {
+            "aion.workflow_id": info.workflow_id,
+            "aion.run_id": info.run_id,
+            "aion.step_seq": info.step_seq,
+            "aion.attempt": info.attempt,
+            "aion.tenant": info.tenant,
+        }
+        with _tracing.step_span(job.trace, info.name, attributes) as failed:
+            value, error = await self._execute_attempt(job)
+            if error is not None:
+                failed(error)
+            return value, error
+
+    async def _execute_attempt(self, job: StepJob) -> tuple[Any, BaseException | None]:
         token = _CURRENT.set(job.info)
         try:
             if not job.timeout:  # no cancel scope: entering one costs ~2.5 us

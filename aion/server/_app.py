@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from aion import _validate
+from aion import _tracing, _validate
 from aion._apikeys import ApiKey, ApiKeys, allows
 from aion.errors import AionError, WorkflowNotFound
 
@@ -120,13 +120,14 @@ async def _start(call: Call) -> Response:
         with contextlib.suppress(WorkflowNotFound, AionError):
             await call.engine.describe(body.workflow_id, tenant=call.tenant)
             existed = True
-    handle = await call.engine.start(
-        body.workflow_type,
-        *body.args,
-        workflow_id=body.workflow_id,
-        tenant=call.tenant,
-        identity=call.identity,
-    )
+    with _tracing.extracted(call.request.headers):  # the caller's trace, if it sent one
+        handle = await call.engine.start(
+            body.workflow_type,
+            *body.args,
+            workflow_id=body.workflow_id,
+            tenant=call.tenant,
+            identity=call.identity,
+        )
     run_id: str | None = None
     with contextlib.suppress(WorkflowNotFound):
         run_id = (await call.engine.describe(handle.workflow_id, tenant=call.tenant)).run_id

@@ -292,6 +292,7 @@ def begin_run(
     code_version: str | None = None,
     continued_from_run_id: str | None = None,
     identity: str = "",
+    trace: str = "",
 ) -> tuple[WorkflowStarted, WorkflowRecord]:
     """The first event of a run and the RUNNING projection row that goes with it.
 
@@ -311,6 +312,7 @@ def begin_run(
         code_version=code_version,
         continued_from_run_id=continued_from_run_id,
         identity=identity,
+        trace=trace,
     )
     record = WorkflowRecord(
         tenant=tenant,

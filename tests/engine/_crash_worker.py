@@ -134,6 +134,18 @@ async def _fail_on_blocked(engine: aion.Engine) -> None:
         await anyio.sleep(0.1)
 
 
+async def _signals_queued(store: Any) -> set[str]:
+    """Workflow ids with a signal waiting in the inbox."""
+    found: set[str] = set()
+    after: str | None = None
+    while True:
+        commands = await store.read_inbox(limit=500, after=after)
+        found.update(c.workflow_id for c in commands if c.kind == "signal")
+        if len(commands) < 500:
+            return found
+        after = commands[-1].command_id
+
+
 async def main(datadir: str, log_path: str, count: int) -> None:
     global _LOG_FD
     _LOG_FD = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -143,9 +155,13 @@ async def main(datadir: str, log_path: str, count: int) -> None:
             await engine.start(crash_main, i, workflow_id=workflow_id(i)) for i in range(count)
         ]
         # Signals go out after all starts, newest first: some arrive before the workflow
-        # waits (buffered), some after. One per workflow: not again once recorded.
+        # waits (buffered), some after. One per workflow: not again once recorded, nor while
+        # one waits in the inbox (on a shared PostgreSQL schema an engine queues a signal for
+        # a run another engine drives; killed, the next boot finds it queued, not recorded).
+        # The inbox is read before the histories: a command applied in between is in both.
+        queued = await _signals_queued(engine.store)
         for i in reversed(range(count)):
-            if not has_signal(i):
+            if not has_signal(i) or workflow_id(i) in queued:
                 continue
             try:
                 history = await engine.history(workflow_id(i))
