@@ -574,17 +574,28 @@ class Client:
         return await self._reader.describe(workflow_id, tenant=tenant)
 
     async def history(
-        self, workflow_id: str, *, after_seq: int = 0, tenant: str | None = None
+        self,
+        workflow_id: str,
+        *,
+        after_seq: int = 0,
+        tenant: str | None = None,
+        limit: int | None = None,
     ) -> list[HistoryEvent]:
-        """The recorded events after ``after_seq``, in order.
+        """The recorded events after ``after_seq``, in order (at most ``limit``: a page; pass
+        the last one's ``seq`` as ``after_seq`` for the next).
 
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
-            InvalidArgument: the id or tenant is malformed, or ``after_seq`` is not an int >= 0.
+            InvalidArgument: the id or tenant is malformed, ``after_seq`` is not an int >= 0,
+                or ``limit`` is not 1 to 10,000.
         """
         workflow_id, tenant = self._key(workflow_id, tenant)
         after_seq = _validate.after_seq(after_seq)
-        return await self._reader.history(workflow_id, after_seq=after_seq, tenant=tenant)
+        if limit is not None:
+            limit = _validate.page_limit(limit)
+        return await self._reader.history(
+            workflow_id, after_seq=after_seq, tenant=tenant, limit=limit
+        )
 
     async def list(
         self,

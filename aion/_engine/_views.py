@@ -211,15 +211,24 @@ class Reader:
         )
 
     async def history(
-        self, workflow_id: str, *, after_seq: int = 0, tenant: str = "default"
+        self,
+        workflow_id: str,
+        *,
+        after_seq: int = 0,
+        tenant: str = "default",
+        limit: int | None = None,
     ) -> list[HistoryEvent]:
-        """The recorded events after ``after_seq``, in order.
+        """The recorded events after ``after_seq``, in order (at most ``limit``: only those
+        are read).
 
         Raises:
             WorkflowNotFound: no such workflow in this tenant.
         """
         await self.record(workflow_id, tenant)
-        events = await self.store.read_history(workflow_id, tenant=tenant, from_seq=after_seq + 1)
+        to_seq = None if limit is None else after_seq + limit  # sequence numbers are contiguous
+        events = await self.store.read_history(
+            workflow_id, tenant=tenant, from_seq=after_seq + 1, to_seq=to_seq
+        )
         return [history_event(e) for e in events]
 
     async def list(

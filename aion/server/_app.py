@@ -18,10 +18,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import anyio
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -44,6 +47,9 @@ _JSON = "application/json"
 _SSE_POLL_FIRST = 0.02
 _SSE_POLL_MAX = 0.5
 _SSE_HEARTBEAT = 15.0
+#: Stands for an encoded "/" (``%2F``) inside a path segment while routing: workflow ids may
+#: hold "/" (a child's default id does), sent percent-encoded in their segment.
+_SLASH = "\ue000"
 
 
 @dataclass
@@ -65,7 +71,7 @@ class Call:
 
     def path(self, name: str) -> str:
         value: str = self.request.path_params[name]
-        return value
+        return value.replace(_SLASH, "/")  # an encoded "/" inside the segment (see _Segments)
 
 
 @dataclass(frozen=True)
@@ -145,12 +151,12 @@ async def _history(call: Call) -> b.HistoryPage:
     if q.cursor is not None:
         after = _history_cursor(q.cursor)
     limit = _validate.page_limit(q.limit)
-    events = await call.engine.history(
-        call.path("workflow_id"), after_seq=after, tenant=call.tenant
+    page = await call.engine.history(
+        call.path("workflow_id"), after_seq=after, tenant=call.tenant, limit=limit
     )
-    page = events[:limit]
-    more = len(events) > limit
-    return b.HistoryPage(items=page, next_cursor=str(page[-1].seq) if more and page else None)
+    # A full page may have more after it (then the next page may be empty).
+    full = len(page) == limit
+    return b.HistoryPage(items=page, next_cursor=str(page[-1].seq) if full else None)
 
 
 def _history_cursor(cursor: str) -> int:
@@ -162,7 +168,7 @@ def _history_cursor(cursor: str) -> int:
 async def _history_stream(call: Call) -> Response:
     """Server-sent events: every event after ``after_seq`` (or the ``Last-Event-ID``), then new
     ones as they are recorded; an ``end`` event once the run has finished."""
-    q: b.HistoryQuery = call.query
+    q: b.StreamQuery = call.query
     workflow_id = call.path("workflow_id")
     after = _validate.after_seq(q.after_seq)
     last = call.request.headers.get("last-event-id")
@@ -170,11 +176,20 @@ async def _history_stream(call: Call) -> Response:
         after = int(last)
     await call.engine.describe(workflow_id, tenant=call.tenant)  # 404 before the stream opens
 
+    state = call.request.app.state
+
     async def events() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in tail():
+                yield chunk
+        except AionError as exc:  # the engine stopped under the stream: the client reconnects
+            log.info("history stream of %s ended: %s", workflow_id, exc)
+
+    async def tail() -> AsyncIterator[bytes]:
         nonlocal after
         delay = _SSE_POLL_FIRST
         quiet_since = time.monotonic()
-        while True:
+        while not getattr(state, "closing", False):  # the server stops: the client reconnects
             batch = await call.engine.history(workflow_id, after_seq=after, tenant=call.tenant)
             for event in batch:
                 yield (
@@ -357,7 +372,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "The history as server-sent events, then new events as they are recorded",
         "viewer",
         _history_stream,
-        query=b.HistoryQuery,
+        query=b.StreamQuery,
         answer="text/event-stream",
         errors=_READ,
     ),
@@ -507,7 +522,13 @@ def _authenticate(request: Request, keys: ApiKeys) -> ApiKey:
             "'Authorization: Bearer <key>' (create one with `aion api-key create`)",
         )
     scheme, _, presented = header.partition(" ")
-    key = keys.verify(presented.strip()) if scheme.lower() == "bearer" else None
+    try:
+        key = keys.verify(presented.strip()) if scheme.lower() == "bearer" else None
+    except AionError as exc:  # the key file is unreadable: the operator's to fix, not the caller's
+        log.error("API keys cannot be checked: %s", exc)
+        raise Problem(
+            503, "keys-unavailable", "API keys cannot be checked now; the server's log says why"
+        ) from exc
     if key is None:
         raise Problem(401, "unauthenticated", "the API key is unknown, revoked or malformed")
     return key
@@ -574,6 +595,12 @@ def _decode_json(raw: bytes, kind: Any) -> Any:
         raise Problem(422, "invalid-body", f"the request body does not fit: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise Problem(400, "malformed-json", f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise Problem(
+            422,
+            "invalid-body",
+            "the request body is nested too deeply (JSON of 128 levels at most)",
+        ) from exc
 
 
 def _decode_query(operation: Operation, request: Request) -> Any:
@@ -665,10 +692,49 @@ def create_app(
         from ._metrics import metrics_route  # noqa: PLC0415
 
         routes.append(metrics_route(engine, keys))
-    app = Starlette(routes=routes)
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(_Segments)],
+        exception_handlers={HTTPException: _router_problem},
+    )
     app.state.engine = engine
     app.state.api_keys = keys
+    #: Set when the server stops: open history streams end (clients resume with Last-Event-ID).
+    app.state.closing = False
     return app
+
+
+class _Segments:
+    """Route on the path's segments as sent: a segment is percent-decoded on its own, so an
+    encoded "/" stays inside it (Starlette routes on the decoded path, where it would split
+    the segment). A path that is not UTF-8 once decoded is refused (422), not mangled."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%" in raw:
+            try:
+                segments = [unquote_to_bytes(s).decode("utf-8") for s in raw.split(b"/")]
+            except UnicodeDecodeError:
+                problem = Problem(422, "invalid-path", "the path is not UTF-8 once decoded")
+                await problem_response(problem)(scope, receive, send)
+                return
+            if any(_SLASH in s for s in segments):
+                problem = Problem(422, "invalid-path", "the path holds U+E000, which ids never do")
+                await problem_response(problem)(scope, receive, send)
+                return
+            path = "/".join(s.replace("/", _SLASH) for s in segments)
+            scope = {**scope, "path": path}
+        await self.app(scope, receive, send)
+
+
+async def _router_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    problem = Problem(exc.status_code, kind, f"{request.method} {request.url.path}: {exc.detail}")
+    return problem_response(problem, headers=dict(exc.headers or {}))
 
 
 def _keys(engine: Any, given: Any) -> ApiKeys:

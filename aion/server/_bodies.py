@@ -25,6 +25,7 @@ __all__ = [
     "StartBody",
     "Started",
     "StatusName",
+    "StreamQuery",
     "WaitpointPage",
     "WorkflowPage",
 ]
@@ -101,6 +102,12 @@ class HistoryQuery(_Request, frozen=True):
     after_seq: int = 0
     limit: int = 1000
     cursor: str | None = None
+
+
+class StreamQuery(_Request, frozen=True):
+    """``after_seq``: the events after this position (a ``Last-Event-ID`` header wins)."""
+
+    after_seq: int = 0
 
 
 class WorkflowPage(msgspec.Struct, frozen=True):

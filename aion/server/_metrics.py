@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from aion._apikeys import ApiKeys
+from aion.errors import AionError
 
 from ._problems import Problem, problem_response
 
@@ -75,6 +76,10 @@ def metrics_route(engine: Any, keys: ApiKeys) -> Route:
                 )
         except Problem as problem:
             return problem_response(problem)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        try:
+            text = generate_latest(registry)
+        except AionError as exc:  # the engine stopped under the scrape
+            return problem_response(Problem(503, "not-ready", str(exc)))
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return Route("/metrics", endpoint, methods=["GET"], name="metrics")

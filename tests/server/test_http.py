@@ -349,3 +349,53 @@ async def test_health_readiness_openapi_and_metrics(api: Api) -> None:
     assert metrics.status_code == 200
     assert "aion_workflows_started_total" in metrics.text
     assert (await api.http.get(api.base + "/metrics")).status_code == 401
+
+
+async def test_what_the_router_and_the_decoder_refuse_is_a_problem(api: Api) -> None:
+    await api.engine.start(waits, "d", workflow_id="d1", tenant="acme")
+    deep = b"[" * 5000 + b"]" * 5000
+    json_type = {"content-type": "application/json"}
+    r = await api.post(
+        "/api/v1/workflows/d1/signals/go", "operator", content=deep, headers=json_type
+    )
+    assert r.status_code == 422 and "nested" in r.json()["detail"]
+    body = b'{"token": "x", "payload": ' + deep + b"}"
+    r = await api.http.post(
+        api.base + "/api/v1/waitpoints/complete", content=body, headers=json_type
+    )
+    assert r.status_code == 422
+    for method, path, status in (
+        ("GET", "/api/v1/nothing-here", 404),
+        ("DELETE", "/api/v1/workflows", 405),
+        ("GET", "/api/v1/workflows/%FF", 422),  # not UTF-8 once decoded
+        ("GET", "/api/v1/workflows/d1/history/stream?cursor=abc", 422),
+    ):
+        r = await api.http.request(method, api.base + path, headers=api.h("viewer"))
+        assert r.status_code == status, (method, path, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+    assert [e.type for e in await api.engine.history("d1", tenant="acme")] == ["workflow.started"]
+
+
+async def test_ids_with_a_slash_are_reached_percent_encoded(api: Api) -> None:
+    start = {"workflow_type": "waits", "args": ["s"], "workflow_id": "parent/child-1"}
+    assert (await api.post("/api/v1/workflows", "operator", json=start)).status_code == 201
+    d = await api.get("/api/v1/workflows/parent%2Fchild-1", "viewer")
+    assert d.status_code == 200 and d.json()["workflow_id"] == "parent/child-1"
+    s = await api.post("/api/v1/workflows/parent%2Fchild-1/signals/go", "operator", json="v")
+    assert s.status_code == 202
+    result = await api.engine.handle("parent/child-1", tenant="acme").result(timeout=10)
+    assert result == "s:v"
+    # the unencoded form is another path: not found, never another run
+    assert (await api.get("/api/v1/workflows/parent/child-1", "viewer")).status_code == 404
+
+
+async def test_an_unreadable_key_file_is_the_operators_problem_not_the_callers(
+    api: Api, tmp_path: Path
+) -> None:
+    (tmp_path / "api-keys.json").chmod(0o644)  # readable by others: refused until fixed
+    r = await api.get("/api/v1/workflows", "viewer")
+    assert r.status_code == 503 and r.json()["type"] == "urn:aion:problem:keys-unavailable"
+    assert str(tmp_path) not in r.text
+    assert (await api.get("/metrics", "all")).status_code == 503
+    (tmp_path / "api-keys.json").chmod(0o600)
+    assert (await api.get("/api/v1/workflows", "viewer")).status_code == 200

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTORS = 8
-APPROVALS = 40
-KILLS = 4
+APPROVALS = 60
+KILLS = 10
 
 
 def _free_port() -> int:
@@ -139,6 +139,7 @@ async def test_every_acknowledged_request_is_recorded_exactly_once(tmp_path: Pat
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     assert len(acked_signals) > 50 and acked_approvals, (len(acked_signals), acked_approvals)
+    print(f"{KILLS} kills: {len(acked_signals)} signals and {len(acked_approvals)} approvals acknowledged")
     import aion
 
     async with aion.Client(data) as client:
