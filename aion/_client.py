@@ -12,6 +12,7 @@ queued. See docs/client.md.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -604,6 +605,8 @@ class Client:
         workflow_type: str | None = None,
         started_after: datetime | None = None,
         started_before: datetime | None = None,
+        parent_workflow_id: str | None = None,
+        search: Mapping[str, Any] | None = None,
         tenant: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
@@ -619,6 +622,8 @@ class Client:
             workflow_type=workflow_type,
             started_after=started_after,
             started_before=started_before,
+            parent_workflow_id=parent_workflow_id,
+            search=search,
             tenant=self._tenant(tenant),
             limit=limit,
             cursor=cursor,

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import urllib.parse
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from types import TracebackType
@@ -1110,6 +1110,8 @@ class Engine:
         workflow_type: str | None = None,
         started_after: datetime | None = None,
         started_before: datetime | None = None,
+        parent_workflow_id: str | None = None,
+        search: Mapping[str, Any] | None = None,
         tenant: str = "default",
         limit: int = 100,
         cursor: str | None = None,
@@ -1125,6 +1127,8 @@ class Engine:
             workflow_type=workflow_type,
             started_after=started_after,
             started_before=started_before,
+            parent_workflow_id=parent_workflow_id,
+            search=search,
             tenant=tenant,
             limit=limit,
             cursor=cursor,

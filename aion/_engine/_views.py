@@ -6,7 +6,7 @@ engine (a client-role store).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -238,13 +238,18 @@ class Reader:
         workflow_type: str | None = None,
         started_after: datetime | None = None,
         started_before: datetime | None = None,
+        parent_workflow_id: str | None = None,
+        search: Mapping[str, Any] | None = None,
         tenant: str = "default",
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowDescription]:
         """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back);
-        ``started_after`` (inclusive) and ``started_before`` (exclusive) bound the first start.
-        Every argument is checked here (the Engine's and the Client's ``list``).
+        ``started_after`` (inclusive) and ``started_before`` (exclusive) bound the first start;
+        ``parent_workflow_id``: only that workflow's children; ``search``: only runs whose
+        search attributes hold each of these values (same type and value; these two filters
+        read the rows the others select). Every argument is checked here (the Engine's and the
+        Client's ``list``).
 
         Raises:
             InvalidArgument: a filter, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
@@ -258,12 +263,20 @@ class Reader:
             started_after = _validate.aware_datetime(started_after, "started_after")
         if started_before is not None:
             started_before = _validate.aware_datetime(started_before, "started_before")
+        parent_workflow_id = _validate.optional_identifier(parent_workflow_id, "parent_workflow_id")
+        if search is not None:
+            if not isinstance(search, Mapping):
+                raise InvalidArgument(f"search must be a dict, not {type(search).__name__}")
+            for key, value in search.items():
+                _validate.search_value(key, value)
         page = await self.store.list_workflows(
             tenant=tenant,
             status=status,
             workflow_type=workflow_type,
             started_after=started_after,
             started_before=started_before,
+            parent_workflow_id=parent_workflow_id,
+            search=search,
             limit=_validate.page_limit(limit),
             cursor=_validate.cursor(cursor),
         )

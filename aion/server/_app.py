@@ -101,11 +101,24 @@ class Operation:
 
 async def _list(call: Call) -> b.WorkflowPage:
     q: b.ListQuery = call.query
+    search = None
+    if q.search is not None:
+        try:
+            search = msgspec.json.decode(q.search, type=dict[str, str | int | float | bool])
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+            raise Problem(
+                422,
+                "invalid-query",
+                f'search must be a JSON object of text, number or boolean values, e.g. '
+                f'{{"region": "eu"}}: {exc}',
+            ) from exc
     page = await call.engine.list(
         status=None if q.status is None else _status(q.status),
         workflow_type=q.type,
         started_after=q.started_after,
         started_before=q.started_before,
+        parent_workflow_id=q.parent,
+        search=search,
         tenant=call.tenant,
         limit=q.limit,
         cursor=q.cursor,

@@ -85,12 +85,16 @@ class PageQuery(_Request, frozen=True):
 
 class ListQuery(_Request, frozen=True):
     """Filters of the workflow list (``type``: the workflow type; the time window bounds the
-    first start, ``started_after`` inclusive, ``started_before`` exclusive)."""
+    first start, ``started_after`` inclusive, ``started_before`` exclusive; ``parent``: only
+    that workflow's children; ``search``: a JSON object of search attribute values, e.g.
+    ``{"region": "eu", "priority": 2}``, all of which a run must hold)."""
 
     status: StatusName | None = None
     type: str | None = None
     started_after: datetime | None = None
     started_before: datetime | None = None
+    parent: str | None = None
+    search: str | None = None
     limit: int = 100
     cursor: str | None = None
 

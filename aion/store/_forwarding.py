@@ -14,11 +14,11 @@ adds a forward for every protocol method the class lacks, and mypy asks for the 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from aion.events import AnyEvent, Event
+from aion.events import AnyEvent, Event, SearchValue
 
 from ._protocol import EventStore
 from ._records import (
@@ -124,6 +124,8 @@ class ForwardingStore:
         workflow_type: str | None = None,
         started_after: datetime | None = None,
         started_before: datetime | None = None,
+        parent_workflow_id: str | None = None,
+        search: Mapping[str, SearchValue] | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowRecord]:
@@ -133,6 +135,8 @@ class ForwardingStore:
             workflow_type=workflow_type,
             started_after=started_after,
             started_before=started_before,
+            parent_workflow_id=parent_workflow_id,
+            search=search,
             limit=limit,
             cursor=cursor,
         )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
-from aion.events import AnyEvent, Event
+from aion.events import AnyEvent, Event, SearchValue
 
 from . import _keys, _prepare, _queries
 from ._cursors import CursorKey
@@ -105,12 +105,16 @@ class EventStore(Protocol):
         workflow_type: str | None = None,
         started_after: datetime | None = None,
         started_before: datetime | None = None,
+        parent_workflow_id: str | None = None,
+        search: Mapping[str, SearchValue] | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowRecord]:
         """Workflows newest first (by first start), keyset-paginated with an opaque cursor.
 
-        ``started_after`` is inclusive, ``started_before`` exclusive.
+        ``started_after`` is inclusive, ``started_before`` exclusive. ``parent_workflow_id``:
+        only children of that workflow; ``search``: only runs whose search attributes hold
+        each of these values (same type and value).
         """
         ...
 
@@ -287,6 +291,8 @@ class KVStore:
         workflow_type: str | None = None,
         started_after: datetime | None = None,
         started_before: datetime | None = None,
+        parent_workflow_id: str | None = None,
+        search: Mapping[str, SearchValue] | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowRecord]:
@@ -299,6 +305,8 @@ class KVStore:
                 workflow_type=workflow_type,
                 started_after=started_after,
                 started_before=started_before,
+                parent_workflow_id=parent_workflow_id,
+                search=search,
                 limit=limit,
                 cursor=cursor,
             )

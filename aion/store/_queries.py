@@ -7,14 +7,14 @@ range (``_cursors``); scans skip (and report) rows they cannot decode instead of
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
 
 from aion.errors import CorruptRecord
-from aion.events import AnyEvent
+from aion.events import AnyEvent, SearchValue
 
 from . import _keys as k
 from ._cursors import CursorKey, refused
@@ -186,10 +186,13 @@ def list_workflows(
     workflow_type: str | None = None,
     started_after: datetime | None = None,
     started_before: datetime | None = None,
+    parent_workflow_id: str | None = None,
+    search: Mapping[str, SearchValue] | None = None,
     limit: int = 100,
     cursor: str | None = None,
 ) -> Page[WorkflowRecord]:
-    """Workflows of ``tenant``, newest first, filtered inside the tenant's key range."""
+    """Workflows of ``tenant``, newest first, filtered inside the tenant's key range (the
+    parent and search attribute filters are checked on the rows of that range)."""
     check_limit(limit)
     tenant_prefix = k.ident(tenant, "tenant") + k.SEP
     if status is not None:
@@ -204,7 +207,7 @@ def list_workflows(
         if started_before is None
         else prefix + k.be64(k.micros(started_before))
     )
-    query = [
+    query: list[Any] = [
         "workflows",
         tenant,
         None if status is None else Status(status).value,
@@ -212,6 +215,9 @@ def list_workflows(
         None if started_after is None else k.micros(started_after),
         None if started_before is None else k.micros(started_before),
     ]
+    wanted = sorted((search or {}).items())
+    if parent_workflow_id is not None or wanted:  # (older cursors: the query they were for)
+        query += [parent_workflow_id, [[key, type(v).__name__, v] for key, v in wanted]]
     if cursor is not None:
         # Newest first: the page ends just before the previous page's last key.
         hi = decode_cursor(cursors, cursor, query, lo, hi)
@@ -230,12 +236,27 @@ def list_workflows(
                 continue  # damaged (reported by `aion recover`) or quarantined
             if workflow_type is not None and record.workflow_type != workflow_type:
                 continue
+            if parent_workflow_id is not None and record.parent_workflow_id != parent_workflow_id:
+                continue
+            if wanted and not _holds(record.search_attributes, wanted):
+                continue
             if len(items) == limit:
                 return Page(items, encode_cursor(cursors, query, last_key))
             items.append(record)
             last_key = key
     return Page(items, None)
 
+
+def _holds(attributes: Mapping[str, SearchValue], wanted: list[tuple[str, SearchValue]]) -> bool:
+    """Whether ``attributes`` hold each wanted value (of the same type: ``True`` is not 1)."""
+    for key, value in wanted:
+        held = attributes.get(key, _MISSING)
+        if type(held) is not type(value) or held != value:
+            return False
+    return True
+
+
+_MISSING = object()
 
 #: Most index keys whose rows one ``get_many`` reads.
 _CHUNK = 256

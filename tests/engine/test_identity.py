@@ -119,3 +119,45 @@ async def test_list_takes_a_window_on_the_first_start(tmp_path: Path) -> None:
             await engine.list(started_after=datetime(2026, 1, 1))  # naive
         with pytest.raises(aion.InvalidArgument, match="started_before"):
             await engine.list(started_before="2026-01-01")  # type: ignore[arg-type]
+
+
+@aion.workflow
+async def tagged(ctx: aion.Context, region: str, priority: int) -> None:
+    ctx.upsert_search_attributes(region=region, priority=priority, urgent=priority > 5)
+    await ctx.child(leaf, workflow_id=f"{ctx.info.workflow_id}-leaf")
+
+
+@aion.workflow
+async def leaf(ctx: aion.Context) -> None:
+    await ctx.wait_signal("never")
+
+
+async def test_list_filters_by_parent_and_search_attributes(tmp_path: Path) -> None:
+    async with aion.Engine(tmp_path, workflows=[tagged, leaf]) as engine:
+        for i, (region, priority) in enumerate([("eu", 1), ("us", 7), ("eu", 7), ("eu", 1)]):
+            await engine.start(tagged, region, priority, workflow_id=f"p{i}")
+        await engine.wait_idle()
+
+        async def ids(**filters: object) -> list[str]:
+            found, cursor = [], None
+            while True:  # through every page, two at a time
+                page = await engine.list(limit=2, cursor=cursor, **filters)  # type: ignore[arg-type]
+                found += [d.workflow_id for d in page.items]
+                if page.next_cursor is None:
+                    return found
+                cursor = page.next_cursor
+
+        assert await ids(search={"region": "eu"}) == ["p3", "p2", "p0"]
+        assert await ids(search={"region": "eu", "priority": 7}) == ["p2"]
+        assert await ids(search={"urgent": True}) == ["p2", "p1"]
+        assert await ids(search={"priority": True}) == []  # a bool is not the int 1
+        assert await ids(search={"priority": 1.0}) == []  # nor is a float
+        assert await ids(parent_workflow_id="p1") == ["p1-leaf"]
+        assert await ids(parent_workflow_id="p1", workflow_type="tagged") == []
+        page = await engine.list(limit=1, search={"region": "eu"})
+        with pytest.raises(aion.InvalidArgument, match="not issued for this query"):
+            await engine.list(limit=1, search={"region": "us"}, cursor=page.next_cursor)
+        with pytest.raises(aion.InvalidArgument):
+            await engine.list(search={"region": ["eu"]})  # type: ignore[dict-item]
+        with pytest.raises(aion.InvalidArgument):
+            await engine.list(search="region=eu")  # type: ignore[arg-type]

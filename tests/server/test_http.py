@@ -399,3 +399,14 @@ async def test_an_unreadable_key_file_is_the_operators_problem_not_the_callers(
     assert (await api.get("/metrics", "all")).status_code == 503
     (tmp_path / "api-keys.json").chmod(0o600)
     assert (await api.get("/api/v1/workflows", "viewer")).status_code == 200
+
+
+async def test_list_by_parent_and_search_attributes(api: Api) -> None:
+    await api.engine.start(waits, "x", workflow_id="plain", tenant="acme")
+    r = await api.get("/api/v1/workflows", "viewer", params={"search": '{"region": "eu"}'})
+    assert r.status_code == 200 and r.json()["items"] == []
+    r = await api.get("/api/v1/workflows", "viewer", params={"parent": "plain"})
+    assert r.status_code == 200 and r.json()["items"] == []
+    for bad in ('{"region": ["eu"]}', "region=eu", "[1]", '{"a": {"b": 1}}'):
+        r = await api.get("/api/v1/workflows", "viewer", params={"search": bad})
+        assert r.status_code == 422, bad
