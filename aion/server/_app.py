@@ -109,7 +109,7 @@ async def _list(call: Call) -> b.WorkflowPage:
             raise Problem(
                 422,
                 "invalid-query",
-                f'search must be a JSON object of text, number or boolean values, e.g. '
+                f"search must be a JSON object of text, number or boolean values, e.g. "
                 f'{{"region": "eu"}}: {exc}',
             ) from exc
     page = await call.engine.list(

@@ -139,9 +139,7 @@ async def test_every_acknowledged_request_is_recorded_exactly_once(tmp_path: Pat
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     assert len(acked_signals) > 50 and acked_approvals, (len(acked_signals), acked_approvals)
-    print(
-        f"{KILLS} kills: {len(acked_signals)} signals, {len(acked_approvals)} approvals acked"
-    )
+    print(f"{KILLS} kills: {len(acked_signals)} signals, {len(acked_approvals)} approvals acked")
     import aion
 
     async with aion.Client(data) as client:
