@@ -15,6 +15,7 @@ import pytest
 
 import aion
 from aion._apikeys import ApiKeys
+from tests.engine.test_hitl_props import FORGERIES, forge
 from tests.server._serving import httpx, serving
 
 
@@ -267,7 +268,8 @@ async def test_waitpoint_completion_by_token_alone(api: Api) -> None:
     assert token not in listed.text and wp["fingerprint"] and wp["token_kid"]
     url = api.base + "/api/v1/waitpoints/complete"
     head = await api.engine.history("cb", tenant="acme")
-    for forged in (token[:-3], token[:-1] + ("A" if token[-1] != "A" else "B"), "v1.nonsense", ""):
+    forgeries = [forge(token, how, n) for how in FORGERIES for n in (1, 7)]
+    for forged in [*forgeries, "v1.nonsense", ""]:  # altered, truncated, re-signed, ...
         r = await api.http.post(url, json={"token": forged, "payload": 1})
         assert r.status_code == 403, (forged, r.text)
     assert len(await api.engine.history("cb", tenant="acme")) == len(head)  # nothing recorded
