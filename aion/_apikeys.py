@@ -334,6 +334,16 @@ class ApiKeys:
             self._write((*entries[:i], entry, *entries[i + 1 :]))
         return _described(entry)
 
+    def active(self, key_id: str) -> ApiKey | None:
+        """The key with this id if it exists and is not revoked (a session that names a key
+        checks it is still good this way, without the key itself).
+
+        Raises:
+            DataDirectoryError: as :meth:`verify`.
+        """
+        found = self._current().active.get(key_id)
+        return None if found is None else found[1]
+
     def verify(self, presented: object) -> ApiKey | None:
         """The description of the key ``presented`` is, if it is a key in the file that is not
         revoked; ``None`` for anything else (never raises for any ``presented``).

@@ -607,6 +607,7 @@ class Client:
         started_before: datetime | None = None,
         parent_workflow_id: str | None = None,
         search: Mapping[str, Any] | None = None,
+        id_prefix: str | None = None,
         tenant: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
@@ -624,24 +625,35 @@ class Client:
             started_before=started_before,
             parent_workflow_id=parent_workflow_id,
             search=search,
+            id_prefix=id_prefix,
             tenant=self._tenant(tenant),
             limit=limit,
             cursor=cursor,
         )
 
     async def pending_approvals(
-        self, *, tenant: str | None = None, limit: int = 100, cursor: str | None = None
+        self,
+        *,
+        tenant: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        workflow_id: str | None = None,
     ) -> Page[PendingApproval]:
         """Approvals waiting for a person across the tenant's runs, oldest first (keyset
-        pagination: pass ``next_cursor`` back).
+        pagination: pass ``next_cursor`` back); with ``workflow_id``, that run's, all on one
+        page.
 
         Raises:
+            WorkflowNotFound: ``workflow_id`` names no workflow of this tenant.
             InvalidArgument: the tenant, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
                 the cursor was made for another query.
         """
         tenant = self._tenant(tenant)
         limit = _validate.page_limit(limit)
         cursor = _validate.cursor(cursor)
+        if workflow_id is not None:  # one run's: all of them, on one page
+            workflow_id = _validate.identifier(workflow_id)
+            return Page(await self._reader.run_approvals(workflow_id, tenant), None)
         return await self._reader.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
 
     async def pending_waitpoints(

@@ -554,6 +554,11 @@ class Engine:
         return self._path
 
     @property
+    def workflow_types(self) -> list[str]:
+        """The type names of the registered workflows, sorted."""
+        return sorted(self._registry)
+
+    @property
     def running(self) -> bool:
         """True from the end of ``async with``'s entry (recovered, services running) until
         it is left, or a service fails for good."""
@@ -1112,6 +1117,7 @@ class Engine:
         started_before: datetime | None = None,
         parent_workflow_id: str | None = None,
         search: Mapping[str, Any] | None = None,
+        id_prefix: str | None = None,
         tenant: str = "default",
         limit: int = 100,
         cursor: str | None = None,
@@ -1129,6 +1135,7 @@ class Engine:
             started_before=started_before,
             parent_workflow_id=parent_workflow_id,
             search=search,
+            id_prefix=id_prefix,
             tenant=tenant,
             limit=limit,
             cursor=cursor,
@@ -1238,18 +1245,28 @@ class Engine:
         await self._deliver(workflow_id, tenant, decision)
 
     async def pending_approvals(
-        self, *, tenant: str = "default", limit: int = 100, cursor: str | None = None
+        self,
+        *,
+        tenant: str = "default",
+        limit: int = 100,
+        cursor: str | None = None,
+        workflow_id: str | None = None,
     ) -> Page[PendingApproval]:
         """Approvals waiting for a person across the tenant's runs, oldest first (keyset
-        pagination: pass ``next_cursor`` back).
+        pagination: pass ``next_cursor`` back); with ``workflow_id``, that run's, all on one
+        page.
 
         Raises:
+            WorkflowNotFound: ``workflow_id`` names no workflow of this tenant.
             InvalidArgument: the tenant, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
                 the cursor was made for another query.
         """
         tenant = _validate.identifier(tenant, "tenant")
         limit = _validate.page_limit(limit)
         cursor = _validate.cursor(cursor)
+        if workflow_id is not None:  # one run's: all of them, on one page
+            workflow_id = _validate.identifier(workflow_id)
+            return Page(await self._reader.run_approvals(workflow_id, tenant), None)
         return await self._reader.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
 
     async def complete_waitpoint(self, token: str, payload: Any = None) -> None:

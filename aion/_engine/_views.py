@@ -15,6 +15,7 @@ import msgspec
 from aion import _validate
 from aion import events as ev
 from aion._codec import decode_payload
+from aion._control import pending_approvals as pending_rows
 from aion._control import refuse_completion
 from aion._replay import WorkflowDefinition
 from aion._replay._definition import convert, return_type
@@ -77,6 +78,16 @@ class Reader:
         """Approvals waiting for a person across the tenant's runs, oldest first."""
         page = await self.store.pending_approvals(tenant=tenant, limit=limit, cursor=cursor)
         return Page([pending_approval(row) for row in page.items], page.next_cursor)
+
+    async def run_approvals(self, workflow_id: str, tenant: str) -> list[PendingApproval]:
+        """The run's pending approvals, oldest first.
+
+        Raises:
+            WorkflowNotFound: no such workflow in this tenant.
+        """
+        await self.record(workflow_id, tenant)
+        rows = await pending_rows(self.store, workflow_id, tenant)
+        return [pending_approval(row) for row in rows]
 
     async def pending_waitpoints(
         self,
@@ -240,6 +251,7 @@ class Reader:
         started_before: datetime | None = None,
         parent_workflow_id: str | None = None,
         search: Mapping[str, Any] | None = None,
+        id_prefix: str | None = None,
         tenant: str = "default",
         limit: int = 100,
         cursor: str | None = None,
@@ -247,9 +259,9 @@ class Reader:
         """Workflows of ``tenant``, newest first, keyset-paginated (pass ``next_cursor`` back);
         ``started_after`` (inclusive) and ``started_before`` (exclusive) bound the first start;
         ``parent_workflow_id``: only that workflow's children; ``search``: only runs whose
-        search attributes hold each of these values (same type and value; these two filters
-        read the rows the others select). Every argument is checked here (the Engine's and the
-        Client's ``list``).
+        search attributes hold each of these values (same type and value); ``id_prefix``:
+        only ids starting so (these three read the rows the indexed filters select). Every
+        argument is checked here (the Engine's and the Client's ``list``).
 
         Raises:
             InvalidArgument: a filter, ``limit`` (1 to 10,000) or ``cursor`` is malformed, or
@@ -277,6 +289,9 @@ class Reader:
             started_before=started_before,
             parent_workflow_id=parent_workflow_id,
             search=search,
+            id_prefix=_validate.optional_text(
+                id_prefix, "id_prefix", limit=_validate.MAX_NAME_BYTES
+            ),
             limit=_validate.page_limit(limit),
             cursor=_validate.cursor(cursor),
         )

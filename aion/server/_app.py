@@ -26,8 +26,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
 
 from aion import _tracing, _validate
 from aion._apikeys import ApiKey, ApiKeys, allows
@@ -119,6 +119,7 @@ async def _list(call: Call) -> b.WorkflowPage:
         started_before=q.started_before,
         parent_workflow_id=q.parent,
         search=search,
+        id_prefix=q.prefix,
         tenant=call.tenant,
         limit=q.limit,
         cursor=q.cursor,
@@ -673,6 +674,7 @@ def create_app(
     api_keys: ApiKeys | str | Any = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     metrics: bool = True,
+    ui: bool = True,
 ) -> Starlette:
     """The control plane for ``engine`` as a Starlette application (mount it anywhere).
 
@@ -682,6 +684,7 @@ def create_app(
             default: ``api-keys.json`` in the engine's data directory.
         max_body_bytes: the largest request body (413 beyond).
         metrics: serve ``GET /metrics`` (Prometheus text; needs an all-tenants key).
+        ui: serve the web UI at ``/ui/`` (docs/ui.md).
     """
     from ._openapi import openapi_route  # noqa: PLC0415
 
@@ -694,7 +697,7 @@ def create_app(
         from aion.errors import InvalidArgument  # noqa: PLC0415
 
         raise InvalidArgument(f"max_body_bytes must be a positive int, not {max_body_bytes!r}")
-    routes = [
+    routes: list[BaseRoute] = [
         Route(
             op.path, _endpoint(op, engine, keys, max_body_bytes), methods=[op.method], name=op.name
         )
@@ -705,6 +708,13 @@ def create_app(
         from ._metrics import metrics_route  # noqa: PLC0415
 
         routes.append(metrics_route(engine, keys))
+    if ui:
+        from ._ui import ui_routes  # noqa: PLC0415
+
+        routes += [
+            Route("/ui", _to_ui, methods=["GET"]),
+            Mount("/ui", routes=ui_routes(engine, keys)),
+        ]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(_Segments)],
@@ -741,6 +751,10 @@ class _Segments:
             path = "/".join(s.replace("/", _SLASH) for s in segments)
             scope = {**scope, "path": path}
         await self.app(scope, receive, send)
+
+
+async def _to_ui(request: Request) -> Response:
+    return RedirectResponse(request.url.path + "/", status_code=307)
 
 
 async def _router_problem(request: Request, exc: Exception) -> Response:

@@ -95,6 +95,7 @@ class ListQuery(_Request, frozen=True):
     started_before: datetime | None = None
     parent: str | None = None
     search: str | None = None
+    prefix: str | None = None
     limit: int = 100
     cursor: str | None = None
 

@@ -126,6 +126,7 @@ class ForwardingStore:
         started_before: datetime | None = None,
         parent_workflow_id: str | None = None,
         search: Mapping[str, SearchValue] | None = None,
+        id_prefix: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowRecord]:
@@ -137,6 +138,7 @@ class ForwardingStore:
             started_before=started_before,
             parent_workflow_id=parent_workflow_id,
             search=search,
+            id_prefix=id_prefix,
             limit=limit,
             cursor=cursor,
         )

@@ -107,6 +107,7 @@ class EventStore(Protocol):
         started_before: datetime | None = None,
         parent_workflow_id: str | None = None,
         search: Mapping[str, SearchValue] | None = None,
+        id_prefix: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowRecord]:
@@ -114,7 +115,7 @@ class EventStore(Protocol):
 
         ``started_after`` is inclusive, ``started_before`` exclusive. ``parent_workflow_id``:
         only children of that workflow; ``search``: only runs whose search attributes hold
-        each of these values (same type and value).
+        each of these values (same type and value); ``id_prefix``: only ids that start so.
         """
         ...
 
@@ -293,6 +294,7 @@ class KVStore:
         started_before: datetime | None = None,
         parent_workflow_id: str | None = None,
         search: Mapping[str, SearchValue] | None = None,
+        id_prefix: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page[WorkflowRecord]:
@@ -307,6 +309,7 @@ class KVStore:
                 started_before=started_before,
                 parent_workflow_id=parent_workflow_id,
                 search=search,
+                id_prefix=id_prefix,
                 limit=limit,
                 cursor=cursor,
             )

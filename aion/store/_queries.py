@@ -188,6 +188,7 @@ def list_workflows(
     started_before: datetime | None = None,
     parent_workflow_id: str | None = None,
     search: Mapping[str, SearchValue] | None = None,
+    id_prefix: str | None = None,
     limit: int = 100,
     cursor: str | None = None,
 ) -> Page[WorkflowRecord]:
@@ -216,8 +217,9 @@ def list_workflows(
         None if started_before is None else k.micros(started_before),
     ]
     wanted = sorted((search or {}).items())
-    if parent_workflow_id is not None or wanted:  # (older cursors: the query they were for)
+    if parent_workflow_id is not None or wanted or id_prefix:  # (older cursors: their query)
         query += [parent_workflow_id, [[key, type(v).__name__, v] for key, v in wanted]]
+        query += [id_prefix or None]
     if cursor is not None:
         # Newest first: the page ends just before the previous page's last key.
         hi = decode_cursor(cursors, cursor, query, lo, hi)
@@ -239,6 +241,8 @@ def list_workflows(
             if parent_workflow_id is not None and record.parent_workflow_id != parent_workflow_id:
                 continue
             if wanted and not _holds(record.search_attributes, wanted):
+                continue
+            if id_prefix and not record.workflow_id.startswith(id_prefix):
                 continue
             if len(items) == limit:
                 return Page(items, encode_cursor(cursors, query, last_key))

@@ -161,3 +161,17 @@ async def test_list_filters_by_parent_and_search_attributes(tmp_path: Path) -> N
             await engine.list(search={"region": ["eu"]})  # type: ignore[dict-item]
         with pytest.raises(aion.InvalidArgument):
             await engine.list(search="region=eu")  # type: ignore[arg-type]
+
+
+async def test_list_filters_by_id_prefix(tmp_path: Path) -> None:
+    async with aion.Engine(tmp_path, workflows=[waits]) as engine:
+        for wf in ("order-1", "order-2", "refund-1", "order-3"):
+            await engine.start(waits, workflow_id=wf)
+        page = await engine.list(id_prefix="order-", limit=2)
+        assert [d.workflow_id for d in page.items] == ["order-3", "order-2"]
+        rest = await engine.list(id_prefix="order-", limit=2, cursor=page.next_cursor)
+        assert [d.workflow_id for d in rest.items] == ["order-1"]
+        with pytest.raises(aion.InvalidArgument, match="not issued for this query"):
+            await engine.list(id_prefix="refund-", limit=2, cursor=page.next_cursor)
+        with pytest.raises(aion.InvalidArgument, match="id_prefix"):
+            await engine.list(id_prefix=7)  # type: ignore[arg-type]

@@ -90,3 +90,43 @@ def test_mounting_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert r.status_code == 200 and r.json() == {"items": [], "next_cursor": None}
     sys.modules.pop("myservice", None)
     sys.modules.pop("shop", None)
+
+
+async def test_ui_history_download_replays_as_docs_ui_md_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/ui.md: the history a run's page downloads replays with aion.testing.replay."""
+    import importlib
+
+    import anyio
+
+    import aion
+    from tests.server._serving import serving
+
+    shop, _mount = _blocks("python")
+    (tmp_path / "shop.py").write_text(shop)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("shop", None)
+    order = importlib.import_module("shop").order
+    key, _ = ApiKeys(tmp_path / "api-keys.json").create(role="admin", tenant="default")
+    async with aion.Engine(tmp_path, workflows=[order]) as engine, serving(engine) as base:
+        await engine.start(order, "lamp", workflow_id="order-1")
+        await engine.wait_idle()
+        await engine.approve("order-1", user="grace")
+        await engine.signal("order-1", "carrier", "ups")
+        await engine.handle("order-1").result(timeout=10)
+        async with httpx.AsyncClient(base_url=base) as http:
+            signed_in = await http.post("/ui/login", data={"key": key})
+            assert signed_in.status_code == 303
+            r = await http.get("/ui/workflows/order-1/history.json")
+            assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+    (tmp_path / "order-1.history.json").write_bytes(r.content)
+    (code,) = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "ui.md").read_text(), re.S)
+    (tmp_path / "replay_it.py").write_text(code)
+    out = await anyio.run_process(
+        [sys.executable, "replay_it.py"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+    )
+    assert out.stdout.decode().startswith("replays cleanly:")
+    sys.modules.pop("shop", None)
