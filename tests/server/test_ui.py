@@ -143,6 +143,8 @@ async def test_find_a_run_approve_it_and_see_it_complete(site: Site) -> None:
     await page.goto(page.url.split("?")[0])
     await page.wait_for_selector("#status.completed")
     assert "approved by grace" in await page.inner_text("#result")
+    await page.click("details.events summary")  # the step's events, JSON one click away
+    assert "step.completed" in await page.inner_text("details.events")
     await page.goto(site.base + "/ui/approvals")
     assert "Nothing waits" in await page.inner_text("main")
     await _shot(page, "approvals")
