@@ -39,6 +39,7 @@ __all__ = ["ui_routes"]
 COOKIE = "aion_session"
 SESSION_SECONDS = 12 * 3600
 _SECRET_FILE = "ui-session.key"
+_ENDED_FILE = "ui-sessions-ended.json"
 _STATUSES = ("running", "blocked", "completed", "failed", "cancelled", "continued_as_new")
 _COUNT_CAP = 100  # the overview counts runs up to this many per status (nothing loads all)
 _HISTORY_PAGE = 500
@@ -82,8 +83,9 @@ def _unb64(text: str) -> bytes:
 
 
 class _Sessions:
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, ended: _Ended) -> None:
         self._secret = secret
+        self.ended = ended
 
     def issue(self, key: ApiKey, tenant: str) -> tuple[str, Session]:
         session = Session(
@@ -102,10 +104,54 @@ class _Sessions:
             session = msgspec.json.decode(_unb64(payload), type=Session)
         except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
             return None
-        return session if session.expires > time.time() else None
+        if session.expires <= time.time() or self.ended.has(session):
+            return None
+        return session
 
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
+
+    def sign(self, text: str) -> str:
+        return self._mac("flash:" + text)[:22]
+
+
+class _Ended:
+    """Sessions signed out before they expired: ``ui-sessions-ended.json`` beside the key
+    file (owner-only; each entry kept until its session would have expired), so a copied
+    cookie is dead after sign-out, across restarts and for every process serving the UI."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._seen: tuple[int, int] | None = None
+        self._ended: dict[str, int] = {}
+
+    @staticmethod
+    def _id(session: Session) -> str:
+        return hashlib.sha256(session.csrf.encode()).hexdigest()[:32]
+
+    def _load(self) -> dict[str, int]:
+        try:
+            info = self._path.stat()
+        except FileNotFoundError:
+            return {}
+        seen = (info.st_mtime_ns, info.st_size)
+        if seen != self._seen:
+            data = read_private(self._path, what="UI sessions file", limit=16 << 20) or b"{}"
+            try:
+                self._ended = msgspec.json.decode(data, type=dict[str, int])
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self._ended = {}  # unreadable: sessions still expire on their own
+            self._seen = seen
+        return self._ended
+
+    def has(self, session: Session) -> bool:
+        return self._id(session) in self._load()
+
+    def end(self, session: Session) -> None:
+        now = int(time.time())
+        ended = {k: v for k, v in self._load().items() if v > now}
+        ended[self._id(session)] = session.expires
+        write_private(self._path, msgspec.json.encode(ended), what="UI sessions file", replace=True)
 
 
 def _secret(keys: ApiKeys) -> bytes:
@@ -142,19 +188,28 @@ def _when(value: datetime | None) -> str:
 def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
     """The UI's routes, to mount at ``/ui``."""
     env = _templates()
-    sessions = _Sessions(_secret(keys))
+    sessions = _Sessions(_secret(keys), _Ended(Path(keys.path).parent / _ENDED_FILE))
 
     def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        context.setdefault("flash", request.query_params.get("done", ""))
-        context.setdefault("problem", request.query_params.get("error", ""))
+        q = request.query_params
+        message, kind = q.get("m", ""), q.get("k", "")
+        # Only messages this UI signed: a link cannot put words on the page.
+        if message and hmac.compare_digest(q.get("s", ""), sessions.sign(kind + message)):
+            context.setdefault("problem" if kind == "error" else "flash", message)
+        context.setdefault("ui", _base(request))
         html = env.get_template(name).render(request=request, **context)
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
-    def viewer(request: Request) -> Viewer:
+    def session_of(request: Request) -> tuple[Session, ApiKey] | None:
         session = sessions.read(request.cookies.get(COOKIE))
         key = keys.active(session.key_id) if session is not None else None
-        if session is None or key is None:
-            raise _Page(RedirectResponse("/ui/login", status_code=303))
+        return None if session is None or key is None else (session, key)
+
+    def viewer(request: Request) -> Viewer:
+        found = session_of(request)
+        if found is None:
+            raise _Page(RedirectResponse(f"{_base(request)}/login", status_code=303))
+        session, key = found
         return Viewer(key, session.tenant, session.csrf)
 
     async def form(request: Request, who: Viewer, role: str) -> dict[str, str]:
@@ -168,6 +223,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
                     "error.html",
                     403,
                     who=who,
+                    heading="Not possible",
                     message="The form has expired or was not made by this page: reload, retry.",
                 )
             )
@@ -178,6 +234,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
                     "error.html",
                     403,
                     who=who,
+                    heading="Not allowed",
                     message=f"This needs the role {role!r}; your key is {who.key.role!r}.",
                 )
             )
@@ -195,14 +252,23 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         return endpoint
 
     def done(path: str, message: str, error: bool = False) -> RedirectResponse:
-        query = urlencode({"error" if error else "done": message})
+        kind = "error" if error else "done"
+        query = urlencode({"m": message, "k": kind, "s": sessions.sign(kind + message)})
         return RedirectResponse(f"{path}?{query}", status_code=303)
+
+    def not_found(request: Request, who: Viewer, workflow_id: str) -> HTMLResponse:
+        message = f"No workflow {workflow_id!r} in tenant {who.tenant!r}."
+        return render(request, "error.html", 404, who=who, heading="Not found", message=message)
 
     # --- sign in and out -----------------------------------------------------------------
 
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return render(request, "login.html", who=None)
+        if _cross_site(request):  # another site signing a browser in with its own key
+            return render(
+                request, "login.html", 403, who=None, problem="Sign in from this page itself."
+            )
         data = await request.form(max_files=0, max_fields=5, max_part_size=8192)
         presented = str(data.get("key", "")).strip()
         try:
@@ -224,7 +290,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
             except InvalidArgument as exc:
                 return render(request, "login.html", 422, who=None, problem=str(exc))
         cookie, _ = sessions.issue(key, tenant)
-        response = RedirectResponse("/ui/", status_code=303)
+        response = RedirectResponse(f"{_base(request)}/", status_code=303)
         secure = request.url.scheme == "https"
         response.set_cookie(
             COOKIE,
@@ -233,14 +299,17 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
             httponly=True,
             samesite="strict",
             secure=secure,
-            path="/ui",
+            path=_base(request) or "/",
         )
         return response
 
     async def logout(request: Request, who: Viewer) -> Response:
         await form(request, who, "viewer")
-        response = RedirectResponse("/ui/login", status_code=303)
-        response.delete_cookie(COOKIE, path="/ui")
+        found = session_of(request)
+        if found is not None:
+            sessions.ended.end(found[0])  # a copy of the cookie is dead too
+        response = RedirectResponse(f"{_base(request)}/login", status_code=303)
+        response.delete_cookie(COOKIE, path=_base(request) or "/")
         return response
 
     # --- pages ---------------------------------------------------------------------------
@@ -312,7 +381,8 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         if jump:
             try:
                 await engine.describe(jump, tenant=who.tenant)
-                return RedirectResponse(f"/ui/workflows/{quote(jump, safe='')}", status_code=303)
+                to = f"{_base(request)}/workflows/{quote(jump, safe='')}"
+                return RedirectResponse(to, status_code=303)
             except AionError as exc:
                 problem = str(exc)
         kept = {
@@ -321,7 +391,9 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
             if k in ("status", "type", "after", "before", "search", "parent", "prefix") and v
         }
         more = (
-            f"/ui/workflows?{urlencode({**kept, 'cursor': next_cursor})}" if next_cursor else None
+            f"{_base(request)}/workflows?{urlencode({**kept, 'cursor': next_cursor})}"
+            if next_cursor
+            else None
         )
         return render(
             request,
@@ -339,18 +411,10 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         workflow_id = _path(request)
         try:
             description = await engine.describe(workflow_id, tenant=who.tenant)
-        except WorkflowNotFound:
-            return render(
-                request,
-                "error.html",
-                404,
-                who=who,
-                message=f"No workflow {workflow_id!r} in tenant {who.tenant!r}.",
-            )
+        except AionError:  # none, or an id no workflow can have
+            return not_found(request, who, workflow_id)
         history = await engine.history(workflow_id, tenant=who.tenant, limit=_HISTORY_PAGE)
-        children = (
-            await engine.list(parent_workflow_id=workflow_id, tenant=who.tenant, limit=50)
-        ).items
+        children = await _children(engine, history, who.tenant)
         approvals = (
             await engine.pending_approvals(workflow_id=workflow_id, tenant=who.tenant)
         ).items
@@ -371,28 +435,26 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
             approvals=approvals,
             waitpoints=waitpoints,
             path=quote(workflow_id, safe=""),
+            since=description.history_length,
         )
 
     async def history_json(request: Request, who: Viewer) -> Response:
         workflow_id = _path(request)
         try:
             events = await engine.history(workflow_id, tenant=who.tenant)
-        except WorkflowNotFound:
-            return render(
-                request,
-                "error.html",
-                404,
-                who=who,
-                message=f"No workflow {workflow_id!r} in tenant {who.tenant!r}.",
-            )
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in workflow_id)
+        except AionError:
+            return not_found(request, who, workflow_id)
+        name = "".join(
+            c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in workflow_id
+        )
+        disposition = (
+            f'attachment; filename="{name}.history.json"; '
+            f"filename*=UTF-8''{quote(workflow_id, safe='')}.history.json"
+        )
         return Response(
             msgspec.json.encode(events),
             media_type="application/json",
-            headers={
-                **_HEADERS,
-                "content-disposition": f'attachment; filename="{name}.history.json"',
-            },
+            headers={**_HEADERS, "content-disposition": disposition},
         )
 
     async def events(request: Request, who: Viewer) -> Response:
@@ -400,9 +462,13 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         workflow_id = _path(request)
         try:
             start = (await engine.describe(workflow_id, tenant=who.tenant)).history_length
-        except WorkflowNotFound:
+        except AionError:
             return Response(status_code=404)
+        since = request.query_params.get("since", "")
+        if since.isdigit() and len(since) < 19:
+            start = int(since)  # what the page showed: events recorded since refresh it
         state = request.app.state
+        key_id = who.key.key_id
 
         async def stream() -> Any:
             import anyio  # noqa: PLC0415
@@ -410,6 +476,8 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
             seen, delay = start, 0.05
             try:
                 while not getattr(state, "closing", False):
+                    if keys.active(key_id) is None:
+                        return  # the key was revoked: its sessions end, streams too
                     d = await engine.describe(workflow_id, tenant=who.tenant)
                     if d.history_length != seen:
                         seen, delay = d.history_length, 0.05
@@ -433,7 +501,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         except AionError as exc:
             return render(request, "error.html", 422, who=who, message=str(exc))
         more = (
-            f"/ui/approvals?{urlencode({'cursor': page_.next_cursor})}"
+            f"{_base(request)}/approvals?{urlencode({'cursor': page_.next_cursor})}"
             if page_.next_cursor
             else None
         )
@@ -451,17 +519,11 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
             except _Page as p:
                 return p.response
             workflow_id = _path(request)
-            back = f"/ui/workflows/{quote(workflow_id, safe='')}"
+            back = f"{_base(request)}/workflows/{quote(workflow_id, safe='')}"
             try:
                 message = await run(who, workflow_id, fields)
             except WorkflowNotFound:
-                return render(
-                    request,
-                    "error.html",
-                    404,
-                    who=who,
-                    message=f"No workflow {workflow_id!r} in tenant {who.tenant!r}.",
-                )
+                return not_found(request, who, workflow_id)
             except AionError as exc:
                 return done(back, from_error(exc).detail, error=True)
             return done(back, message)
@@ -473,7 +535,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         text = fields.get("payload", "").strip() or "null"
         try:
             payload = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidArgument(f"the payload is not valid JSON: {exc}") from exc
         await engine.signal(workflow_id, name, payload, tenant=who.tenant, identity=who.key.label)
         return f"Signal {name!r} recorded."
@@ -554,6 +616,35 @@ def _static(name: str, media: str) -> Callable[[Request], Awaitable[Response]]:
 
 _css = _static("aion.css", "text/css")
 _js = _static("aion.js", "text/javascript")
+
+
+def _base(request: Request) -> str:
+    """Where the UI is mounted (``/ui``, or under the prefix the app is mounted at)."""
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
+
+
+def _cross_site(request: Request) -> bool:
+    """A request another site's page made (the browser says so)."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin == "null"
+    here = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    return origin != here
+
+
+async def _children(engine: Any, history: list[Any], tenant: str) -> list[Any]:
+    """The children the run started (from its history: no scan of the tenant's runs)."""
+    ids = [e.data["child_workflow_id"] for e in history if e.type == "child.started"][:50]
+    found = []
+    for child_id in dict.fromkeys(ids):
+        try:
+            found.append(await engine.describe(child_id, tenant=tenant))
+        except AionError:
+            continue
+    return found
 
 
 def _path(request: Request) -> str:

@@ -225,12 +225,21 @@ def list_workflows(
         hi = decode_cursor(cursors, cursor, query, lo, hi)
     items: list[WorkflowRecord] = []
     last_key = b""
+    scanned, budget, scanned_key = 0, limit + SCAN_BUDGET, b""
     # The rows of a chunk of index keys in one read (a round trip each would add up).
     for chunk in _chunks(kv.scan(table, lo, hi, reverse=True), min(limit + 1, _CHUNK)):
         wf_keys = [k.workflow_key(tenant, key[len(prefix) + 8 :].decode()) for key, _ in chunk]
         for (key, _), wf_key, data in zip(
             chunk, wf_keys, kv.get_many("workflows", wf_keys), strict=True
         ):
+            if scanned == budget:
+                # Filters the index does not hold (type beside status, parent, search
+                # attributes, id prefix) read rows that may not match: a page reads at most
+                # this many, and its cursor goes on after the last one read (a short page,
+                # even an empty one, with a cursor: nothing loads all runs).
+                return Page(items, encode_cursor(cursors, query, scanned_key))
+            scanned += 1
+            scanned_key = key
             record = (
                 None if data is None else decode_or_skip("workflows", wf_key, data, WorkflowRecord)
             )
@@ -249,6 +258,10 @@ def list_workflows(
             items.append(record)
             last_key = key
     return Page(items, None)
+
+
+#: Rows a page of a filtered list reads beyond its ``limit`` at most (see ``list_workflows``).
+SCAN_BUDGET = 10_000
 
 
 def _holds(attributes: Mapping[str, SearchValue], wanted: list[tuple[str, SearchValue]]) -> bool:

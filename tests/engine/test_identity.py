@@ -175,3 +175,25 @@ async def test_list_filters_by_id_prefix(tmp_path: Path) -> None:
             await engine.list(id_prefix="refund-", limit=2, cursor=page.next_cursor)
         with pytest.raises(aion.InvalidArgument, match="id_prefix"):
             await engine.list(id_prefix=7)  # type: ignore[arg-type]
+
+
+async def test_a_filtered_page_reads_a_bounded_number_of_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aion.store import _queries
+
+    monkeypatch.setattr(_queries, "SCAN_BUDGET", 3)
+    async with aion.Engine(tmp_path, workflows=[waits]) as engine:
+        for i in range(10):
+            await engine.start(waits, workflow_id=f"{'hit' if i in (1, 8) else 'miss'}-{i}")
+        pages, found, cursor = 0, [], None
+        while True:
+            page = await engine.list(id_prefix="hit-", limit=1, cursor=cursor)
+            pages += 1
+            assert len(page.items) <= 1
+            found += [d.workflow_id for d in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert found == ["hit-8", "hit-1"]  # newest first, every match, none twice
+        assert pages >= 3  # short pages: no page read more than limit + 3 rows
