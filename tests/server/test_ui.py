@@ -262,8 +262,7 @@ async def test_signed_out_and_revoked_sessions_go_back_to_sign_in(
     store.revoke(olga.key_id)
     await page.goto(site.base + "/ui/workflows")
     assert page.url.endswith("/ui/login")
-    async with httpx.AsyncClient() as http:  # a made-up session cookie is no session
-        r = await http.get(
-            site.base + "/ui/", cookies={"aion_session": "e30.AAAA"}, follow_redirects=False
-        )
+    made_up = {"aion_session": "e30.AAAA"}  # a made-up session cookie is no session
+    async with httpx.AsyncClient(cookies=made_up) as http:
+        r = await http.get(site.base + "/ui/", follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/ui/login"
