@@ -811,12 +811,10 @@ class Engine:
                 identity=who,
                 trace=trace,
             )
-            return await self._start_here(start, definition, encoded)
+            return await self._start_here(start, definition)
 
-    async def _start_here(
-        self, start: RunStart, definition: WorkflowDefinition, encoded: bytes
-    ) -> WorkflowHandle:
-        workflow_id, tenant, who = start.workflow_id, start.tenant, start.identity
+    async def _start_here(self, start: RunStart, definition: WorkflowDefinition) -> WorkflowHandle:
+        workflow_id, tenant = start.workflow_id, start.tenant
         try:
             await self._runtime.start(start)
         except SequenceConflict as exc:
@@ -824,7 +822,9 @@ class Engine:
                 raise  # a child's id, taken by a start that raced ours: nothing recorded
             return await self._existing(workflow_id, tenant, definition)
         except PartitionLost:  # taken over just now: nothing recorded, its new owner starts it
-            return await self._start_elsewhere(workflow_id, tenant, definition, encoded, who)
+            return await self._start_elsewhere(
+                workflow_id, tenant, definition, start.input, start.identity
+            )
         return WorkflowHandle(workflow_id, tenant, self._result)  # (the ids are checked)
 
     async def _start_elsewhere(

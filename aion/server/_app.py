@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -62,7 +62,6 @@ class Call:
     tenant: str
     query: Any = None
     body: Any = None
-    raw_body: bytes = b""
 
     @property
     def identity(self) -> str:
@@ -70,8 +69,7 @@ class Call:
         return self.key.label if self.key is not None else ""
 
     def path(self, name: str) -> str:
-        value: str = self.request.path_params[name]
-        return value.replace(_SLASH, "/")  # an encoded "/" inside the segment (see _Segments)
+        return path_param(self.request, name)
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,6 @@ class Operation:
     errors: tuple[int, ...] = ()
     all_tenants: bool = False  # the route covers every tenant: a tenant-bound key may not
     tags: tuple[str, ...] = ("workflows",)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- the routes ------------------------------------------------------------------------------
@@ -113,7 +110,7 @@ async def _list(call: Call) -> b.WorkflowPage:
                 f'{{"region": "eu"}}: {exc}',
             ) from exc
     page = await call.engine.list(
-        status=None if q.status is None else _status(q.status),
+        status=q.status,  # its value: the engine takes and checks it
         workflow_type=q.type,
         started_after=q.started_after,
         started_before=q.started_before,
@@ -127,17 +124,11 @@ async def _list(call: Call) -> b.WorkflowPage:
     return b.WorkflowPage(items=list(page.items), next_cursor=page.next_cursor)
 
 
-def _status(name: str) -> Any:
-    from aion.store import Status  # noqa: PLC0415 (kept out of the module's namespace)
-
-    return Status(name)
-
-
 async def _start(call: Call) -> Response:
     body: b.StartBody = call.body
     existed = False
     if body.workflow_id is not None:
-        with contextlib.suppress(WorkflowNotFound, AionError):
+        with contextlib.suppress(AionError):
             await call.engine.describe(body.workflow_id, tenant=call.tenant)
             existed = True
     with _tracing.extracted(call.request.headers):  # the caller's trace, if it sent one
@@ -265,7 +256,7 @@ async def _approvals(call: Call) -> b.ApprovalPage:
 
 
 async def _decide(call: Call, approve: bool) -> Response:
-    body: b.DecisionBody | b.RejectBody = call.body
+    body: b.DecisionBody = call.body
     decide = call.engine.approve if approve else call.engine.reject
     await decide(
         call.path("workflow_id"),
@@ -455,7 +446,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "approver",
         _reject,
         status=202,
-        body=b.RejectBody,
+        body=b.DecisionBody,
         errors=_WRITE,
         tags=("approvals",),
     ),
@@ -651,8 +642,8 @@ def _endpoint(
             if operation.query is not None:
                 call.query = _decode_query(operation, request)
             if operation.body is not None or operation.any_body:
-                call.raw_body = await _read_body(request, max_body)
-                call.body = _decode_body(operation, call.raw_body, request)
+                raw = await _read_body(request, max_body)
+                call.body = _decode_body(operation, raw, request)
             answer = await operation.run(call)
         except Problem as problem:
             return problem_response(problem)
@@ -725,6 +716,12 @@ def create_app(
     #: Set when the server stops: open history streams end (clients resume with Last-Event-ID).
     app.state.closing = False
     return app
+
+
+def path_param(request: Request, name: str) -> str:
+    """A path parameter as sent: an encoded "/" inside its segment is a "/" (see _Segments)."""
+    value: str = request.path_params[name]
+    return value.replace(_SLASH, "/")
 
 
 class _Segments:

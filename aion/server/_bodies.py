@@ -21,7 +21,6 @@ __all__ = [
     "ListQuery",
     "PageQuery",
     "RecoveryBody",
-    "RejectBody",
     "StartBody",
     "Started",
     "StatusName",
@@ -59,14 +58,9 @@ class CancelBody(_Request, frozen=True):
 
 
 class DecisionBody(_Request, frozen=True):
-    """Approve: an optional comment, and the digest of the request you saw (the decision then
-    applies only to exactly that request)."""
+    """Approve or reject: an optional comment, and the digest of the request you saw (the
+    decision then applies only to exactly that request)."""
 
-    comment: str | None = None
-    digest: str | None = None
-
-
-class RejectBody(_Request, frozen=True):
     comment: str | None = None
     digest: str | None = None
 

@@ -31,7 +31,9 @@ from aion import _validate
 from aion._apikeys import ApiKey, ApiKeys, allows
 from aion._secretfile import read_private, write_private
 from aion.errors import AionError, InvalidArgument, WorkflowNotFound
+from aion.store import Status
 
+from ._app import path_param
 from ._problems import from_error
 
 __all__ = ["ui_routes"]
@@ -40,7 +42,7 @@ COOKIE = "aion_session"
 SESSION_SECONDS = 12 * 3600
 _SECRET_FILE = "ui-session.key"
 _ENDED_FILE = "ui-sessions-ended.json"
-_STATUSES = ("running", "blocked", "completed", "failed", "cancelled", "continued_as_new")
+_STATUSES = tuple(status.value for status in Status)
 _COUNT_CAP = 100  # the overview counts runs up to this many per status (nothing loads all)
 _HISTORY_PAGE = 500
 
@@ -216,28 +218,18 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         data = await request.form(max_files=0, max_fields=20, max_part_size=1 << 20)
         fields = {k: v for k, v in data.items() if isinstance(v, str)}
         token = fields.get("csrf", "")
+        refusal = None
         if not hmac.compare_digest(token.encode(), who.csrf.encode()):
-            raise _Page(
-                render(
-                    request,
-                    "error.html",
-                    403,
-                    who=who,
-                    heading="Not possible",
-                    message="The form has expired or was not made by this page: reload, retry.",
-                )
+            refusal = ("Not possible", "The form has expired or was not made by this page: reload.")
+        elif not who.can(role):
+            refusal = (
+                "Not allowed",
+                f"This needs the role {role!r}; your key is {who.key.role!r}.",
             )
-        if not who.can(role):
-            raise _Page(
-                render(
-                    request,
-                    "error.html",
-                    403,
-                    who=who,
-                    heading="Not allowed",
-                    message=f"This needs the role {role!r}; your key is {who.key.role!r}.",
-                )
-            )
+        if refusal is not None:
+            heading, message = refusal
+            page_ = render(request, "error.html", 403, who=who, heading=heading, message=message)
+            raise _Page(page_)
         return fields
 
     def page(
@@ -316,14 +308,19 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
 
     async def overview(request: Request, who: Viewer) -> Response:
         counts = {}
+        # The store's rows, not descriptions: a count needs no history read per run.
         for status in _STATUSES:
-            page_ = await engine.list(status=_status(status), tenant=who.tenant, limit=_COUNT_CAP)
+            page_ = await engine.store.list_workflows(
+                status=status, tenant=who.tenant, limit=_COUNT_CAP
+            )
             counts[status] = (len(page_.items), page_.next_cursor is not None)
         by_type = {}
         for name in engine.workflow_types:
-            page_ = await engine.list(workflow_type=name, tenant=who.tenant, limit=_COUNT_CAP)
+            page_ = await engine.store.list_workflows(
+                workflow_type=name, tenant=who.tenant, limit=_COUNT_CAP
+            )
             by_type[name] = (len(page_.items), page_.next_cursor is not None)
-        blocked = (await engine.list(status=_status("blocked"), tenant=who.tenant, limit=10)).items
+        blocked = (await engine.list(status="blocked", tenant=who.tenant, limit=10)).items
         engine_view = None
         if who.all_tenants:
             snapshot = {f.name: f for f in engine.metrics.snapshot()}
@@ -358,7 +355,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         problem = ""
         try:
             if q.get("status"):
-                filters["status"] = _status(q["status"])
+                filters["status"] = q["status"]  # the engine checks it
             if q.get("type"):
                 filters["workflow_type"] = q["type"]
             if q.get("after"):
@@ -408,7 +405,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         )
 
     async def workflow(request: Request, who: Viewer) -> Response:
-        workflow_id = _path(request)
+        workflow_id = path_param(request, "workflow_id")
         try:
             description = await engine.describe(workflow_id, tenant=who.tenant)
         except AionError:  # none, or an id no workflow can have
@@ -439,7 +436,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
         )
 
     async def history_json(request: Request, who: Viewer) -> Response:
-        workflow_id = _path(request)
+        workflow_id = path_param(request, "workflow_id")
         try:
             events = await engine.history(workflow_id, tenant=who.tenant)
         except AionError:
@@ -459,7 +456,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
 
     async def events(request: Request, who: Viewer) -> Response:
         """Server-sent events for the run page: one ``changed`` per new history event."""
-        workflow_id = _path(request)
+        workflow_id = path_param(request, "workflow_id")
         try:
             start = (await engine.describe(workflow_id, tenant=who.tenant)).history_length
         except AionError:
@@ -518,7 +515,7 @@ def ui_routes(engine: Any, keys: ApiKeys) -> list[Route]:
                 fields = await form(request, who, role)
             except _Page as p:
                 return p.response
-            workflow_id = _path(request)
+            workflow_id = path_param(request, "workflow_id")
             back = f"{_base(request)}/workflows/{quote(workflow_id, safe='')}"
             try:
                 message = await run(who, workflow_id, fields)
@@ -645,20 +642,6 @@ async def _children(engine: Any, history: list[Any], tenant: str) -> list[Any]:
         except AionError:
             continue
     return found
-
-
-def _path(request: Request) -> str:
-    value: str = request.path_params["workflow_id"]
-    return value.replace("\ue000", "/")  # an encoded "/" in the segment (see _app._Segments)
-
-
-def _status(name: str) -> Any:
-    from aion.store import Status  # noqa: PLC0415
-
-    try:
-        return Status(name)
-    except ValueError as exc:
-        raise InvalidArgument(f"no status {name!r}: one of {', '.join(_STATUSES)}") from exc
 
 
 def _datetime(text: str, what: str) -> datetime:
